@@ -1,0 +1,128 @@
+//! The one error type every fallible operation of the crate returns.
+
+use std::time::Duration;
+
+/// Everything that can go wrong talking to memcached.
+///
+/// The enum is `#[non_exhaustive]`: match the variants you care about and keep a
+/// catch-all arm. The predicates ([`Error::is_timeout`], [`Error::is_node_failure`],
+/// [`Error::is_retryable`]) are the stable way to decide between retrying, failing over
+/// to another node and giving up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server did not answer within the operation timeout. The request may or may
+    /// not have been applied.
+    #[error("operation on node {node} timed out after {after:?}")]
+    Timeout {
+        /// Id of the node the operation was sent to.
+        node: String,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The node is marked down (connection refused, lost, or too many timeouts) and the
+    /// failure policy did not send the operation elsewhere.
+    #[error("node {node} is down")]
+    NodeDown {
+        /// Id of the node.
+        node: String,
+    },
+    /// Every node is down, or the client has no node to route to.
+    #[error("no memcached node is available")]
+    NoNodeAvailable,
+    /// The connection broke while the operation was in flight; it may or may not have
+    /// been applied.
+    #[error("connection to node {node} lost: {reason}")]
+    ConnectionLost {
+        /// Id of the node.
+        node: String,
+        /// What broke it.
+        reason: String,
+    },
+    /// The server answered `SERVER_ERROR <message>` (out of memory, object too large
+    /// for the server's item size, ...).
+    #[error("server error: {0}")]
+    Server(String),
+    /// The server answered `CLIENT_ERROR <message>`: it rejected the request as
+    /// malformed.
+    #[error("server rejected the request: {0}")]
+    ClientRejected(String),
+    /// The server answered `ERROR`: it does not know the command (for instance a
+    /// proxy without the meta protocol).
+    #[error("server does not support the command")]
+    UnsupportedCommand,
+    /// The server sent bytes that are not a valid reply. The connection is reset.
+    #[error("protocol violation from node {node}: {reason}")]
+    Protocol {
+        /// Id of the node.
+        node: String,
+        /// What was wrong with the reply.
+        reason: String,
+    },
+    /// The key is refused before sending (empty, too long, or has bytes the chosen
+    /// protocol cannot carry).
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// The value exceeds the configured maximum item size; nothing was sent.
+    #[error("value of {size} bytes exceeds the maximum of {max} bytes")]
+    ValueTooLarge {
+        /// Size of the refused value.
+        size: usize,
+        /// The configured limit (`ClientBuilder::max_value_size`).
+        max: usize,
+    },
+    /// An `incr`/`decr` on a value that is not a decimal number.
+    #[error("value is not a number: {0}")]
+    NotNumeric(String),
+    /// The configuration is refused; the message names the field and the fix.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The field (builder method) at fault.
+        field: &'static str,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+    /// No node has the id given to `Client::on_node`.
+    #[error("no node with id {0:?}")]
+    UnknownNode(String),
+    /// The client was shut down.
+    #[error("client is shut down")]
+    Shutdown,
+}
+
+impl Error {
+    /// True for [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// True when the node (not the request) is at fault: timeout, node down, connection
+    /// lost, protocol violation, or no node at all. A caller that keeps a copy on another
+    /// node (the session layer does) fails over on these.
+    pub fn is_node_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::NodeDown { .. }
+                | Error::NoNodeAvailable
+                | Error::ConnectionLost { .. }
+                | Error::Protocol { .. }
+        )
+    }
+
+    /// True when sending the same request again later may succeed. Requests refused for
+    /// their content (bad key, too large, bad configuration) are not retryable.
+    pub fn is_retryable(&self) -> bool {
+        self.is_node_failure() || matches!(self, Error::Server(_))
+    }
+
+    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Config {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
