@@ -1,0 +1,399 @@
+//! Client configuration: the builder, node settings, protocol and failure policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::connection::{ConnectionConfig, ConnectionHandle};
+use crate::locator::{Distribution, LocatorNode};
+use crate::node::NodeShared;
+use crate::{Error, Result};
+
+use super::{Client, Inner, Node};
+
+/// Which memcached protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// The meta protocol (memcached >= 1.6): every reply is checked against the
+    /// request's opaque token, binary keys travel base64-encoded, fire-and-forget uses
+    /// quiet mode. The default.
+    #[default]
+    Meta,
+    /// The classic text protocol, for servers and proxies without meta commands.
+    /// Replies are matched by position only; keys must be plain ASCII.
+    Text,
+}
+
+/// What a keyed operation does when its node is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Send it to the next live node in the locator's order (spymemcached's default).
+    /// Keys come back to their own node once it is up again; values written to the
+    /// stand-in node meanwhile are not moved back, so a read after recovery may miss.
+    #[default]
+    Redistribute,
+    /// Wait, within the operation timeout, for the node to come back.
+    Retry,
+    /// Fail at once with [`Error::NodeDown`].
+    FailFast,
+}
+
+/// One memcached server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    address: String,
+    id: Option<String>,
+    weight: u32,
+}
+
+impl NodeConfig {
+    /// A server at `address` (`host:port`), with weight 1 and its address as id.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            id: None,
+            weight: 1,
+        }
+    }
+
+    /// The id other code names the node by (`Client::on_node`, session ids).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Relative weight for weighted ketama layouts (default 1).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+}
+
+/// Builds a [`Client`]; every setting has a validated default.
+///
+/// ```no_run
+/// # async fn demo() -> memkeep::Result<()> {
+/// use std::time::Duration;
+/// use memkeep::{Client, NodeConfig, Protocol};
+///
+/// let client = Client::builder()
+///     .node("127.0.0.1:11211")
+///     .node_config(NodeConfig::new("127.0.0.1:11212").id("b").weight(2))
+///     .protocol(Protocol::Meta)
+///     .operation_timeout(Duration::from_millis(500))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    nodes: Vec<NodeConfig>,
+    protocol: Protocol,
+    distribution: Distribution,
+    failure_policy: FailurePolicy,
+    operation_timeout: Duration,
+    connect_timeout: Duration,
+    connections_per_node: usize,
+    max_in_flight: usize,
+    max_value_size: usize,
+    timeout_threshold: u32,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            protocol: Protocol::default(),
+            distribution: Distribution::default(),
+            failure_policy: FailurePolicy::default(),
+            operation_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            connections_per_node: 1,
+            max_in_flight: 1024,
+            max_value_size: 1024 * 1024,
+            timeout_threshold: 8,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Adds a server at `address` (`host:port`) with weight 1; its id is the address.
+    pub fn node(mut self, address: impl Into<String>) -> Self {
+        self.nodes.push(NodeConfig::new(address));
+        self
+    }
+
+    /// Adds a server described by `config`.
+    pub fn node_config(mut self, config: NodeConfig) -> Self {
+        self.nodes.push(config);
+        self
+    }
+
+    /// The protocol (default [`Protocol::Meta`]).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// How keys map to nodes (default: see [`Distribution::default`]).
+    pub fn distribution(mut self, distribution: Distribution) -> Self {
+        self.distribution = distribution;
+        self
+    }
+
+    /// What keyed operations do when their node is down (default
+    /// [`FailurePolicy::Redistribute`]).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure_policy = policy;
+        self
+    }
+
+    /// Longest wait for one operation, queueing included (default 1 s).
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for a connection and its first reply (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connections per node, each pipelined (default 1; 1 to 64).
+    pub fn connections_per_node(mut self, n: usize) -> Self {
+        self.connections_per_node = n;
+        self
+    }
+
+    /// Requests in flight per connection before callers wait (default 1024).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Largest value sent or accepted, in bytes (default 1 MiB, memcached's default
+    /// item size; raise it with the server's `-I`).
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// Consecutive timeouts on a connection after which it is dropped and the node
+    /// marked down until a reconnect succeeds (default 8).
+    pub fn timeout_threshold(mut self, n: u32) -> Self {
+        self.timeout_threshold = n;
+        self
+    }
+
+    /// Reconnect backoff: doubles from `min` up to `max`, with jitter (default 100 ms
+    /// to 30 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Validates the configuration and starts one driver task per connection. Must be
+    /// called inside a tokio runtime. Connections are opened in the background;
+    /// operations issued before they are up wait for them within their timeout.
+    pub fn build(self) -> Result<Client> {
+        self.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "build",
+                "ClientBuilder::build must be called inside a tokio runtime",
+            ));
+        }
+        let mut locator_nodes = Vec::with_capacity(self.nodes.len());
+        let mut ids: Vec<String> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let (host, port) = split_address(&node.address)?;
+            let id = node.id.clone().unwrap_or_else(|| node.address.clone());
+            if ids.contains(&id) {
+                return Err(Error::config(
+                    "nodes",
+                    format!("two nodes have the id {id:?}; give each a distinct NodeConfig::id"),
+                ));
+            }
+            ids.push(id);
+            locator_nodes.push(LocatorNode {
+                host: host.to_string(),
+                port,
+                weight: node.weight,
+            });
+        }
+        let locator = self.distribution.build(&locator_nodes)?;
+        let nodes = self
+            .nodes
+            .iter()
+            .zip(ids)
+            .map(|(config, id)| {
+                let shared = Arc::new(NodeShared::new(
+                    Arc::from(id.as_str()),
+                    config.address.clone(),
+                    self.connections_per_node,
+                ));
+                let connections = (0..self.connections_per_node)
+                    .map(|slot| {
+                        ConnectionHandle::spawn(self.connection_config(&config.address), shared.clone(), slot)
+                    })
+                    .collect();
+                Node::new(shared, connections)
+            })
+            .collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                nodes,
+                locator,
+                protocol: self.protocol,
+                policy: self.failure_policy,
+                operation_timeout: self.operation_timeout,
+                max_value_size: self.max_value_size,
+            }),
+            pinned: None,
+        })
+    }
+
+    fn connection_config(&self, address: &str) -> ConnectionConfig {
+        ConnectionConfig {
+            address: address.to_string(),
+            connect_timeout: self.connect_timeout,
+            max_in_flight: self.max_in_flight,
+            max_value_size: self.max_value_size,
+            timeout_threshold: self.timeout_threshold,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = |field, d: Duration| {
+            if d.is_zero() {
+                Err(Error::config(field, "must be greater than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        if self.nodes.is_empty() {
+            return Err(Error::config(
+                "nodes",
+                "no memcached node configured; add one with ClientBuilder::node(\"host:port\")",
+            ));
+        }
+        for node in &self.nodes {
+            split_address(&node.address)?;
+            if node.weight == 0 {
+                return Err(Error::config(
+                    "weight",
+                    format!("node {} has weight 0; weights start at 1", node.address),
+                ));
+            }
+            if let Some(id) = &node.id {
+                if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(Error::config(
+                        "id",
+                        format!("node id {id:?} must be non-empty, without whitespace or control characters"),
+                    ));
+                }
+            }
+        }
+        positive("operation_timeout", self.operation_timeout)?;
+        positive("connect_timeout", self.connect_timeout)?;
+        positive("reconnect_backoff", self.backoff_min)?;
+        if self.backoff_min > self.backoff_max {
+            return Err(Error::config(
+                "reconnect_backoff",
+                format!("min {:?} is above max {:?}", self.backoff_min, self.backoff_max),
+            ));
+        }
+        if !(1..=64).contains(&self.connections_per_node) {
+            return Err(Error::config(
+                "connections_per_node",
+                format!("{} is outside 1..=64; one pipelined connection is usually enough", self.connections_per_node),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(Error::config("max_in_flight", "must be at least 1"));
+        }
+        if self.max_value_size == 0 {
+            return Err(Error::config("max_value_size", "must be at least 1 byte"));
+        }
+        if self.timeout_threshold == 0 {
+            return Err(Error::config("timeout_threshold", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host:port` (IPv6 as `[addr]:port`).
+fn split_address(address: &str) -> Result<(&str, u16)> {
+    let bad = || {
+        Error::config(
+            "nodes",
+            format!("address {address:?} is not host:port (e.g. \"127.0.0.1:11211\" or \"[::1]:11211\")"),
+        )
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert_eq!(split_address("127.0.0.1:11211").unwrap(), ("127.0.0.1", 11211));
+        assert_eq!(split_address("[::1]:11311").unwrap(), ("::1", 11311));
+        assert_eq!(split_address("cache.local:1").unwrap(), ("cache.local", 1));
+        for bad in ["127.0.0.1", ":11211", "host:0", "host:port", "host:70000", ""] {
+            assert!(split_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn field_of(builder: ClientBuilder) -> &'static str {
+        match builder.validate() {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_field() {
+        let one = || Client::builder().node("127.0.0.1:11211");
+        assert_eq!(field_of(Client::builder()), "nodes");
+        assert_eq!(field_of(Client::builder().node("nope")), "nodes");
+        assert_eq!(field_of(Client::builder().node_config(NodeConfig::new("h:1").weight(0))), "weight");
+        assert_eq!(field_of(Client::builder().node_config(NodeConfig::new("h:1").id("a b"))), "id");
+        assert_eq!(field_of(one().operation_timeout(Duration::ZERO)), "operation_timeout");
+        assert_eq!(field_of(one().connect_timeout(Duration::ZERO)), "connect_timeout");
+        assert_eq!(field_of(one().connections_per_node(0)), "connections_per_node");
+        assert_eq!(field_of(one().max_in_flight(0)), "max_in_flight");
+        assert_eq!(field_of(one().max_value_size(0)), "max_value_size");
+        assert_eq!(field_of(one().timeout_threshold(0)), "timeout_threshold");
+        assert_eq!(
+            field_of(one().reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))),
+            "reconnect_backoff"
+        );
+        assert!(one().validate().is_ok());
+    }
+
+    #[test]
+    fn build_outside_a_runtime_is_refused() {
+        let err = Client::builder().node("127.0.0.1:11211").build().err();
+        assert!(matches!(err, Some(Error::Config { field: "build", .. })), "{err:?}");
+    }
+}

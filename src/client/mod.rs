@@ -1,0 +1,656 @@
+//! The client: routing keys to nodes, applying the failure policy, and the operations.
+
+mod config;
+mod types;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::connection::{ConnectionHandle, Request};
+use crate::locator::NodeLocator;
+use crate::node::{NodeCounters, NodeShared, NodeState};
+use crate::protocol::{
+    self, validate_key, Command, ErrorKind, Frame, MetaFrame, MetaStatus, Reply, StoreMode,
+    TextStatus,
+};
+use crate::{Error, Result};
+
+pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
+pub use types::{CasOutcome, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome};
+
+/// An async memcached client over a set of nodes.
+///
+/// Cheap to clone (the clones share connections) and safe to use from many tasks at
+/// once: concurrent operations on one node share its pipelined connection. Every
+/// operation is bounded by the operation timeout, and dropping an operation's future
+/// at any point is safe: no other caller ever receives its reply.
+///
+/// ```no_run
+/// # async fn demo() -> memkeep::Result<()> {
+/// use memkeep::{Client, Expiry};
+/// use std::time::Duration;
+///
+/// let client = Client::builder().node("127.0.0.1:11211").build()?;
+/// client.set("greeting", "hello", Expiry::In(Duration::from_secs(60))).await?;
+/// let item = client.get("greeting").await?;
+/// assert_eq!(item.map(|i| i.value), Some("hello".into()));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    /// Set by [`Client::on_node`]: every keyed operation goes to this node.
+    pinned: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: Vec<Node>,
+    locator: Arc<dyn NodeLocator>,
+    protocol: Protocol,
+    policy: FailurePolicy,
+    operation_timeout: Duration,
+    max_value_size: usize,
+}
+
+#[derive(Debug)]
+struct Node {
+    shared: Arc<NodeShared>,
+    connections: Vec<ConnectionHandle>,
+    next: AtomicUsize,
+}
+
+impl Node {
+    fn new(shared: Arc<NodeShared>, connections: Vec<ConnectionHandle>) -> Self {
+        Self {
+            shared,
+            connections,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn connection(&self) -> &ConnectionHandle {
+        let n = self.connections.len();
+        let i = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        &self.connections[i]
+    }
+
+    fn metrics(&self) -> Metrics {
+        let c = &self.shared.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Metrics {
+            operations: get(&c.operations),
+            errors: get(&c.errors),
+            timeouts: get(&c.timeouts),
+            reconnects: get(&c.reconnects),
+            protocol_errors: get(&c.protocol_errors),
+            quiet_failures: get(&c.quiet_failures),
+            in_flight: get(&c.in_flight),
+        }
+    }
+}
+
+impl Client {
+    /// A builder with validated defaults.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    // ----- retrieval -------------------------------------------------------------
+
+    /// Reads `key`; `None` on a miss.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
+        let key = key.as_ref();
+        let reply = self
+            .keyed(key, Command::Get { key, cas: false, touch: None })
+            .await?;
+        single_item(reply)
+    }
+
+    /// Reads `key` with its CAS token (`Item::cas` is set).
+    pub async fn gets(&self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
+        let key = key.as_ref();
+        let reply = self
+            .keyed(key, Command::Get { key, cas: true, touch: None })
+            .await?;
+        single_item(reply)
+    }
+
+    /// Reads `key` and resets its expiry.
+    pub async fn get_and_touch(&self, key: impl AsRef<[u8]>, expiry: Expiry) -> Result<Option<Item>> {
+        let key = key.as_ref();
+        let touch = Some(expiry.to_exptime(SystemTime::now()));
+        let reply = self.keyed(key, Command::Get { key, cas: false, touch }).await?;
+        single_item(reply)
+    }
+
+    /// Reads many keys: split by node, one pipelined batch per node, all nodes at
+    /// once. Misses are absent from the map. Fails as a whole if any node's batch fails.
+    pub async fn get_many<I, K>(&self, keys: I) -> Result<HashMap<Vec<u8>, Item>>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        let keys: Vec<K> = keys.into_iter().collect();
+        let binary_ok = self.inner.protocol == Protocol::Meta;
+        let mut by_node: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+        for key in &keys {
+            let key = key.as_ref();
+            validate_key(key, binary_ok)?;
+            by_node.entry(self.route(key).await?).or_default().push(key);
+        }
+        let batches = by_node.into_iter().map(|(index, keys)| async move {
+            let reply = self.call(index, &Command::GetMany { keys: &keys }).await?;
+            collect_many(reply, &keys)
+        });
+        let mut found = HashMap::with_capacity(keys.len());
+        for batch in futures::future::join_all(batches).await {
+            found.extend(batch?);
+        }
+        Ok(found)
+    }
+
+    // ----- storage ---------------------------------------------------------------
+
+    /// Stores `value` under `key` unconditionally.
+    pub async fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, expiry: Expiry) -> Result<()> {
+        let options = StoreOptions { expiry, ..StoreOptions::default() };
+        match self.store(StoreMode::Set, key, value, options).await? {
+            StoreOutcome::Stored => Ok(()),
+            other => Err(unexpected_outcome(other)),
+        }
+    }
+
+    /// Stores only if `key` is absent; false if it was present.
+    pub async fn add(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, expiry: Expiry) -> Result<bool> {
+        let options = StoreOptions { expiry, ..StoreOptions::default() };
+        Ok(self.store(StoreMode::Add, key, value, options).await? == StoreOutcome::Stored)
+    }
+
+    /// Stores only if `key` is present; false if it was missing.
+    pub async fn replace(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, expiry: Expiry) -> Result<bool> {
+        let options = StoreOptions { expiry, ..StoreOptions::default() };
+        Ok(self.store(StoreMode::Replace, key, value, options).await? == StoreOutcome::Stored)
+    }
+
+    /// Appends to the value of `key`; false if it was missing.
+    pub async fn append(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.store(StoreMode::Append, key, value, StoreOptions::default()).await? == StoreOutcome::Stored)
+    }
+
+    /// Prepends to the value of `key`; false if it was missing.
+    pub async fn prepend(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.store(StoreMode::Prepend, key, value, StoreOptions::default()).await? == StoreOutcome::Stored)
+    }
+
+    /// Stores only if the item's CAS token is still `cas` (read it with [`Client::gets`]).
+    pub async fn cas(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        expiry: Expiry,
+        cas: u64,
+    ) -> Result<CasOutcome> {
+        let options = StoreOptions { expiry, cas: Some(cas), ..StoreOptions::default() };
+        Ok(match self.store(StoreMode::Set, key, value, options).await? {
+            StoreOutcome::Stored => CasOutcome::Stored,
+            StoreOutcome::Exists => CasOutcome::Exists,
+            StoreOutcome::NotFound | StoreOutcome::NotStored => CasOutcome::NotFound,
+        })
+    }
+
+    /// The general storage command: any mode, client flags, expiry and CAS token.
+    pub async fn store(
+        &self,
+        mode: StoreMode,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: StoreOptions,
+    ) -> Result<StoreOutcome> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let cmd = self.store_command(mode, key, value, options);
+        match self.keyed(key, cmd).await? {
+            Reply::Line(Frame::Status(status)) => match status {
+                TextStatus::Stored => Ok(StoreOutcome::Stored),
+                TextStatus::NotStored => Ok(StoreOutcome::NotStored),
+                TextStatus::Exists => Ok(StoreOutcome::Exists),
+                TextStatus::NotFound => Ok(StoreOutcome::NotFound),
+                _ => Err(unexpected_reply("a storage status")),
+            },
+            Reply::Meta(m) => match m.status {
+                MetaStatus::Ok => Ok(StoreOutcome::Stored),
+                MetaStatus::NotStored => Ok(StoreOutcome::NotStored),
+                MetaStatus::Exists => Ok(StoreOutcome::Exists),
+                MetaStatus::NotFound => Ok(StoreOutcome::NotFound),
+                _ => Err(unexpected_reply("a storage status")),
+            },
+            other => Err(reply_error(other, "a storage status")),
+        }
+    }
+
+    // ----- other keyed commands --------------------------------------------------
+
+    /// Deletes `key`; false if it was missing.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        match self.keyed(key, Command::Delete { key }).await? {
+            Reply::Line(Frame::Status(TextStatus::Deleted)) => Ok(true),
+            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(false),
+            Reply::Meta(MetaFrame { status: MetaStatus::Ok, .. }) => Ok(true),
+            Reply::Meta(MetaFrame { status: MetaStatus::NotFound, .. }) => Ok(false),
+            other => Err(reply_error(other, "a delete status")),
+        }
+    }
+
+    /// Adds `delta` to the decimal number stored at `key`; `None` if it is missing.
+    pub async fn incr(&self, key: impl AsRef<[u8]>, delta: u64) -> Result<Option<u64>> {
+        self.arith(true, key.as_ref(), delta).await
+    }
+
+    /// Subtracts `delta` (stopping at 0) from the number at `key`; `None` if missing.
+    pub async fn decr(&self, key: impl AsRef<[u8]>, delta: u64) -> Result<Option<u64>> {
+        self.arith(false, key.as_ref(), delta).await
+    }
+
+    async fn arith(&self, incr: bool, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        match self.keyed(key, Command::Arith { incr, key, delta }).await? {
+            Reply::Line(Frame::Number(n)) => Ok(Some(n)),
+            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(None),
+            Reply::Meta(MetaFrame { status: MetaStatus::NotFound, .. }) => Ok(None),
+            Reply::Meta(MetaFrame { status: MetaStatus::Value, data: Some(data), .. }) => {
+                std::str::from_utf8(&data)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .map(Some)
+                    .ok_or_else(|| unexpected_reply("a decimal counter"))
+            }
+            other => Err(reply_error(other, "a counter")),
+        }
+    }
+
+    /// Resets the expiry of `key`; false if it is missing.
+    pub async fn touch(&self, key: impl AsRef<[u8]>, expiry: Expiry) -> Result<bool> {
+        let key = key.as_ref();
+        let exptime = expiry.to_exptime(SystemTime::now());
+        match self.keyed(key, Command::Touch { key, exptime }).await? {
+            Reply::Line(Frame::Status(TextStatus::Touched)) => Ok(true),
+            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(false),
+            Reply::Meta(MetaFrame { status: MetaStatus::Ok, .. }) => Ok(true),
+            Reply::Meta(MetaFrame { status: MetaStatus::Miss, .. }) => Ok(false),
+            other => Err(reply_error(other, "a touch status")),
+        }
+    }
+
+    // ----- fire-and-forget -------------------------------------------------------
+
+    /// Stores without waiting for the outcome: resolves once the request is queued on
+    /// its connection. Failures the server reports are logged and counted in
+    /// [`Metrics::quiet_failures`].
+    pub async fn set_noreply(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, expiry: Expiry) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let options = StoreOptions { expiry, ..StoreOptions::default() };
+        let cmd = self.store_command(StoreMode::Set, key, value, options);
+        self.keyed_noreply(key, cmd).await
+    }
+
+    /// Deletes without waiting for the outcome.
+    pub async fn delete_noreply(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let key = key.as_ref();
+        self.keyed_noreply(key, Command::Delete { key }).await
+    }
+
+    /// Resets an expiry without waiting for the outcome.
+    pub async fn touch_noreply(&self, key: impl AsRef<[u8]>, expiry: Expiry) -> Result<()> {
+        let key = key.as_ref();
+        let exptime = expiry.to_exptime(SystemTime::now());
+        self.keyed_noreply(key, Command::Touch { key, exptime }).await
+    }
+
+    // ----- whole-node commands ---------------------------------------------------
+
+    /// Invalidates every item on every node (or on the pinned node).
+    pub async fn flush_all(&self) -> Result<()> {
+        for result in self.each_node(Command::FlushAll).await {
+            match result.1? {
+                Reply::Line(Frame::Status(TextStatus::Ok)) => {}
+                other => return Err(reply_error(other, "OK")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each node's server version, by node id.
+    pub async fn version(&self) -> Vec<(String, Result<String>)> {
+        self.each_node(Command::Version)
+            .await
+            .into_iter()
+            .map(|(id, reply)| {
+                let version = reply.and_then(|reply| match reply {
+                    Reply::Line(Frame::Version(v)) => Ok(String::from_utf8_lossy(&v).into_owned()),
+                    other => Err(reply_error(other, "VERSION")),
+                });
+                (id, version)
+            })
+            .collect()
+    }
+
+    /// Each node's general statistics (`stats`), by node id.
+    pub async fn stats(&self) -> Vec<(String, Result<HashMap<String, String>>)> {
+        self.each_node(Command::Stats)
+            .await
+            .into_iter()
+            .map(|(id, reply)| {
+                let stats = reply.and_then(|reply| match reply {
+                    Reply::Stats(pairs) => Ok(pairs
+                        .into_iter()
+                        .map(|(k, v)| {
+                            (
+                                String::from_utf8_lossy(&k).into_owned(),
+                                String::from_utf8_lossy(&v).into_owned(),
+                            )
+                        })
+                        .collect()),
+                    other => Err(reply_error(other, "STAT lines")),
+                });
+                (id, stats)
+            })
+            .collect()
+    }
+
+    // ----- nodes -----------------------------------------------------------------
+
+    /// A client whose keyed operations all go to the node with this id, whatever the
+    /// key, and fail with [`Error::NodeDown`] while it is down (no redistribution).
+    /// This is how a caller that records which node holds a value (the session layer)
+    /// reads and writes it.
+    pub fn on_node(&self, id: &str) -> Result<Client> {
+        let index = self
+            .inner
+            .nodes
+            .iter()
+            .position(|n| &*n.shared.id == id)
+            .ok_or_else(|| Error::UnknownNode(id.to_string()))?;
+        Ok(Client {
+            inner: self.inner.clone(),
+            pinned: Some(index),
+        })
+    }
+
+    /// The ids of all nodes, in configured order.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.inner.nodes.iter().map(|n| n.shared.id.to_string()).collect()
+    }
+
+    /// Id, address, health and counters of every node, in configured order.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.inner
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                id: n.shared.id.to_string(),
+                address: n.shared.address.clone(),
+                state: n.shared.state(),
+                metrics: n.metrics(),
+            })
+            .collect()
+    }
+
+    /// Whether the node with this id is up; `None` for an unknown id.
+    pub fn is_up(&self, id: &str) -> Option<bool> {
+        self.inner
+            .nodes
+            .iter()
+            .find(|n| &*n.shared.id == id)
+            .map(|n| n.shared.state() == NodeState::Up)
+    }
+
+    /// Counters summed over all nodes.
+    pub fn metrics(&self) -> Metrics {
+        self.inner
+            .nodes
+            .iter()
+            .fold(Metrics::default(), |sum, n| sum + n.metrics())
+    }
+
+    // ----- plumbing --------------------------------------------------------------
+
+    fn store_command<'a>(
+        &self,
+        mode: StoreMode,
+        key: &'a [u8],
+        value: &'a [u8],
+        options: StoreOptions,
+    ) -> Command<'a> {
+        Command::Store {
+            mode,
+            key,
+            value,
+            flags: options.flags,
+            exptime: options.expiry.to_exptime(SystemTime::now()),
+            cas: options.cas,
+        }
+    }
+
+    /// Refuses what the protocol can't carry, before anything is queued.
+    fn check(&self, cmd: &Command<'_>) -> Result<()> {
+        let binary_ok = self.inner.protocol == Protocol::Meta;
+        for key in cmd.keys() {
+            validate_key(key, binary_ok)?;
+        }
+        if let Command::Store { value, .. } = cmd {
+            if value.len() > self.inner.max_value_size {
+                return Err(Error::ValueTooLarge {
+                    size: value.len(),
+                    max: self.inner.max_value_size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The node for `key` under the failure policy.
+    async fn route(&self, key: &[u8]) -> Result<usize> {
+        if let Some(index) = self.pinned {
+            return Ok(index);
+        }
+        let nodes = &self.inner.nodes;
+        let primary = self.inner.locator.primary(key);
+        let node = nodes.get(primary).ok_or(Error::NoNodeAvailable)?;
+        if node.shared.is_available() {
+            return Ok(primary);
+        }
+        match self.inner.policy {
+            FailurePolicy::Redistribute => self
+                .inner
+                .locator
+                .fallback(key, &|i| nodes.get(i).is_some_and(|n| n.shared.is_available()))
+                .ok_or(Error::NoNodeAvailable),
+            FailurePolicy::Retry => {
+                let mut state = node.shared.watch_state();
+                let back = tokio::time::timeout(
+                    self.inner.operation_timeout,
+                    state.wait_for(|s| *s != NodeState::Down),
+                )
+                .await;
+                match back {
+                    Ok(Ok(_)) => Ok(primary),
+                    _ => Err(Error::NodeDown { node: node.shared.id.to_string() }),
+                }
+            }
+            FailurePolicy::FailFast => Err(Error::NodeDown { node: node.shared.id.to_string() }),
+        }
+    }
+
+    async fn keyed(&self, key: &[u8], cmd: Command<'_>) -> Result<Reply> {
+        self.check(&cmd)?;
+        let index = self.route(key).await?;
+        match self.call(index, &cmd).await {
+            // The node went down between routing and sending; the request was never
+            // written, so sending it elsewhere is safe.
+            Err(Error::NodeDown { .. })
+                if self.pinned.is_none() && self.inner.policy == FailurePolicy::Redistribute =>
+            {
+                let nodes = &self.inner.nodes;
+                let next = self
+                    .inner
+                    .locator
+                    .fallback(key, &|i| i != index && nodes.get(i).is_some_and(|n| n.shared.is_available()))
+                    .ok_or(Error::NoNodeAvailable)?;
+                self.call(next, &cmd).await
+            }
+            other => other,
+        }
+    }
+
+    async fn keyed_noreply(&self, key: &[u8], cmd: Command<'_>) -> Result<()> {
+        self.check(&cmd)?;
+        let index = self.route(key).await?;
+        let node = &self.inner.nodes[index];
+        let connection = node.connection();
+        let quiet = self.inner.protocol == Protocol::Meta;
+        let (bytes, expect) = self.encode(&cmd, connection, quiet);
+        let request = Request { bytes, expect, reply: None };
+        let timeout = self.inner.operation_timeout;
+        match tokio::time::timeout(timeout, connection.send(request)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(Error::Timeout { node: node.shared.id.to_string(), after: timeout }),
+        }
+    }
+
+    /// Sends `cmd` to node `index` and waits for its reply, within the timeout.
+    async fn call(&self, index: usize, cmd: &Command<'_>) -> Result<Reply> {
+        let node = self.inner.nodes.get(index).ok_or(Error::NoNodeAvailable)?;
+        let connection = node.connection();
+        let (bytes, expect) = self.encode(cmd, connection, false);
+        let expect = expect.ok_or_else(|| unexpected_reply("a reply shape"))?;
+        let timeout = self.inner.operation_timeout;
+        let counters = &node.shared.counters;
+        let result = match tokio::time::timeout(timeout, connection.call(bytes, expect)).await {
+            Ok(result) => result,
+            Err(_) => {
+                connection.record_timeout();
+                NodeCounters::add(&counters.timeouts, 1);
+                tracing::debug!(node = %node.shared.id, ?timeout, "operation timed out");
+                Err(Error::Timeout { node: node.shared.id.to_string(), after: timeout })
+            }
+        };
+        NodeCounters::add(&counters.operations, 1);
+        if result.is_err() {
+            NodeCounters::add(&counters.errors, 1);
+        }
+        result
+    }
+
+    fn encode(&self, cmd: &Command<'_>, connection: &ConnectionHandle, quiet: bool) -> (Bytes, Option<protocol::Expect>) {
+        let mut buf = BytesMut::with_capacity(encoded_size_hint(cmd));
+        let expect = match self.inner.protocol {
+            Protocol::Text => Some(protocol::text::encode(cmd, &mut buf)),
+            Protocol::Meta => {
+                let opaque = connection.opaques(protocol::meta::opaque_count(cmd));
+                protocol::meta::encode(cmd, &protocol::key::form_of, opaque, quiet, &mut buf)
+            }
+        };
+        (buf.freeze(), expect)
+    }
+
+    /// Runs a whole-node command on every node (or the pinned one), concurrently.
+    async fn each_node(&self, cmd: Command<'static>) -> Vec<(String, Result<Reply>)> {
+        let indices: Vec<usize> = match self.pinned {
+            Some(i) => vec![i],
+            None => (0..self.inner.nodes.len()).collect(),
+        };
+        let calls = indices.into_iter().map(|i| async move {
+            let id = self.inner.nodes[i].shared.id.to_string();
+            (id, self.call(i, &cmd).await)
+        });
+        futures::future::join_all(calls).await
+    }
+}
+
+fn encoded_size_hint(cmd: &Command<'_>) -> usize {
+    match cmd {
+        Command::Store { key, value, .. } => key.len() + value.len() + 64,
+        Command::GetMany { keys } => keys.iter().map(|k| k.len() + 24).sum::<usize>() + 8,
+        _ => 64,
+    }
+}
+
+fn single_item(reply: Reply) -> Result<Option<Item>> {
+    match reply {
+        Reply::Values(values) => Ok(values.into_iter().next().and_then(|frame| match frame {
+            Frame::Value { flags, cas, data, .. } => Some(Item { value: data, flags, cas }),
+            _ => None,
+        })),
+        Reply::Meta(m) => match m.status {
+            MetaStatus::Value => Ok(Some(meta_item(m))),
+            MetaStatus::Miss => Ok(None),
+            _ => Err(unexpected_reply("VA or EN")),
+        },
+        other => Err(reply_error(other, "a value")),
+    }
+}
+
+fn meta_item(m: MetaFrame) -> Item {
+    Item {
+        value: m.data.unwrap_or_default(),
+        flags: m.flags.unwrap_or(0),
+        cas: m.cas,
+    }
+}
+
+fn collect_many(reply: Reply, keys: &[&[u8]]) -> Result<Vec<(Vec<u8>, Item)>> {
+    match reply {
+        Reply::Values(values) => Ok(values
+            .into_iter()
+            .filter_map(|frame| match frame {
+                Frame::Value { key, flags, cas, data } => {
+                    Some((key.to_vec(), Item { value: data, flags, cas }))
+                }
+                _ => None,
+            })
+            .collect()),
+        Reply::MetaValues(values) => Ok(values
+            .into_iter()
+            .filter_map(|(index, m)| {
+                let key = keys.get(index as usize)?;
+                Some((key.to_vec(), meta_item(m)))
+            })
+            .collect()),
+        other => Err(reply_error(other, "values")),
+    }
+}
+
+/// Turns a server error line into its error, anything else into a protocol error.
+fn reply_error(reply: Reply, wanted: &str) -> Error {
+    match reply {
+        Reply::Error { kind, message } => {
+            let message = String::from_utf8_lossy(&message).into_owned();
+            match kind {
+                ErrorKind::Unknown => Error::UnsupportedCommand,
+                ErrorKind::Client if message.contains("non-numeric") => Error::NotNumeric(message),
+                ErrorKind::Client => Error::ClientRejected(message),
+                ErrorKind::Server => Error::Server(message),
+            }
+        }
+        _ => unexpected_reply(wanted),
+    }
+}
+
+fn unexpected_reply(wanted: &str) -> Error {
+    Error::Protocol {
+        node: String::new(),
+        reason: format!("reply is not {wanted}"),
+    }
+}
+
+fn unexpected_outcome(outcome: StoreOutcome) -> Error {
+    Error::Server(format!("set answered {outcome:?}"))
+}

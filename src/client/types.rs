@@ -1,0 +1,176 @@
+//! Values that go in and out of client operations.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::node::NodeState;
+use crate::protocol::RELATIVE_EXPIRY_LIMIT;
+
+/// A value read from memcached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The stored bytes.
+    pub value: Bytes,
+    /// The client flags stored with the value.
+    pub flags: u32,
+    /// The CAS token, when the operation asked for it (`gets`).
+    pub cas: Option<u64>,
+}
+
+/// When an item expires.
+///
+/// memcached reads an expiry of more than 30 days as an absolute Unix time and 0 as
+/// "never"; this type hides both traps: `In` of more than 30 days is sent as an
+/// absolute time, and `In(Duration::ZERO)` (or an `At` in the past) expires the item
+/// at once instead of keeping it forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Expiry {
+    /// Never expires (it may still be evicted).
+    #[default]
+    Never,
+    /// Expires after this long (rounded up to whole seconds).
+    In(Duration),
+    /// Expires at this wall-clock time.
+    At(SystemTime),
+}
+
+impl Expiry {
+    /// The `exptime` memcached expects, given the current wall-clock time.
+    pub(crate) fn to_exptime(self, now: SystemTime) -> i64 {
+        let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match self {
+            Expiry::Never => 0,
+            Expiry::In(d) => {
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                if secs == 0 {
+                    -1
+                } else if secs <= RELATIVE_EXPIRY_LIMIT {
+                    secs as i64
+                } else {
+                    clamp_i64(unix(now).saturating_add(secs))
+                }
+            }
+            Expiry::At(t) => {
+                if t <= now {
+                    -1
+                } else {
+                    clamp_i64(unix(t).max(RELATIVE_EXPIRY_LIMIT + 1))
+                }
+            }
+        }
+    }
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Options of a storage command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreOptions {
+    /// Client flags stored with the value (opaque to memcached).
+    pub flags: u32,
+    /// When the item expires.
+    pub expiry: Expiry,
+    /// Store only if the item's CAS token still equals this one.
+    pub cas: Option<u64>,
+}
+
+/// What a storage command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreOutcome {
+    /// Stored.
+    Stored,
+    /// Not stored: the mode's condition failed (`add` of a present key, `replace` or
+    /// `append` of a missing one).
+    NotStored,
+    /// Not stored: the CAS token is stale.
+    Exists,
+    /// Not stored: a CAS store on a missing key.
+    NotFound,
+}
+
+/// What a compare-and-swap did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CasOutcome {
+    /// Stored: nobody changed the item since the token was read.
+    Stored,
+    /// Not stored: the item changed since.
+    Exists,
+    /// Not stored: the item is gone.
+    NotFound,
+}
+
+/// Counters of a node, or summed over all nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Operations completed (successfully or not).
+    pub operations: u64,
+    /// Operations that ended in an error (timeouts included).
+    pub errors: u64,
+    /// Operations that timed out.
+    pub timeouts: u64,
+    /// Connections re-established after a failure.
+    pub reconnects: u64,
+    /// Replies that violated the protocol (each drops its connection).
+    pub protocol_errors: u64,
+    /// Fire-and-forget requests the server reported as failed.
+    pub quiet_failures: u64,
+    /// Requests sent and not yet answered, right now.
+    pub in_flight: u64,
+}
+
+impl std::ops::Add for Metrics {
+    type Output = Metrics;
+
+    fn add(self, o: Metrics) -> Metrics {
+        Metrics {
+            operations: self.operations + o.operations,
+            errors: self.errors + o.errors,
+            timeouts: self.timeouts + o.timeouts,
+            reconnects: self.reconnects + o.reconnects,
+            protocol_errors: self.protocol_errors + o.protocol_errors,
+            quiet_failures: self.quiet_failures + o.quiet_failures,
+            in_flight: self.in_flight + o.in_flight,
+        }
+    }
+}
+
+/// A node's identity, health and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// The node's id.
+    pub id: String,
+    /// Its `host:port`.
+    pub address: String,
+    /// Its health.
+    pub state: NodeState,
+    /// Its counters.
+    pub metrics: Metrics,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_follows_memcached_rules() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(Expiry::Never.to_exptime(now), 0);
+        assert_eq!(Expiry::In(Duration::ZERO).to_exptime(now), -1);
+        assert_eq!(Expiry::In(Duration::from_millis(1)).to_exptime(now), 1);
+        assert_eq!(Expiry::In(Duration::from_millis(1500)).to_exptime(now), 2);
+        assert_eq!(Expiry::In(Duration::from_secs(60)).to_exptime(now), 60);
+        let thirty_days = Duration::from_secs(RELATIVE_EXPIRY_LIMIT);
+        assert_eq!(Expiry::In(thirty_days).to_exptime(now), 2_592_000);
+        let longer = thirty_days + Duration::from_secs(1);
+        assert_eq!(Expiry::In(longer).to_exptime(now), 1_800_000_000 + 2_592_001);
+        assert_eq!(Expiry::At(now + Duration::from_secs(5)).to_exptime(now), 1_800_000_005);
+        assert_eq!(Expiry::At(now).to_exptime(now), -1);
+        assert_eq!(Expiry::At(UNIX_EPOCH).to_exptime(now), -1);
+        assert_eq!(Expiry::In(Duration::MAX).to_exptime(now), i64::MAX);
+    }
+}

@@ -1,0 +1,480 @@
+//! One TCP connection to one memcached server, driven by one task.
+//!
+//! Callers never touch the socket. They encode their request, hand it to the
+//! connection's driver through a bounded channel together with a reply channel, and
+//! wait. The driver owns the socket, a write buffer and the in-flight queue:
+//!
+//! ```text
+//!  callers ──mpsc (bounded)──► driver ──one write per batch──► memcached
+//!     ▲                          │ in-flight FIFO (≤ max_in_flight)
+//!     └──────oneshot reply───────┴◄──── frames, in request order ────┘
+//! ```
+//!
+//! * **Pipelining**: the driver takes every request already queued, appends them to one
+//!   buffer and writes it with as few system calls as the socket allows; replies come
+//!   back in request order and are matched to the head of the in-flight queue (checked
+//!   against the meta opaque when there is one).
+//! * **Backpressure**: the driver stops taking requests while `max_in_flight` replies
+//!   are outstanding; callers then wait in the bounded channel.
+//! * **Cancellation**: a caller that stops waiting (timeout, dropped future) only drops
+//!   its receiver. A request not yet written is skipped; one already written keeps its
+//!   place in the queue and its reply is read and thrown away. The byte stream never
+//!   loses its alignment with the queue, whatever point the caller was dropped at.
+//! * **Failure**: a broken socket or a reply that can't belong to the head of the
+//!   queue ends the connection: every in-flight caller gets an error at once, the node
+//!   is marked down, and the driver reconnects after an exponential backoff with jitter.
+
+mod pending;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::Decoder;
+use tracing::Instrument;
+
+use crate::node::{NodeCounters, NodeShared, NodeState};
+use crate::protocol::{Expect, Frame, FrameDecoder, Reply};
+use crate::Error;
+use pending::{Pending, ReplySender, Step};
+
+/// Bytes of queued requests after which the driver writes before taking more.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Requests taken from the channel in one go before the driver writes.
+const BATCH: usize = 512;
+/// Free space kept in the read buffer before each read.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Settings of one connection, fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionConfig {
+    pub(crate) address: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_value_size: usize,
+    pub(crate) timeout_threshold: u32,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+/// A request on its way to the driver.
+#[derive(Debug)]
+pub(crate) struct Request {
+    /// The encoded command.
+    pub(crate) bytes: Bytes,
+    /// The reply shape; `None` for a quiet (meta `q`) request that expects no reply.
+    pub(crate) expect: Option<Expect>,
+    /// Where the reply goes; `None` for fire-and-forget.
+    pub(crate) reply: Option<ReplySender>,
+}
+
+/// The callers' side of a connection.
+#[derive(Debug)]
+pub(crate) struct ConnectionHandle {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<ConnectionShared>,
+}
+
+#[derive(Debug)]
+struct ConnectionShared {
+    next_opaque: AtomicU32,
+    consecutive_timeouts: AtomicU32,
+    wake: Notify,
+}
+
+impl ConnectionHandle {
+    /// Starts the driver task of connection `slot` of `node`. Must run inside a tokio
+    /// runtime.
+    pub(crate) fn spawn(config: ConnectionConfig, node: Arc<NodeShared>, slot: usize) -> Self {
+        let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
+        let shared = Arc::new(ConnectionShared {
+            next_opaque: AtomicU32::new(1),
+            consecutive_timeouts: AtomicU32::new(0),
+            wake: Notify::new(),
+        });
+        let span = tracing::info_span!("memcached_connection", node = %node.id, slot);
+        let driver = Driver {
+            decoder: FrameDecoder::new(config.max_value_size),
+            jitter: jitter_seed(&node.id, slot),
+            config,
+            node,
+            slot,
+            rx,
+            shared: shared.clone(),
+            in_flight: std::collections::VecDeque::new(),
+        };
+        tokio::spawn(driver.run().instrument(span));
+        Self { tx, shared }
+    }
+
+    /// Reserves `count` consecutive opaque tokens for a meta request.
+    pub(crate) fn opaques(&self, count: u32) -> u32 {
+        self.shared.next_opaque.fetch_add(count, Ordering::Relaxed)
+    }
+
+    /// Queues `request`, waiting for room in the channel. Cancel-safe: dropping the
+    /// future before it completes means the request was not queued.
+    pub(crate) async fn send(&self, request: Request) -> Result<(), Error> {
+        self.tx.send(request).await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Sends `bytes` and waits for the assembled reply.
+    pub(crate) async fn call(&self, bytes: Bytes, expect: Expect) -> Result<Reply, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request {
+            bytes,
+            expect: Some(expect),
+            reply: Some(tx),
+        })
+        .await?;
+        rx.await.unwrap_or(Err(Error::Shutdown))
+    }
+
+    /// Notes a caller's timeout; enough of them in a row make the driver drop the
+    /// connection, which marks the node down until a reconnect proves it answers.
+    pub(crate) fn record_timeout(&self) {
+        self.shared.consecutive_timeouts.fetch_add(1, Ordering::AcqRel);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Why a connection ended.
+enum Disconnect {
+    /// Every handle is gone and the queue is empty.
+    Shutdown,
+    /// The connection broke or was dropped on purpose.
+    Lost(String),
+    /// The server sent something that is not a reply to the head of the queue.
+    Protocol(String),
+}
+
+struct Driver {
+    config: ConnectionConfig,
+    node: Arc<NodeShared>,
+    slot: usize,
+    rx: mpsc::Receiver<Request>,
+    shared: Arc<ConnectionShared>,
+    decoder: FrameDecoder,
+    in_flight: std::collections::VecDeque<Pending>,
+    jitter: u64,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut attempt = 0u32;
+        loop {
+            self.node.set_connection_state(self.slot, NodeState::Connecting);
+            match self.connect().await {
+                Ok((stream, read_buf)) => {
+                    attempt = 0;
+                    self.shared.consecutive_timeouts.store(0, Ordering::Release);
+                    self.node.set_connection_state(self.slot, NodeState::Up);
+                    tracing::debug!(address = %self.config.address, "connected");
+                    let reason = self.serve(stream, read_buf).await;
+                    let (message, error) = match reason {
+                        Disconnect::Shutdown => return,
+                        Disconnect::Lost(reason) => {
+                            tracing::warn!(%reason, "connection lost; reconnecting");
+                            let error = Error::ConnectionLost {
+                                node: self.node.id.to_string(),
+                                reason: reason.clone(),
+                            };
+                            (reason, error)
+                        }
+                        Disconnect::Protocol(reason) => {
+                            NodeCounters::add(&self.node.counters.protocol_errors, 1);
+                            tracing::error!(%reason, "protocol violation; dropping the connection");
+                            let error = Error::Protocol {
+                                node: self.node.id.to_string(),
+                                reason: reason.clone(),
+                            };
+                            (reason, error)
+                        }
+                    };
+                    self.fail_in_flight(&error, &message);
+                    NodeCounters::add(&self.node.counters.reconnects, 1);
+                }
+                Err(reason) => {
+                    tracing::warn!(address = %self.config.address, %reason, attempt, "connect failed");
+                }
+            }
+            self.node.set_connection_state(self.slot, NodeState::Down);
+            let delay = backoff_delay(
+                attempt,
+                self.config.backoff_min,
+                self.config.backoff_max,
+                next_random(&mut self.jitter),
+            );
+            attempt = attempt.saturating_add(1);
+            if !self.wait_out_backoff(delay).await {
+                return;
+            }
+        }
+    }
+
+    /// Opens the socket and proves the server answers (`version`) within the connect
+    /// timeout, so a stopped server is not taken for a live one.
+    async fn connect(&mut self) -> Result<(TcpStream, BytesMut), String> {
+        let attempt = async {
+            let mut stream = TcpStream::connect(&self.config.address)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            stream
+                .write_all(b"version\r\n")
+                .await
+                .map_err(|e| format!("probe: {e}"))?;
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            loop {
+                if let Some(frame) = self.decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                    return match frame {
+                        Frame::Version(_) => Ok((stream, buf)),
+                        other => Err(format!("probe: unexpected reply {other:?}")),
+                    };
+                }
+                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("probe: server closed the connection".into());
+                }
+            }
+        };
+        tokio::time::timeout(self.config.connect_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.config.connect_timeout)))
+    }
+
+    /// Sleeps `delay`, failing requests that arrive meanwhile. False when every handle
+    /// is gone.
+    async fn wait_out_backoff(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                request = self.rx.recv() => match request {
+                    Some(request) => self.refuse(request),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    fn refuse(&self, request: Request) {
+        if let Some(tx) = request.reply {
+            let _ = tx.send(Err(Error::NodeDown {
+                node: self.node.id.to_string(),
+            }));
+        }
+    }
+
+    fn fail_in_flight(&mut self, error: &Error, reason: &str) {
+        for pending in self.in_flight.drain(..) {
+            pending.finish(Err(clone_error(error, reason)));
+        }
+        self.node.counters.in_flight.store(0, Ordering::Relaxed);
+    }
+
+    async fn serve(&mut self, stream: TcpStream, mut read_buf: BytesMut) -> Disconnect {
+        let (mut reader, mut writer) = stream.into_split();
+        let mut write_buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut closing = false;
+        loop {
+            let threshold = self.config.timeout_threshold;
+            if self.shared.consecutive_timeouts.load(Ordering::Acquire) >= threshold {
+                self.shared.consecutive_timeouts.store(0, Ordering::Release);
+                return Disconnect::Lost(format!("{threshold} consecutive operations timed out"));
+            }
+            if closing && self.in_flight.is_empty() && write_buf.is_empty() {
+                return Disconnect::Shutdown;
+            }
+            let accepting = !closing
+                && self.in_flight.len() < self.config.max_in_flight
+                && write_buf.len() < WRITE_HIGH_WATER;
+            if read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
+                read_buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                read = reader.read_buf(&mut read_buf) => match read {
+                    Ok(0) => return Disconnect::Lost("server closed the connection".into()),
+                    Ok(_) => {
+                        if let Err(reason) = self.dispatch(&mut read_buf) {
+                            return Disconnect::Protocol(reason);
+                        }
+                    }
+                    Err(e) => return Disconnect::Lost(format!("read: {e}")),
+                },
+                written = writer.write(&write_buf), if !write_buf.is_empty() => match written {
+                    Ok(0) => return Disconnect::Lost("write: connection closed".into()),
+                    Ok(n) => write_buf.advance(n),
+                    Err(e) => return Disconnect::Lost(format!("write: {e}")),
+                },
+                request = self.rx.recv(), if accepting => match request {
+                    None => closing = true,
+                    Some(request) => {
+                        let mut quiet_run = false;
+                        self.enqueue(request, &mut write_buf, &mut quiet_run);
+                        let mut taken = 1;
+                        while taken < BATCH
+                            && self.in_flight.len() < self.config.max_in_flight
+                            && write_buf.len() < WRITE_HIGH_WATER
+                        {
+                            match self.rx.try_recv() {
+                                Ok(request) => self.enqueue(request, &mut write_buf, &mut quiet_run),
+                                Err(_) => break,
+                            }
+                            taken += 1;
+                        }
+                        if quiet_run {
+                            self.close_quiet_run(&mut write_buf);
+                        }
+                        // Write now rather than after another trip through select!.
+                        match writer.try_write(&write_buf) {
+                            Ok(n) => write_buf.advance(n),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Disconnect::Lost(format!("write: {e}")),
+                        }
+                        self.node
+                            .counters
+                            .in_flight
+                            .store(self.in_flight.len() as u64, Ordering::Relaxed);
+                    }
+                },
+                _ = self.shared.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Appends `request` to the write buffer and its reply slot to the queue.
+    fn enqueue(&mut self, request: Request, write_buf: &mut BytesMut, quiet_run: &mut bool) {
+        match request.expect {
+            None => {
+                write_buf.put_slice(&request.bytes);
+                *quiet_run = true;
+            }
+            Some(expect) => {
+                let pending = Pending::new(expect, request.reply);
+                // Nobody waits for it and nothing was written yet: skip it.
+                if pending.is_abandoned() {
+                    return;
+                }
+                if *quiet_run {
+                    self.close_quiet_run(write_buf);
+                    *quiet_run = false;
+                }
+                write_buf.put_slice(&request.bytes);
+                self.in_flight.push_back(pending);
+            }
+        }
+    }
+
+    /// Ends a run of quiet requests with `mn`, so any failure they report is read as
+    /// theirs and not as the reply to the request after them.
+    fn close_quiet_run(&mut self, write_buf: &mut BytesMut) {
+        write_buf.put_slice(b"mn\r\n");
+        self.in_flight.push_back(Pending::new(Expect::QuietBarrier, None));
+    }
+
+    /// Decodes every whole frame in `buf` and completes the requests they finish.
+    fn dispatch(&mut self, buf: &mut BytesMut) -> Result<(), String> {
+        let mut completed = 0u64;
+        while let Some(frame) = self.decoder.decode(buf).map_err(|e| e.to_string())? {
+            let head = self
+                .in_flight
+                .front_mut()
+                .ok_or_else(|| "reply received with no request in flight".to_string())?;
+            if let Step::Done(reply) = head.accept(frame)? {
+                if let Some(pending) = self.in_flight.pop_front() {
+                    let failures = pending.quiet_failures();
+                    if failures > 0 {
+                        NodeCounters::add(&self.node.counters.quiet_failures, failures);
+                    }
+                    pending.finish(Ok(reply));
+                    completed += 1;
+                }
+            }
+        }
+        if completed > 0 {
+            self.shared.consecutive_timeouts.store(0, Ordering::Release);
+            self.node
+                .counters
+                .in_flight
+                .store(self.in_flight.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Errors are not `Clone` (they may hold I/O errors elsewhere); rebuild the two kinds a
+/// broken connection hands to each of its callers.
+fn clone_error(error: &Error, reason: &str) -> Error {
+    match error {
+        Error::Protocol { node, .. } => Error::Protocol {
+            node: node.clone(),
+            reason: reason.to_string(),
+        },
+        Error::ConnectionLost { node, .. } => Error::ConnectionLost {
+            node: node.clone(),
+            reason: reason.to_string(),
+        },
+        _ => Error::Shutdown,
+    }
+}
+
+/// Exponential backoff with "equal jitter": half the capped exponential delay, plus a
+/// random part up to the other half, so reconnecting clients don't move in lockstep.
+pub(crate) fn backoff_delay(attempt: u32, min: Duration, max: Duration, random: u64) -> Duration {
+    let exp = min.saturating_mul(2u32.saturating_pow(attempt.min(31)));
+    let capped = exp.min(max).max(min);
+    let half = capped / 2;
+    let span = (capped - half).as_nanos().max(1) as u64;
+    half + Duration::from_nanos(random % span)
+}
+
+fn jitter_seed(id: &str, slot: usize) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    id.hash(&mut hasher);
+    slot.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// splitmix64: a small, well-mixed generator, enough for jitter.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_stays_within_half_to_full() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        for attempt in 0..40 {
+            let full = min.saturating_mul(2u32.saturating_pow(attempt.min(31))).min(max);
+            for random in [0, 1, u64::MAX / 3, u64::MAX] {
+                let d = backoff_delay(attempt, min, max, random);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+            }
+        }
+        assert_eq!(backoff_delay(0, min, max, 0), Duration::from_millis(50));
+        assert!(backoff_delay(20, min, max, 0) >= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn jitter_values_differ() {
+        let mut state = 1;
+        let a = next_random(&mut state);
+        let b = next_random(&mut state);
+        assert_ne!(a, b);
+    }
+}

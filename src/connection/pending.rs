@@ -1,0 +1,258 @@
+//! The in-flight queue's entries: each assembles the frames of one reply.
+
+use tokio::sync::oneshot;
+
+use crate::protocol::{ErrorKind, Expect, Frame, MetaFrame, MetaStatus, Reply};
+use crate::Error;
+
+/// Where a finished reply goes: a caller waiting for it, or nobody (fire-and-forget,
+/// a quiet barrier, or a caller that gave up).
+pub(crate) type ReplySender = oneshot::Sender<Result<Reply, Error>>;
+
+/// Progress of one entry after a frame.
+pub(crate) enum Step {
+    /// The reply needs more frames.
+    More,
+    /// The reply is complete.
+    Done(Reply),
+}
+
+/// One request whose reply has not been fully read yet.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    expect: Expect,
+    reply: Option<ReplySender>,
+    values: Vec<Frame>,
+    meta_values: Vec<(u32, MetaFrame)>,
+    stats: Vec<(bytes::Bytes, bytes::Bytes)>,
+    ends_seen: usize,
+    error: Option<(ErrorKind, bytes::Bytes)>,
+    quiet_failures: u64,
+}
+
+impl Pending {
+    pub(crate) fn new(expect: Expect, reply: Option<ReplySender>) -> Self {
+        Self {
+            expect,
+            reply,
+            values: Vec::new(),
+            meta_values: Vec::new(),
+            stats: Vec::new(),
+            ends_seen: 0,
+            error: None,
+            quiet_failures: 0,
+        }
+    }
+
+    /// Feeds the next frame from the server. `Err` means the frame can't belong to
+    /// this request: the stream is out of sync.
+    pub(crate) fn accept(&mut self, frame: Frame) -> Result<Step, String> {
+        match &self.expect {
+            Expect::TextLine => match frame {
+                Frame::Status(_) | Frame::Number(_) | Frame::Version(_) => {
+                    Ok(Step::Done(Reply::Line(frame)))
+                }
+                Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
+                other => Err(unexpected("a status line", &other)),
+            },
+            Expect::TextValues { ends } => {
+                let ends = *ends;
+                match frame {
+                    Frame::Value { .. } => {
+                        self.values.push(frame);
+                        Ok(Step::More)
+                    }
+                    // An error line replaces the END of one `get` line.
+                    Frame::End | Frame::Error { .. } => {
+                        if let Frame::Error { kind, message } = frame {
+                            self.error.get_or_insert((kind, message));
+                        }
+                        self.ends_seen += 1;
+                        if self.ends_seen < ends {
+                            return Ok(Step::More);
+                        }
+                        Ok(Step::Done(match self.error.take() {
+                            Some((kind, message)) => Reply::Error { kind, message },
+                            None => Reply::Values(std::mem::take(&mut self.values)),
+                        }))
+                    }
+                    other => Err(unexpected("VALUE or END", &other)),
+                }
+            }
+            Expect::TextStats => match frame {
+                Frame::Stat { name, value } => {
+                    self.stats.push((name, value));
+                    Ok(Step::More)
+                }
+                Frame::End => Ok(Step::Done(Reply::Stats(std::mem::take(&mut self.stats)))),
+                Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
+                other => Err(unexpected("STAT or END", &other)),
+            },
+            Expect::Meta { opaque } => match frame {
+                Frame::Meta(m) if m.status != MetaStatus::Noop => {
+                    if m.opaque != Some(*opaque) {
+                        return Err(format!(
+                            "reply carries opaque {:?}, the request at the head of the queue sent {opaque}",
+                            m.opaque
+                        ));
+                    }
+                    Ok(Step::Done(Reply::Meta(m)))
+                }
+                Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
+                other => Err(unexpected("a meta reply", &other)),
+            },
+            Expect::MetaBatch { first, count } => match frame {
+                Frame::Meta(m) if m.status == MetaStatus::Noop => {
+                    Ok(Step::Done(match self.error.take() {
+                        Some((kind, message)) => Reply::Error { kind, message },
+                        None => Reply::MetaValues(std::mem::take(&mut self.meta_values)),
+                    }))
+                }
+                Frame::Meta(m) => {
+                    let index = m
+                        .opaque
+                        .map(|o| o.wrapping_sub(*first))
+                        .filter(|i| i < count)
+                        .ok_or_else(|| {
+                            format!(
+                                "reply carries opaque {:?}, outside the batch {first}+{count}",
+                                m.opaque
+                            )
+                        })?;
+                    if m.status == MetaStatus::Value {
+                        self.meta_values.push((index, m));
+                    }
+                    Ok(Step::More)
+                }
+                Frame::Error { kind, message } => {
+                    self.error.get_or_insert((kind, message));
+                    Ok(Step::More)
+                }
+                other => Err(unexpected("a meta reply or MN", &other)),
+            },
+            Expect::QuietBarrier => match frame {
+                Frame::Meta(m) if m.status == MetaStatus::Noop => Ok(Step::Done(Reply::Barrier)),
+                // Quiet mode still reports some outcomes (HD for a touch hit, NF for a
+                // delete miss); only error lines are failures.
+                Frame::Meta(_) => Ok(Step::More),
+                Frame::Error { kind, message } => {
+                    self.quiet_failures += 1;
+                    tracing::warn!(?kind, message = %String::from_utf8_lossy(&message),
+                        "fire-and-forget request failed");
+                    Ok(Step::More)
+                }
+                other => Err(unexpected("a meta reply or MN", &other)),
+            },
+        }
+    }
+
+    /// Failures reported inside a quiet barrier.
+    pub(crate) fn quiet_failures(&self) -> u64 {
+        self.quiet_failures
+    }
+
+    /// Hands the reply to its caller, if one is still waiting.
+    pub(crate) fn finish(self, result: Result<Reply, Error>) {
+        if let Some(tx) = self.reply {
+            // A caller that gave up dropped its receiver; the reply is discarded, which
+            // is what keeps the stream in sync after a cancellation.
+            let _ = tx.send(result);
+        }
+    }
+
+    /// True when nobody waits for the reply any more.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.reply.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+}
+
+fn unexpected(wanted: &str, got: &Frame) -> String {
+    let got = match got {
+        Frame::Value { .. } => "VALUE",
+        Frame::End => "END",
+        Frame::Stat { .. } => "STAT",
+        Frame::Status(_) => "a status line",
+        Frame::Number(_) => "a number",
+        Frame::Version(_) => "VERSION",
+        Frame::Meta(_) => "a meta reply",
+        Frame::Error { .. } => "an error line",
+    };
+    format!("expected {wanted}, got {got}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn meta(status: MetaStatus, opaque: Option<u32>) -> Frame {
+        Frame::Meta(MetaFrame {
+            status,
+            opaque,
+            flags: None,
+            cas: None,
+            data: None,
+        })
+    }
+
+    #[test]
+    fn text_multi_get_waits_for_every_end() {
+        let mut p = Pending::new(Expect::TextValues { ends: 2 }, None);
+        let value = Frame::Value {
+            key: Bytes::from_static(b"a"),
+            flags: 0,
+            cas: None,
+            data: Bytes::new(),
+        };
+        assert!(matches!(p.accept(value.clone()), Ok(Step::More)));
+        assert!(matches!(p.accept(Frame::End), Ok(Step::More)));
+        match p.accept(Frame::End) {
+            Ok(Step::Done(Reply::Values(v))) => assert_eq!(v, vec![value]),
+            _ => panic!("expected values"),
+        }
+    }
+
+    #[test]
+    fn a_meta_reply_with_another_requests_opaque_is_a_desync() {
+        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None);
+        assert!(p.accept(meta(MetaStatus::Ok, Some(6))).is_err());
+        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None);
+        assert!(p.accept(meta(MetaStatus::Ok, None)).is_err());
+        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None);
+        assert!(matches!(p.accept(meta(MetaStatus::Ok, Some(5))), Ok(Step::Done(_))));
+    }
+
+    #[test]
+    fn meta_batch_accepts_only_its_own_opaques_and_ends_at_mn() {
+        let mut p = Pending::new(Expect::MetaBatch { first: u32::MAX, count: 3 }, None);
+        assert!(matches!(p.accept(meta(MetaStatus::Value, Some(1))), Ok(Step::More)));
+        assert!(p.accept(meta(MetaStatus::Value, Some(2))).is_err());
+        let mut p = Pending::new(Expect::MetaBatch { first: 10, count: 3 }, None);
+        assert!(matches!(p.accept(meta(MetaStatus::Value, Some(12))), Ok(Step::More)));
+        match p.accept(meta(MetaStatus::Noop, None)) {
+            Ok(Step::Done(Reply::MetaValues(v))) => assert_eq!(v[0].0, 2),
+            _ => panic!("expected values"),
+        }
+    }
+
+    #[test]
+    fn quiet_barrier_counts_error_lines_and_ends_at_mn() {
+        let mut p = Pending::new(Expect::QuietBarrier, None);
+        let err = Frame::Error {
+            kind: ErrorKind::Server,
+            message: Bytes::from_static(b"out of memory"),
+        };
+        assert!(matches!(p.accept(err), Ok(Step::More)));
+        assert!(matches!(p.accept(meta(MetaStatus::NotFound, Some(3))), Ok(Step::More)));
+        assert!(matches!(p.accept(meta(MetaStatus::Noop, None)), Ok(Step::Done(Reply::Barrier))));
+        assert_eq!(p.quiet_failures(), 1);
+    }
+
+    #[test]
+    fn a_text_reply_where_a_meta_one_is_due_is_a_desync() {
+        let mut p = Pending::new(Expect::Meta { opaque: 1 }, None);
+        assert!(p.accept(Frame::End).is_err());
+        let mut p = Pending::new(Expect::TextLine, None);
+        assert!(p.accept(meta(MetaStatus::Ok, Some(1))).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! What the client knows about each memcached node: its health and its counters.
+//!
+//! Connection drivers write the state; the client reads it to route requests and
+//! exposes it through `Client::nodes` and `Client::metrics`.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// Health of a node (or of one of its connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NodeState {
+    /// A connection attempt is under way; requests wait for it (within their timeout).
+    Connecting,
+    /// At least one connection is established and answering.
+    Up,
+    /// No connection; the client is waiting out a reconnect backoff. Requests for the
+    /// node follow the failure policy.
+    Down,
+}
+
+impl NodeState {
+    fn to_u8(self) -> u8 {
+        match self {
+            NodeState::Connecting => 0,
+            NodeState::Up => 1,
+            NodeState::Down => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => NodeState::Up,
+            2 => NodeState::Down,
+            _ => NodeState::Connecting,
+        }
+    }
+}
+
+/// Counters of one node, shared by its connections and the client.
+#[derive(Debug, Default)]
+pub(crate) struct NodeCounters {
+    pub(crate) operations: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) quiet_failures: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+}
+
+impl NodeCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Shared state of one node.
+#[derive(Debug)]
+pub(crate) struct NodeShared {
+    pub(crate) id: Arc<str>,
+    pub(crate) address: String,
+    pub(crate) counters: NodeCounters,
+    conn_states: Vec<AtomicU8>,
+    state: watch::Sender<NodeState>,
+}
+
+impl NodeShared {
+    pub(crate) fn new(id: Arc<str>, address: String, connections: usize) -> Self {
+        Self {
+            id,
+            address,
+            counters: NodeCounters::default(),
+            conn_states: (0..connections)
+                .map(|_| AtomicU8::new(NodeState::Connecting.to_u8()))
+                .collect(),
+            state: watch::Sender::new(NodeState::Connecting),
+        }
+    }
+
+    /// Records the state of connection `slot` and recomputes the node's.
+    pub(crate) fn set_connection_state(&self, slot: usize, state: NodeState) {
+        if let Some(cell) = self.conn_states.get(slot) {
+            cell.store(state.to_u8(), Ordering::Release);
+        }
+        let states = || {
+            self.conn_states
+                .iter()
+                .map(|c| NodeState::from_u8(c.load(Ordering::Acquire)))
+        };
+        let node = if states().any(|s| s == NodeState::Up) {
+            NodeState::Up
+        } else if states().any(|s| s == NodeState::Connecting) {
+            NodeState::Connecting
+        } else {
+            NodeState::Down
+        };
+        self.state.send_if_modified(|current| {
+            if *current == node {
+                return false;
+            }
+            match node {
+                NodeState::Up => tracing::info!(node = %self.id, "memcached node is up"),
+                NodeState::Down => tracing::warn!(node = %self.id, "memcached node is down"),
+                NodeState::Connecting => {}
+            }
+            *current = node;
+            true
+        });
+    }
+
+    pub(crate) fn state(&self) -> NodeState {
+        *self.state.borrow()
+    }
+
+    /// True when requests may be sent: up, or connecting (they wait for the
+    /// connection within their timeout).
+    pub(crate) fn is_available(&self) -> bool {
+        self.state() != NodeState::Down
+    }
+
+    pub(crate) fn watch_state(&self) -> watch::Receiver<NodeState> {
+        self.state.subscribe()
+    }
+}
