@@ -42,7 +42,7 @@ impl Expiry {
         match self {
             Expiry::Never => 0,
             Expiry::In(d) => {
-                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
                 if secs == 0 {
                     -1
                 } else if secs <= RELATIVE_EXPIRY_LIMIT {
