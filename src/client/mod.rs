@@ -462,7 +462,8 @@ impl Client {
             return Ok(index);
         }
         let nodes = &self.inner.nodes;
-        let primary = self.inner.locator.primary(key);
+        // With one node there is nothing to hash (libmemcached skips it too).
+        let primary = if nodes.len() == 1 { 0 } else { self.inner.locator.primary(key) };
         let node = nodes.get(primary).ok_or(Error::NoNodeAvailable)?;
         if node.shared.is_available() {
             return Ok(primary);
