@@ -478,7 +478,7 @@ impl Client {
                 let mut state = node.shared.watch_state();
                 let back = tokio::time::timeout(
                     self.inner.operation_timeout,
-                    state.wait_for(|s| *s != NodeState::Down),
+                    state.wait_for(|s| *s == NodeState::Up),
                 )
                 .await;
                 match back {

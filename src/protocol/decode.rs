@@ -238,6 +238,34 @@ fn error_frame(kind: ErrorKind, line: &Bytes, rest: &[u8]) -> Frame {
     }
 }
 
+/// Decodes `data` whole and split at every byte, checking that both give the same
+/// frames (or both fail). Panics only on a decoder bug: the fuzz target's oracle.
+pub(crate) fn check_split_invariance(data: &[u8]) {
+    fn run(pieces: &[&[u8]]) -> Result<Vec<Frame>, ()> {
+        let mut decoder = FrameDecoder::new(64 * 1024);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            while let Some(frame) = decoder.decode(&mut buf).map_err(|_| ())? {
+                frames.push(frame);
+            }
+        }
+        Ok(frames)
+    }
+    let whole = run(&[data]);
+    for at in 0..data.len() {
+        let split = run(&[&data[..at], &data[at..]]);
+        match (&whole, &split) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "frames differ when split at {at}"),
+            (Err(()), Err(())) => {}
+            // A prefix that ends in an error can't turn valid by arriving in two parts,
+            // and a valid stream can't fail because it arrived in two parts.
+            _ => panic!("split at {at} changed the outcome: {whole:?} vs {split:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,34 +569,6 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
             bytes in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             check_split_invariance(&bytes);
-        }
-    }
-}
-
-/// Decodes `data` whole and split at every byte, checking that both give the same
-/// frames (or both fail). Panics only on a decoder bug: the fuzz target's oracle.
-pub(crate) fn check_split_invariance(data: &[u8]) {
-    fn run(pieces: &[&[u8]]) -> Result<Vec<Frame>, ()> {
-        let mut decoder = FrameDecoder::new(64 * 1024);
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        for piece in pieces {
-            buf.extend_from_slice(piece);
-            while let Some(frame) = decoder.decode(&mut buf).map_err(|_| ())? {
-                frames.push(frame);
-            }
-        }
-        Ok(frames)
-    }
-    let whole = run(&[data]);
-    for at in 0..data.len() {
-        let split = run(&[&data[..at], &data[at..]]);
-        match (&whole, &split) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "frames differ when split at {at}"),
-            (Err(()), Err(())) => {}
-            // A prefix that ends in an error can't turn valid by arriving in two parts,
-            // and a valid stream can't fail because it arrived in two parts.
-            _ => panic!("split at {at} changed the outcome: {whole:?} vs {split:?}"),
         }
     }
 }
