@@ -137,7 +137,9 @@ impl ConnectionHandle {
     /// Notes a caller's timeout; enough of them in a row make the driver drop the
     /// connection, which marks the node down until a reconnect proves it answers.
     pub(crate) fn record_timeout(&self) {
-        self.shared.consecutive_timeouts.fetch_add(1, Ordering::AcqRel);
+        self.shared
+            .consecutive_timeouts
+            .fetch_add(1, Ordering::AcqRel);
         self.shared.wake.notify_one();
     }
 }
@@ -167,7 +169,8 @@ impl Driver {
     async fn run(mut self) {
         let mut attempt = 0u32;
         loop {
-            self.node.set_connection_state(self.slot, NodeState::Connecting);
+            self.node
+                .set_connection_state(self.slot, NodeState::Connecting);
             match self.connect().await {
                 Ok((stream, read_buf)) => {
                     attempt = 0;
@@ -243,7 +246,12 @@ impl Driver {
         };
         tokio::time::timeout(self.config.connect_timeout, attempt)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.config.connect_timeout)))
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {:?}",
+                    self.config.connect_timeout
+                ))
+            })
     }
 
     /// Sleeps `delay`, failing requests that arrive meanwhile. False when every handle
@@ -356,7 +364,7 @@ impl Driver {
                 *quiet_run = true;
             }
             Some(expect) => {
-                let pending = Pending::new(expect, request.reply);
+                let pending = Pending::new(expect, request.reply, &request.bytes);
                 // Nobody waits for it and nothing was written yet: skip it.
                 if pending.is_abandoned() {
                     return;
@@ -375,7 +383,8 @@ impl Driver {
     /// theirs and not as the reply to the request after them.
     fn close_quiet_run(&mut self, write_buf: &mut BytesMut) {
         write_buf.put_slice(b"mn\r\n");
-        self.in_flight.push_back(Pending::new(Expect::QuietBarrier, None));
+        self.in_flight
+            .push_back(Pending::new(Expect::QuietBarrier, None, &Bytes::new()));
     }
 
     /// Decodes every whole frame in `buf` and completes the requests they finish.
@@ -460,10 +469,15 @@ mod tests {
         let min = Duration::from_millis(100);
         let max = Duration::from_secs(30);
         for attempt in 0..40 {
-            let full = min.saturating_mul(2u32.saturating_pow(attempt.min(31))).min(max);
+            let full = min
+                .saturating_mul(2u32.saturating_pow(attempt.min(31)))
+                .min(max);
             for random in [0, 1, u64::MAX / 3, u64::MAX] {
                 let d = backoff_delay(attempt, min, max, random);
-                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} vs {full:?}"
+                );
             }
         }
         assert_eq!(backoff_delay(0, min, max, 0), Duration::from_millis(50));

@@ -2,6 +2,9 @@
 
 use tokio::sync::oneshot;
 
+use bytes::Bytes;
+
+use crate::protocol::text::RequestedKeys;
 use crate::protocol::{ErrorKind, Expect, Frame, MetaFrame, MetaStatus, Reply};
 use crate::Error;
 
@@ -28,10 +31,15 @@ pub(crate) struct Pending {
     ends_seen: usize,
     error: Option<(ErrorKind, bytes::Bytes)>,
     quiet_failures: u64,
+    /// For text retrievals: the keys asked for, to check each `VALUE` against.
+    requested: Option<RequestedKeys>,
 }
 
 impl Pending {
-    pub(crate) fn new(expect: Expect, reply: Option<ReplySender>) -> Self {
+    /// An entry for a request whose encoded bytes are `request`.
+    pub(crate) fn new(expect: Expect, reply: Option<ReplySender>, request: &Bytes) -> Self {
+        let requested = matches!(expect, Expect::TextValues { .. })
+            .then(|| RequestedKeys::new(request.clone()));
         Self {
             expect,
             reply,
@@ -41,6 +49,7 @@ impl Pending {
             ends_seen: 0,
             error: None,
             quiet_failures: 0,
+            requested,
         }
     }
 
@@ -58,7 +67,16 @@ impl Pending {
             Expect::TextValues { ends } => {
                 let ends = *ends;
                 match frame {
-                    Frame::Value { .. } => {
+                    Frame::Value { ref key, .. } => {
+                        if let Some(requested) = &mut self.requested {
+                            if !requested.advance_past(key) {
+                                return Err(format!(
+                                    "VALUE for key {:?}, which the request at the head of the \
+                                     queue did not ask for (or not in this order)",
+                                    String::from_utf8_lossy(key)
+                                ));
+                            }
+                        }
                         self.values.push(frame);
                         Ok(Step::More)
                     }
@@ -183,7 +201,6 @@ fn unexpected(wanted: &str, got: &Frame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn meta(status: MetaStatus, opaque: Option<u32>) -> Frame {
         Frame::Meta(MetaFrame {
@@ -197,7 +214,11 @@ mod tests {
 
     #[test]
     fn text_multi_get_waits_for_every_end() {
-        let mut p = Pending::new(Expect::TextValues { ends: 2 }, None);
+        let mut p = Pending::new(
+            Expect::TextValues { ends: 2 },
+            None,
+            &Bytes::from_static(b"get a\r\nget b\r\n"),
+        );
         let value = Frame::Value {
             key: Bytes::from_static(b"a"),
             flags: 0,
@@ -213,22 +234,61 @@ mod tests {
     }
 
     #[test]
+    fn a_text_value_for_a_key_not_requested_is_a_desync() {
+        let request = Bytes::from_static(b"get a b\r\n");
+        let value = |key: &'static [u8]| Frame::Value {
+            key: Bytes::from_static(key),
+            flags: 0,
+            cas: None,
+            data: Bytes::new(),
+        };
+        let mut p = Pending::new(Expect::TextValues { ends: 1 }, None, &request);
+        assert!(p.accept(value(b"c")).is_err());
+        let mut p = Pending::new(Expect::TextValues { ends: 1 }, None, &request);
+        assert!(matches!(p.accept(value(b"b")), Ok(Step::More)));
+        assert!(p.accept(value(b"a")).is_err(), "out of order");
+    }
+
+    #[test]
     fn a_meta_reply_with_another_requests_opaque_is_a_desync() {
-        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None);
+        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None, &Bytes::new());
         assert!(p.accept(meta(MetaStatus::Ok, Some(6))).is_err());
-        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None);
+        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None, &Bytes::new());
         assert!(p.accept(meta(MetaStatus::Ok, None)).is_err());
-        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None);
-        assert!(matches!(p.accept(meta(MetaStatus::Ok, Some(5))), Ok(Step::Done(_))));
+        let mut p = Pending::new(Expect::Meta { opaque: 5 }, None, &Bytes::new());
+        assert!(matches!(
+            p.accept(meta(MetaStatus::Ok, Some(5))),
+            Ok(Step::Done(_))
+        ));
     }
 
     #[test]
     fn meta_batch_accepts_only_its_own_opaques_and_ends_at_mn() {
-        let mut p = Pending::new(Expect::MetaBatch { first: u32::MAX, count: 3 }, None);
-        assert!(matches!(p.accept(meta(MetaStatus::Value, Some(1))), Ok(Step::More)));
+        let mut p = Pending::new(
+            Expect::MetaBatch {
+                first: u32::MAX,
+                count: 3,
+            },
+            None,
+            &Bytes::new(),
+        );
+        assert!(matches!(
+            p.accept(meta(MetaStatus::Value, Some(1))),
+            Ok(Step::More)
+        ));
         assert!(p.accept(meta(MetaStatus::Value, Some(2))).is_err());
-        let mut p = Pending::new(Expect::MetaBatch { first: 10, count: 3 }, None);
-        assert!(matches!(p.accept(meta(MetaStatus::Value, Some(12))), Ok(Step::More)));
+        let mut p = Pending::new(
+            Expect::MetaBatch {
+                first: 10,
+                count: 3,
+            },
+            None,
+            &Bytes::new(),
+        );
+        assert!(matches!(
+            p.accept(meta(MetaStatus::Value, Some(12))),
+            Ok(Step::More)
+        ));
         match p.accept(meta(MetaStatus::Noop, None)) {
             Ok(Step::Done(Reply::MetaValues(v))) => assert_eq!(v[0].0, 2),
             _ => panic!("expected values"),
@@ -237,22 +297,28 @@ mod tests {
 
     #[test]
     fn quiet_barrier_counts_error_lines_and_ends_at_mn() {
-        let mut p = Pending::new(Expect::QuietBarrier, None);
+        let mut p = Pending::new(Expect::QuietBarrier, None, &Bytes::new());
         let err = Frame::Error {
             kind: ErrorKind::Server,
             message: Bytes::from_static(b"out of memory"),
         };
         assert!(matches!(p.accept(err), Ok(Step::More)));
-        assert!(matches!(p.accept(meta(MetaStatus::NotFound, Some(3))), Ok(Step::More)));
-        assert!(matches!(p.accept(meta(MetaStatus::Noop, None)), Ok(Step::Done(Reply::Barrier))));
+        assert!(matches!(
+            p.accept(meta(MetaStatus::NotFound, Some(3))),
+            Ok(Step::More)
+        ));
+        assert!(matches!(
+            p.accept(meta(MetaStatus::Noop, None)),
+            Ok(Step::Done(Reply::Barrier))
+        ));
         assert_eq!(p.quiet_failures(), 1);
     }
 
     #[test]
     fn a_text_reply_where_a_meta_one_is_due_is_a_desync() {
-        let mut p = Pending::new(Expect::Meta { opaque: 1 }, None);
+        let mut p = Pending::new(Expect::Meta { opaque: 1 }, None, &Bytes::new());
         assert!(p.accept(Frame::End).is_err());
-        let mut p = Pending::new(Expect::TextLine, None);
+        let mut p = Pending::new(Expect::TextLine, None, &Bytes::new());
         assert!(p.accept(meta(MetaStatus::Ok, Some(1))).is_err());
     }
 }

@@ -3,7 +3,9 @@
 //! Replies come back in request order and carry no request identifier, so the
 //! connection matches them to callers by position alone.
 
-use bytes::{BufMut, BytesMut};
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{put_i64, put_u64, Command, Expect, StoreMode};
 
@@ -111,6 +113,70 @@ pub(crate) fn encode(cmd: &Command<'_>, buf: &mut BytesMut) -> Expect {
     }
 }
 
+/// The keys of encoded `get`/`gets`/`gat`/`gats` lines, walked in order.
+///
+/// memcached answers a retrieval with `VALUE` lines for the hits, in the order the keys
+/// were asked for. Checking each `VALUE` key against the keys still ahead in the request
+/// catches a reply that belongs to another request (a desynchronised stream), which the
+/// text protocol has no opaque token to reveal.
+#[derive(Debug)]
+pub(crate) struct RequestedKeys {
+    request: Bytes,
+    pos: usize,
+    at_line_start: bool,
+}
+
+impl RequestedKeys {
+    /// Walks the keys of `request`, the bytes [`encode`] wrote for a retrieval.
+    pub(crate) fn new(request: Bytes) -> Self {
+        Self {
+            request,
+            pos: 0,
+            at_line_start: true,
+        }
+    }
+
+    /// Moves past `key`; false when `key` does not come later in the request.
+    pub(crate) fn advance_past(&mut self, key: &[u8]) -> bool {
+        while let Some(range) = self.next_key() {
+            if &self.request[range] == key {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn next_token(&mut self) -> Option<Range<usize>> {
+        let rest = self.request.get(self.pos..)?;
+        if rest.is_empty() {
+            return None;
+        }
+        let len = rest
+            .iter()
+            .position(|&b| b == b' ' || b == b'\r')
+            .unwrap_or(rest.len());
+        let range = self.pos..self.pos + len;
+        if rest.get(len) == Some(&b'\r') {
+            self.pos += len + 2;
+            self.at_line_start = true;
+        } else {
+            self.pos += len + 1;
+        }
+        Some(range)
+    }
+
+    fn next_key(&mut self) -> Option<Range<usize>> {
+        while self.at_line_start {
+            self.at_line_start = false;
+            let verb = self.next_token()?;
+            if matches!(&self.request[verb], b"gat" | b"gats") {
+                self.next_token()?;
+            }
+        }
+        self.next_token()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +189,11 @@ mod tests {
 
     #[test]
     fn retrievals() {
-        let get = |cas, touch| Command::Get { key: b"k", cas, touch };
+        let get = |cas, touch| Command::Get {
+            key: b"k",
+            cas,
+            touch,
+        };
         assert_eq!(wire(get(false, None)).0, "get k\r\n");
         assert_eq!(wire(get(true, None)).0, "gets k\r\n");
         assert_eq!(wire(get(false, Some(60))).0, "gat 60 k\r\n");
@@ -144,6 +214,38 @@ mod tests {
     }
 
     #[test]
+    fn requested_keys_are_walked_in_order_across_lines() {
+        let keys: Vec<Vec<u8>> = (0..150).map(|i| format!("k{i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut buf = BytesMut::new();
+        encode(&Command::GetMany { keys: &refs }, &mut buf);
+        let mut walk = RequestedKeys::new(buf.freeze());
+        assert!(walk.advance_past(b"k3"));
+        assert!(walk.advance_past(b"k99"));
+        assert!(walk.advance_past(b"k100"), "first key of the second line");
+        assert!(!walk.advance_past(b"k50"), "already passed");
+    }
+
+    #[test]
+    fn requested_keys_skip_verbs_and_the_touch_expiry_but_not_keys_named_like_verbs() {
+        let mut buf = BytesMut::new();
+        encode(
+            &Command::Get {
+                key: b"get",
+                cas: false,
+                touch: Some(60),
+            },
+            &mut buf,
+        );
+        let request = buf.freeze();
+        assert!(!RequestedKeys::new(request.clone()).advance_past(b"60"));
+        assert!(!RequestedKeys::new(request.clone()).advance_past(b"gat"));
+        assert!(RequestedKeys::new(request).advance_past(b"get"));
+        let mut walk = RequestedKeys::new(Bytes::from_static(b"get a\r\n"));
+        assert!(!walk.advance_past(b"b"));
+    }
+
+    #[test]
     fn storage_commands() {
         let store = |mode, cas| Command::Store {
             mode,
@@ -153,24 +255,60 @@ mod tests {
             exptime: 100,
             cas,
         };
-        assert_eq!(wire(store(StoreMode::Set, None)).0, "set k 7 100 3\r\nv\r\n\r\n");
-        assert_eq!(wire(store(StoreMode::Add, None)).0, "add k 7 100 3\r\nv\r\n\r\n");
-        assert_eq!(wire(store(StoreMode::Replace, None)).0, "replace k 7 100 3\r\nv\r\n\r\n");
-        assert_eq!(wire(store(StoreMode::Append, None)).0, "append k 7 100 3\r\nv\r\n\r\n");
-        assert_eq!(wire(store(StoreMode::Prepend, None)).0, "prepend k 7 100 3\r\nv\r\n\r\n");
-        assert_eq!(wire(store(StoreMode::Set, Some(42))).0, "cas k 7 100 3 42\r\nv\r\n\r\n");
+        assert_eq!(
+            wire(store(StoreMode::Set, None)).0,
+            "set k 7 100 3\r\nv\r\n\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Add, None)).0,
+            "add k 7 100 3\r\nv\r\n\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Replace, None)).0,
+            "replace k 7 100 3\r\nv\r\n\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Append, None)).0,
+            "append k 7 100 3\r\nv\r\n\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Prepend, None)).0,
+            "prepend k 7 100 3\r\nv\r\n\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Set, Some(42))).0,
+            "cas k 7 100 3 42\r\nv\r\n\r\n"
+        );
     }
 
     #[test]
     fn other_commands() {
         assert_eq!(wire(Command::Delete { key: b"k" }).0, "delete k\r\n");
-        let incr = Command::Arith { incr: true, key: b"k", delta: 5 };
+        let incr = Command::Arith {
+            incr: true,
+            key: b"k",
+            delta: 5,
+        };
         assert_eq!(wire(incr).0, "incr k 5\r\n");
-        let decr = Command::Arith { incr: false, key: b"k", delta: u64::MAX };
+        let decr = Command::Arith {
+            incr: false,
+            key: b"k",
+            delta: u64::MAX,
+        };
         assert_eq!(wire(decr).0, "decr k 18446744073709551615\r\n");
-        assert_eq!(wire(Command::Touch { key: b"k", exptime: 0 }).0, "touch k 0\r\n");
+        assert_eq!(
+            wire(Command::Touch {
+                key: b"k",
+                exptime: 0
+            })
+            .0,
+            "touch k 0\r\n"
+        );
         assert_eq!(wire(Command::FlushAll).0, "flush_all\r\n");
         assert_eq!(wire(Command::Version).0, "version\r\n");
-        assert_eq!(wire(Command::Stats), ("stats\r\n".into(), Expect::TextStats));
+        assert_eq!(
+            wire(Command::Stats),
+            ("stats\r\n".into(), Expect::TextStats)
+        );
     }
 }
