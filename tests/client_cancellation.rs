@@ -173,12 +173,16 @@ async fn hammer(
     }
 }
 
-async fn cancelled_operations_never_deliver_replies_to_other_callers(p: Protocol) {
+async fn cancelled_operations_never_deliver_replies_to_other_callers(
+    p: Protocol,
+    merge_gets: bool,
+) {
     let seed = Rng::seed_from_env();
     println!("seed {seed} (MEMKEEP_TEST_SEED={seed} replays the choices)");
     let cl = Cluster::start(2);
     let c = kit::builder(&cl, p)
         .operation_timeout(OP_TIMEOUT)
+        .merge_gets(merge_gets)
         .build()
         .expect("client");
     let hist = History::new();
@@ -264,12 +268,22 @@ async fn cancelled_operations_never_deliver_replies_to_other_callers(p: Protocol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_operations_never_deliver_replies_to_other_callers_meta() {
-    cancelled_operations_never_deliver_replies_to_other_callers(Protocol::Meta).await
+    cancelled_operations_never_deliver_replies_to_other_callers(Protocol::Meta, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_merged_gets_never_deliver_replies_to_other_callers_meta() {
+    cancelled_operations_never_deliver_replies_to_other_callers(Protocol::Meta, true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_operations_never_deliver_replies_to_other_callers_text() {
-    cancelled_operations_never_deliver_replies_to_other_callers(Protocol::Text).await
+    cancelled_operations_never_deliver_replies_to_other_callers(Protocol::Text, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_merged_gets_never_deliver_replies_to_other_callers_text() {
+    cancelled_operations_never_deliver_replies_to_other_callers(Protocol::Text, true).await
 }
 
 /// The checker the load tests rely on must be able to fail: a value of another key, a

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::connection::{ConnectionHandle, Request};
+use crate::connection::{ConnectionHandle, Request, RequestKind};
 use crate::locator::NodeLocator;
 use crate::node::{NodeCounters, NodeShared, NodeState};
 use crate::protocol::{
@@ -55,6 +55,7 @@ struct Inner {
     policy: FailurePolicy,
     operation_timeout: Duration,
     max_value_size: usize,
+    merge_gets: bool,
 }
 
 #[derive(Debug)]
@@ -622,10 +623,10 @@ impl Client {
         let node = &self.inner.nodes[index];
         let connection = node.connection();
         let quiet = self.inner.protocol == Protocol::Meta;
-        let (bytes, expect) = self.encode(&cmd, connection, quiet);
+        let (bytes, kind) = self.encode(&cmd, connection, quiet);
         let request = Request {
             bytes,
-            expect,
+            kind,
             reply: None,
         };
         let timeout = self.inner.operation_timeout;
@@ -642,11 +643,10 @@ impl Client {
     async fn call(&self, index: usize, cmd: &Command<'_>) -> Result<Reply> {
         let node = self.inner.nodes.get(index).ok_or(Error::NoNodeAvailable)?;
         let connection = node.connection();
-        let (bytes, expect) = self.encode(cmd, connection, false);
-        let expect = expect.ok_or_else(|| unexpected_reply("a reply shape"))?;
+        let (bytes, kind) = self.encode(cmd, connection, false);
         let timeout = self.inner.operation_timeout;
         let counters = &node.shared.counters;
-        let result = match tokio::time::timeout(timeout, connection.call(bytes, expect)).await {
+        let result = match tokio::time::timeout(timeout, connection.call(bytes, kind)).await {
             Ok(result) => result,
             Err(_) => {
                 connection.record_timeout();
@@ -665,30 +665,48 @@ impl Client {
         result
     }
 
+    /// Encodes `cmd` for `connection` and says what the driver should expect back.
     fn encode(
         &self,
         cmd: &Command<'_>,
         connection: &ConnectionHandle,
         quiet: bool,
-    ) -> (Bytes, Option<protocol::Expect>) {
+    ) -> (Bytes, RequestKind) {
         let mut buf = BytesMut::with_capacity(encoded_size_hint(cmd));
-        let expect = match self.inner.protocol {
-            Protocol::Text => Some(protocol::text::encode(cmd, &mut buf)),
-            // memcached serves one multi-key text `get` far faster than the same keys
-            // as separate `mg` lines (docs/benchmarks.md), and the reply is checked key
-            // by key against the request; binary keys still need `mg` with base64.
-            Protocol::Meta
-                if matches!(cmd, Command::GetMany { keys }
-                    if keys.iter().all(|k| protocol::key::form_of(k) == KeyForm::Plain)) =>
-            {
-                Some(protocol::text::encode(cmd, &mut buf))
+        let plain_keys = || {
+            cmd.keys()
+                .all(|k| protocol::key::form_of(k) == KeyForm::Plain)
+        };
+        let kind = match (self.inner.protocol, cmd) {
+            // With `merge_gets`, the driver merges concurrent single-key gets into one
+            // multi-key `get`, cheaper for the server than the same gets one by one.
+            (
+                _,
+                Command::Get {
+                    cas: false,
+                    touch: None,
+                    ..
+                },
+            ) if self.inner.merge_gets && plain_keys() => {
+                protocol::text::encode(cmd, &mut buf);
+                RequestKind::MergeableGet
             }
-            Protocol::Meta => {
+            (Protocol::Text, _) => RequestKind::Reply(protocol::text::encode(cmd, &mut buf)),
+            // One multi-key text `get` beats the same keys as separate `mg` lines, and
+            // its reply is checked key by key; binary keys still need `mg` with base64.
+            (Protocol::Meta, Command::GetMany { .. }) if plain_keys() => {
+                RequestKind::Reply(protocol::text::encode(cmd, &mut buf))
+            }
+            (Protocol::Meta, _) => {
                 let opaque = connection.opaques(protocol::meta::opaque_count(cmd));
-                protocol::meta::encode(cmd, &protocol::key::form_of, opaque, quiet, &mut buf)
+                match protocol::meta::encode(cmd, &protocol::key::form_of, opaque, quiet, &mut buf)
+                {
+                    Some(expect) => RequestKind::Reply(expect),
+                    None => RequestKind::Quiet,
+                }
             }
         };
-        (buf.freeze(), expect)
+        (buf.freeze(), kind)
     }
 
     /// Runs a whole-node command on every node (or the pinned one), concurrently.

@@ -38,9 +38,10 @@ use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use crate::node::{NodeCounters, NodeShared, NodeState};
+use crate::protocol::text::KEYS_PER_GET;
 use crate::protocol::{Expect, Frame, FrameDecoder, Reply};
 use crate::Error;
-use pending::{Pending, ReplySender, Step};
+use pending::{merged_key, Pending, ReplySender, Step};
 
 /// Bytes of queued requests after which the driver writes before taking more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -66,10 +67,31 @@ pub(crate) struct ConnectionConfig {
 pub(crate) struct Request {
     /// The encoded command.
     pub(crate) bytes: Bytes,
-    /// The reply shape; `None` for a quiet (meta `q`) request that expects no reply.
-    pub(crate) expect: Option<Expect>,
+    /// What the server will answer.
+    pub(crate) kind: RequestKind,
     /// Where the reply goes; `None` for fire-and-forget.
     pub(crate) reply: Option<ReplySender>,
+}
+
+/// What a request expects back, as far as the driver is concerned.
+#[derive(Debug)]
+pub(crate) enum RequestKind {
+    /// A reply of this shape.
+    Reply(Expect),
+    /// Nothing unless it fails (meta quiet mode); closed by an `mn` barrier.
+    Quiet,
+    /// A text `get <key>\r\n` the driver may merge with the single-key gets queued
+    /// right after it into one `get k1 k2 …` line.
+    MergeableGet,
+}
+
+/// What the end of the write buffer holds that the next request may extend.
+enum OpenRun {
+    Nothing,
+    /// Quiet requests not yet closed by `mn`.
+    Quiet,
+    /// A merged `get` line not yet ended, with this many keys.
+    MergedGet(usize),
 }
 
 /// The callers' side of a connection.
@@ -123,11 +145,11 @@ impl ConnectionHandle {
     }
 
     /// Sends `bytes` and waits for the assembled reply.
-    pub(crate) async fn call(&self, bytes: Bytes, expect: Expect) -> Result<Reply, Error> {
+    pub(crate) async fn call(&self, bytes: Bytes, kind: RequestKind) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Request {
             bytes,
-            expect: Some(expect),
+            kind,
             reply: Some(tx),
         })
         .await?;
@@ -280,7 +302,7 @@ impl Driver {
 
     fn fail_in_flight(&mut self, error: &Error, reason: &str) {
         for pending in self.in_flight.drain(..) {
-            pending.finish(Err(clone_error(error, reason)));
+            pending.fail(&|| clone_error(error, reason));
         }
         self.node.counters.in_flight.store(0, Ordering::Relaxed);
     }
@@ -323,22 +345,20 @@ impl Driver {
                 request = self.rx.recv(), if accepting => match request {
                     None => closing = true,
                     Some(request) => {
-                        let mut quiet_run = false;
-                        self.enqueue(request, &mut write_buf, &mut quiet_run);
+                        let mut open = OpenRun::Nothing;
+                        self.enqueue(request, &mut write_buf, &mut open);
                         let mut taken = 1;
                         while taken < BATCH
                             && self.in_flight.len() < self.config.max_in_flight
                             && write_buf.len() < WRITE_HIGH_WATER
                         {
                             match self.rx.try_recv() {
-                                Ok(request) => self.enqueue(request, &mut write_buf, &mut quiet_run),
+                                Ok(request) => self.enqueue(request, &mut write_buf, &mut open),
                                 Err(_) => break,
                             }
                             taken += 1;
                         }
-                        if quiet_run {
-                            self.close_quiet_run(&mut write_buf);
-                        }
+                        self.close_run(&mut write_buf, &mut open);
                         // Write now rather than after another trip through select!.
                         match writer.try_write(&write_buf) {
                             Ok(n) => write_buf.advance(n),
@@ -357,34 +377,62 @@ impl Driver {
     }
 
     /// Appends `request` to the write buffer and its reply slot to the queue.
-    fn enqueue(&mut self, request: Request, write_buf: &mut BytesMut, quiet_run: &mut bool) {
-        match request.expect {
-            None => {
-                write_buf.put_slice(&request.bytes);
-                *quiet_run = true;
+    fn enqueue(&mut self, request: Request, write_buf: &mut BytesMut, open: &mut OpenRun) {
+        // Nobody waits for it and nothing was written yet: skip it.
+        if request.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
+            return;
+        }
+        match request.kind {
+            RequestKind::MergeableGet => {
+                let key = merged_key(&request.bytes);
+                match open {
+                    OpenRun::MergedGet(keys) if *keys < KEYS_PER_GET => {
+                        write_buf.put_u8(b' ');
+                        write_buf.put_slice(key);
+                        *keys += 1;
+                        if let Some(line) = self.in_flight.back_mut() {
+                            line.add_member(request.bytes, request.reply);
+                        }
+                    }
+                    _ => {
+                        self.close_run(write_buf, open);
+                        write_buf.put_slice(b"get ");
+                        write_buf.put_slice(key);
+                        self.in_flight
+                            .push_back(Pending::merged(request.bytes, request.reply));
+                        *open = OpenRun::MergedGet(1);
+                    }
+                }
             }
-            Some(expect) => {
-                let pending = Pending::new(expect, request.reply, &request.bytes);
-                // Nobody waits for it and nothing was written yet: skip it.
-                if pending.is_abandoned() {
-                    return;
-                }
-                if *quiet_run {
-                    self.close_quiet_run(write_buf);
-                    *quiet_run = false;
+            RequestKind::Quiet => {
+                if !matches!(open, OpenRun::Quiet) {
+                    self.close_run(write_buf, open);
                 }
                 write_buf.put_slice(&request.bytes);
-                self.in_flight.push_back(pending);
+                *open = OpenRun::Quiet;
+            }
+            RequestKind::Reply(expect) => {
+                self.close_run(write_buf, open);
+                write_buf.put_slice(&request.bytes);
+                self.in_flight
+                    .push_back(Pending::new(expect, request.reply, &request.bytes));
             }
         }
     }
 
-    /// Ends a run of quiet requests with `mn`, so any failure they report is read as
-    /// theirs and not as the reply to the request after them.
-    fn close_quiet_run(&mut self, write_buf: &mut BytesMut) {
-        write_buf.put_slice(b"mn\r\n");
-        self.in_flight
-            .push_back(Pending::new(Expect::QuietBarrier, None, &Bytes::new()));
+    /// Ends what the write buffer left open: a run of quiet requests gets `mn`, so any
+    /// failure they report is read as theirs and not as the reply to the request after
+    /// them; a merged `get` line gets its line end.
+    fn close_run(&mut self, write_buf: &mut BytesMut, open: &mut OpenRun) {
+        match std::mem::replace(open, OpenRun::Nothing) {
+            OpenRun::Nothing => {}
+            OpenRun::Quiet => {
+                write_buf.put_slice(b"mn\r\n");
+                self.in_flight
+                    .push_back(Pending::new(Expect::QuietBarrier, None, &Bytes::new()));
+            }
+            OpenRun::MergedGet(_) => write_buf.put_slice(b"\r\n"),
+        }
     }
 
     /// Decodes every whole frame in `buf` and completes the requests they finish.
@@ -401,7 +449,7 @@ impl Driver {
                     if failures > 0 {
                         NodeCounters::add(&self.node.counters.quiet_failures, failures);
                     }
-                    pending.finish(Ok(reply));
+                    pending.complete(reply);
                     completed += 1;
                 }
             }

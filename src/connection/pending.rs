@@ -33,6 +33,36 @@ pub(crate) struct Pending {
     quiet_failures: u64,
     /// For text retrievals: the keys asked for, to check each `VALUE` against.
     requested: Option<RequestedKeys>,
+    /// For merged gets: the callers whose keys share the line, in key order.
+    members: Vec<Member>,
+    next_member: usize,
+}
+
+/// One caller's `get` inside a merged line.
+#[derive(Debug)]
+struct Member {
+    /// The caller's own encoded `get <key>\r\n`.
+    request: Bytes,
+    reply: Option<ReplySender>,
+}
+
+impl Member {
+    fn key(&self) -> &[u8] {
+        merged_key(&self.request)
+    }
+
+    fn send(&mut self, result: Result<Reply, Error>) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// The key of an encoded single-key `get <key>\r\n`.
+pub(crate) fn merged_key(request: &[u8]) -> &[u8] {
+    request
+        .get(4..request.len().saturating_sub(2))
+        .unwrap_or_default()
 }
 
 impl Pending {
@@ -50,7 +80,21 @@ impl Pending {
             error: None,
             quiet_failures: 0,
             requested,
+            members: Vec::new(),
+            next_member: 0,
         }
+    }
+
+    /// A merged `get` line whose first key is the one `request` asks for.
+    pub(crate) fn merged(request: Bytes, reply: Option<ReplySender>) -> Self {
+        let mut pending = Self::new(Expect::MergedGets, None, &Bytes::new());
+        pending.add_member(request, reply);
+        pending
+    }
+
+    /// Adds the next caller of a merged `get` line.
+    pub(crate) fn add_member(&mut self, request: Bytes, reply: Option<ReplySender>) {
+        self.members.push(Member { request, reply });
     }
 
     /// Feeds the next frame from the server. `Err` means the frame can't belong to
@@ -148,6 +192,44 @@ impl Pending {
                 }
                 other => Err(unexpected("a meta reply or MN", &other)),
             },
+            Expect::MergedGets => match frame {
+                Frame::Value { ref key, .. } => {
+                    // Hits come in key order: every member before the one this value
+                    // answers missed. Nobody is told anything until the match is found,
+                    // so a desynchronised stream fails them all instead.
+                    let rest = &self.members[self.next_member..];
+                    let Some(offset) = rest.iter().position(|m| m.key() == key.as_ref()) else {
+                        return Err(format!(
+                            "VALUE for key {:?}, which the merged get at the head of the \
+                             queue did not ask for (or not in this order)",
+                            String::from_utf8_lossy(key)
+                        ));
+                    };
+                    let hit = self.next_member + offset;
+                    for member in &mut self.members[self.next_member..hit] {
+                        member.send(Ok(Reply::Values(Vec::new())));
+                    }
+                    self.next_member = hit + 1;
+                    self.members[hit].send(Ok(Reply::Values(vec![frame])));
+                    Ok(Step::More)
+                }
+                Frame::End => {
+                    for member in &mut self.members[self.next_member..] {
+                        member.send(Ok(Reply::Values(Vec::new())));
+                    }
+                    Ok(Step::Done(Reply::Barrier))
+                }
+                Frame::Error { kind, message } => {
+                    for member in &mut self.members[self.next_member..] {
+                        member.send(Ok(Reply::Error {
+                            kind,
+                            message: message.clone(),
+                        }));
+                    }
+                    Ok(Step::Done(Reply::Barrier))
+                }
+                other => Err(unexpected("VALUE or END", &other)),
+            },
             Expect::QuietBarrier => match frame {
                 Frame::Meta(m) if m.status == MetaStatus::Noop => Ok(Step::Done(Reply::Barrier)),
                 // Quiet mode still reports some outcomes (HD for a touch hit, NF for a
@@ -170,17 +252,22 @@ impl Pending {
     }
 
     /// Hands the reply to its caller, if one is still waiting.
-    pub(crate) fn finish(self, result: Result<Reply, Error>) {
+    pub(crate) fn complete(self, reply: Reply) {
         if let Some(tx) = self.reply {
             // A caller that gave up dropped its receiver; the reply is discarded, which
             // is what keeps the stream in sync after a cancellation.
-            let _ = tx.send(result);
+            let _ = tx.send(Ok(reply));
         }
     }
 
-    /// True when nobody waits for the reply any more.
-    pub(crate) fn is_abandoned(&self) -> bool {
-        self.reply.as_ref().is_some_and(|tx| tx.is_closed())
+    /// Hands an error made by `error` to the caller and to every member still waiting.
+    pub(crate) fn fail(mut self, error: &dyn Fn() -> Error) {
+        for member in &mut self.members[self.next_member..] {
+            member.send(Err(error()));
+        }
+        if let Some(tx) = self.reply {
+            let _ = tx.send(Err(error()));
+        }
     }
 }
 
@@ -201,6 +288,7 @@ fn unexpected(wanted: &str, got: &Frame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
 
     fn meta(status: MetaStatus, opaque: Option<u32>) -> Frame {
         Frame::Meta(MetaFrame {
@@ -293,6 +381,75 @@ mod tests {
             Ok(Step::Done(Reply::MetaValues(v))) => assert_eq!(v[0].0, 2),
             _ => panic!("expected values"),
         }
+    }
+
+    fn value(key: &'static [u8]) -> Frame {
+        Frame::Value {
+            key: Bytes::from_static(key),
+            flags: 0,
+            cas: None,
+            data: Bytes::from_static(key),
+        }
+    }
+
+    fn member(key: &str) -> (Bytes, oneshot::Receiver<Result<Reply, Error>>, ReplySender) {
+        let (tx, rx) = oneshot::channel();
+        (Bytes::from(format!("get {key}\r\n")), rx, tx)
+    }
+
+    fn got(rx: &mut oneshot::Receiver<Result<Reply, Error>>) -> Vec<Frame> {
+        match rx.try_recv() {
+            Ok(Ok(Reply::Values(v))) => v,
+            other => panic!("expected values, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn merged_gets_hand_each_caller_its_own_hit_or_miss() {
+        let (ra, mut a, ta) = member("a");
+        let (rb, mut b, tb) = member("b");
+        let (rc, mut c, tc) = member("c");
+        let (ra2, mut a2, ta2) = member("a");
+        let mut p = Pending::merged(ra, Some(ta));
+        p.add_member(rb, Some(tb));
+        p.add_member(rc, Some(tc));
+        p.add_member(ra2, Some(ta2));
+        assert!(matches!(p.accept(value(b"b")), Ok(Step::More)));
+        assert_eq!(got(&mut a), vec![], "a missed: b came first");
+        assert_eq!(got(&mut b), vec![value(b"b")]);
+        assert!(matches!(p.accept(value(b"a")), Ok(Step::More)));
+        assert_eq!(got(&mut c), vec![], "c missed");
+        assert_eq!(
+            got(&mut a2),
+            vec![value(b"a")],
+            "the second a gets its own hit"
+        );
+        assert!(matches!(
+            p.accept(Frame::End),
+            Ok(Step::Done(Reply::Barrier))
+        ));
+    }
+
+    #[test]
+    fn merged_gets_refuse_a_key_not_asked_for_and_fail_everyone_left() {
+        let (ra, _a, ta) = member("a");
+        let (rb, mut b, tb) = member("b");
+        let mut p = Pending::merged(ra, Some(ta));
+        p.add_member(rb, Some(tb));
+        assert!(p.accept(value(b"zz")).is_err());
+        p.fail(&|| Error::Shutdown);
+        assert!(matches!(b.try_recv(), Ok(Err(Error::Shutdown))));
+    }
+
+    #[test]
+    fn merged_gets_end_with_every_remaining_caller_missing() {
+        let (ra, mut a, ta) = member("a");
+        let (rb, mut b, tb) = member("b");
+        let mut p = Pending::merged(ra, Some(ta));
+        p.add_member(rb, Some(tb));
+        assert!(matches!(p.accept(Frame::End), Ok(Step::Done(_))));
+        assert_eq!(got(&mut a), vec![]);
+        assert_eq!(got(&mut b), vec![]);
     }
 
     #[test]

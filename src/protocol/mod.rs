@@ -131,7 +131,9 @@ pub(crate) enum Command<'a> {
         touch: Option<i64>,
     },
     /// Retrieval of many keys on one server.
-    GetMany { keys: &'a [&'a [u8]] },
+    GetMany {
+        keys: &'a [&'a [u8]],
+    },
     /// Storage command; `cas` turns a `Set` into a compare-and-swap.
     Store {
         mode: StoreMode,
@@ -141,9 +143,18 @@ pub(crate) enum Command<'a> {
         exptime: i64,
         cas: Option<u64>,
     },
-    Delete { key: &'a [u8] },
-    Arith { incr: bool, key: &'a [u8], delta: u64 },
-    Touch { key: &'a [u8], exptime: i64 },
+    Delete {
+        key: &'a [u8],
+    },
+    Arith {
+        incr: bool,
+        key: &'a [u8],
+        delta: u64,
+    },
+    Touch {
+        key: &'a [u8],
+        exptime: i64,
+    },
     FlushAll,
     Version,
     Stats,
@@ -180,6 +191,9 @@ pub(crate) enum Expect {
     MetaBatch { first: u32, count: u32 },
     /// Replies to fire-and-forget quiet commands (only failures speak) closed by `MN`.
     QuietBarrier,
+    /// Single-key `get`s of several callers merged into one `get k1 k2 …` line:
+    /// `VALUE`s for the hits, in key order, then `END`.
+    MergedGets,
 }
 
 /// The reply a request gets once its frames are assembled.
@@ -192,7 +206,10 @@ pub(crate) enum Reply {
     /// Hits of a meta batch: (index in the batch, frame).
     MetaValues(Vec<(u32, MetaFrame)>),
     /// The server's error line for this request; the connection is still in sync.
-    Error { kind: ErrorKind, message: Bytes },
+    Error {
+        kind: ErrorKind,
+        message: Bytes,
+    },
     /// A quiet barrier closed.
     Barrier,
 }
