@@ -64,6 +64,9 @@ pub(crate) struct NodeShared {
     pub(crate) address: String,
     pub(crate) counters: NodeCounters,
     conn_states: Vec<AtomicU8>,
+    /// The node's state for the hot path (read on every routed request).
+    current: AtomicU8,
+    /// The same state, for callers that wait for a change.
     state: watch::Sender<NodeState>,
 }
 
@@ -76,6 +79,7 @@ impl NodeShared {
             conn_states: (0..connections)
                 .map(|_| AtomicU8::new(NodeState::Connecting.to_u8()))
                 .collect(),
+            current: AtomicU8::new(NodeState::Connecting.to_u8()),
             state: watch::Sender::new(NodeState::Connecting),
         }
     }
@@ -101,6 +105,7 @@ impl NodeShared {
             if *current == node {
                 return false;
             }
+            self.current.store(node.to_u8(), Ordering::Release);
             match node {
                 NodeState::Up => tracing::info!(node = %self.id, "memcached node is up"),
                 NodeState::Down => tracing::warn!(node = %self.id, "memcached node is down"),
@@ -112,7 +117,7 @@ impl NodeShared {
     }
 
     pub(crate) fn state(&self) -> NodeState {
-        *self.state.borrow()
+        NodeState::from_u8(self.current.load(Ordering::Acquire))
     }
 
     /// True when requests may be sent: up, or connecting (they wait for the

@@ -169,13 +169,21 @@ impl Client {
     {
         let keys: Vec<K> = keys.into_iter().collect();
         let binary_ok = self.inner.protocol == Protocol::Meta;
-        let mut by_node: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+        let mut by_node: Vec<Vec<&[u8]>> = vec![Vec::new(); self.inner.nodes.len()];
         for key in &keys {
             let key = key.as_ref();
             validate_key(key, binary_ok)?;
-            by_node.entry(self.route(key).await?).or_default().push(key);
+            let index = self.route(key).await?;
+            by_node
+                .get_mut(index)
+                .ok_or(Error::NoNodeAvailable)?
+                .push(key);
         }
-        let batches = by_node.into_iter().map(|(index, keys)| async move {
+        let batches = by_node
+            .into_iter()
+            .enumerate()
+            .filter(|(_, keys)| !keys.is_empty());
+        let batches = batches.map(|(index, keys)| async move {
             let reply = self.call(index, &Command::GetMany { keys: &keys }).await?;
             collect_many(reply, &keys)
         });

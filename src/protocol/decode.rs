@@ -5,7 +5,7 @@
 //! corrupt (the connection must be dropped: there is no way to find the next frame).
 //! A frame split at any byte boundary decodes the same as one that arrives whole.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::{ErrorKind, Frame, MetaFrame, MetaStatus, TextStatus, MAX_LINE};
@@ -81,10 +81,10 @@ impl Decoder for FrameDecoder {
             if &src[total - 2..total] != b"\r\n" {
                 return Err(malformed("data block not ended by CRLF", &src[..line_len]));
             }
-            let head = src.split_to(head_len).freeze();
-            let data = src.split_to(size).freeze();
-            src.advance(2);
-            let line = head.slice(..line_len);
+            // One split per frame; the line and the data are views into it.
+            let whole = src.split_to(total).freeze();
+            let data = whole.slice(head_len..head_len + size);
+            let line = whole.slice(..line_len);
             return if is_text_value {
                 parse_value(&line, data).map(Some)
             } else {
@@ -406,7 +406,12 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
     #[test]
     fn partial_frames_consume_nothing() {
         let mut decoder = FrameDecoder::new(1024);
-        for partial in [&b"VALUE k 0 5\r\nab"[..], b"VALUE k 0 5\r\nabcde\r", b"STORE", b"VA 3 O1\r\n"] {
+        for partial in [
+            &b"VALUE k 0 5\r\nab"[..],
+            b"VALUE k 0 5\r\nabcde\r",
+            b"STORE",
+            b"VA 3 O1\r\n",
+        ] {
             let mut buf = BytesMut::from(partial);
             assert_eq!(decoder.decode(&mut buf).unwrap(), None);
             assert_eq!(&buf[..], partial);
@@ -458,7 +463,11 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
             b"99999999999999999999999\r\n",
             b"STAT\r\n",
         ] {
-            assert!(decode_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -466,13 +475,21 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
     fn an_endless_line_is_refused() {
         let mut decoder = FrameDecoder::new(10);
         let mut buf = BytesMut::from(&vec![b'a'; MAX_LINE + 1][..]);
-        assert!(matches!(decoder.decode(&mut buf), Err(DecodeError::LineTooLong)));
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(DecodeError::LineTooLong)
+        ));
     }
 
     /// Renders frames the way memcached writes them (the test's model of the server).
     fn render(frame: &Frame, out: &mut Vec<u8>) {
         match frame {
-            Frame::Value { key, flags, cas, data } => {
+            Frame::Value {
+                key,
+                flags,
+                cas,
+                data,
+            } => {
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(key);
                 out.extend_from_slice(format!(" {flags} {}", data.len()).as_bytes());
@@ -522,9 +539,18 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
         let data = proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from);
         let key = "[!-~]{1,20}".prop_map(|k| Bytes::from(k.into_bytes()));
         prop_oneof![
-            (key, any::<u32>(), proptest::option::of(any::<u64>()), data.clone()).prop_map(
-                |(key, flags, cas, data)| Frame::Value { key, flags, cas, data }
-            ),
+            (
+                key,
+                any::<u32>(),
+                proptest::option::of(any::<u64>()),
+                data.clone()
+            )
+                .prop_map(|(key, flags, cas, data)| Frame::Value {
+                    key,
+                    flags,
+                    cas,
+                    data
+                }),
             (
                 0usize..7,
                 proptest::option::of(any::<u32>()),
@@ -543,7 +569,13 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
                         MetaStatus::Noop,
                     ][s];
                     let data = (status == MetaStatus::Value).then_some(data);
-                    Frame::Meta(MetaFrame { status, opaque, flags, cas, data })
+                    Frame::Meta(MetaFrame {
+                        status,
+                        opaque,
+                        flags,
+                        cas,
+                        data,
+                    })
                 }),
             any::<u64>().prop_map(Frame::Number),
             Just(Frame::End),
