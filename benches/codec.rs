@@ -10,7 +10,9 @@
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use memkeep::__bench;
-use memkeep::locator::{HashAlgorithm, KetamaLayout, KetamaLocator, LocatorNode, ModuloLocator, NodeLocator};
+use memkeep::locator::{
+    HashAlgorithm, KetamaLayout, KetamaLocator, LocatorNode, ModuloLocator, NodeLocator,
+};
 
 fn replies(n: usize, meta: bool) -> Vec<u8> {
     let value = [b'v'; 100];
@@ -82,7 +84,9 @@ fn locators(c: &mut Criterion) {
             weight: 1,
         })
         .collect();
-    let keys: Vec<Vec<u8>> = (0..1024).map(|i| format!("session:{i:08}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..1024)
+        .map(|i| format!("session:{i:08}").into_bytes())
+        .collect();
     let locators: Vec<(&str, Box<dyn NodeLocator>)> = vec![
         (
             "ketama_spymemcached",
@@ -90,7 +94,13 @@ fn locators(c: &mut Criterion) {
         ),
         (
             "ketama_libmemcached",
-            Box::new(KetamaLocator::new(KetamaLayout::Libmemcached(HashAlgorithm::OneAtATime), &nodes).expect("valid nodes")),
+            Box::new(
+                KetamaLocator::new(
+                    KetamaLayout::Libmemcached(HashAlgorithm::OneAtATime),
+                    &nodes,
+                )
+                .expect("valid nodes"),
+            ),
         ),
         (
             "modulo_fnv1a_32",

@@ -31,12 +31,25 @@ fn start_memcached() -> Result<Server, String> {
         .port();
     let mut cmd = Command::new("memcached");
     // `-u` only takes effect when started as root, where memcached insists on it.
-    cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64", "-u", "nobody"]);
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-m",
+        "64",
+        "-u",
+        "nobody",
+    ]);
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start memcached ({e}); install it with `apt-get install memcached`"))?;
+        .map_err(|e| {
+            format!("cannot start memcached ({e}); install it with `apt-get install memcached`")
+        })?;
     let address = format!("127.0.0.1:{port}");
     let server = Server { child, address };
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -55,12 +68,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("started memcached on {}", server.address);
 
     for protocol in [Protocol::Meta, Protocol::Text] {
-        let client = Client::builder().node(&server.address).protocol(protocol).build()?;
+        let client = Client::builder()
+            .node(&server.address)
+            .protocol(protocol)
+            .build()?;
         println!("\n-- {protocol:?} protocol --");
 
-        client.set("greeting", "hello, memcached", Expiry::In(Duration::from_secs(60))).await?;
+        client
+            .set(
+                "greeting",
+                "hello, memcached",
+                Expiry::In(Duration::from_secs(60)),
+            )
+            .await?;
         let item = client.get("greeting").await?;
-        println!("set greeting, read back {:?}", item.map(|i| String::from_utf8_lossy(&i.value).into_owned()));
+        println!(
+            "set greeting, read back {:?}",
+            item.map(|i| String::from_utf8_lossy(&i.value).into_owned())
+        );
 
         let added = client.add("greeting", "again", Expiry::Never).await?;
         println!("add of an existing key stored: {added}");
@@ -70,8 +95,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         let item = client.gets("greeting").await?.ok_or("greeting vanished")?;
         let cas = item.cas.ok_or("no cas token")?;
-        println!("cas with the fresh token -> {:?}", client.cas("greeting", "updated", Expiry::Never, cas).await?);
-        println!("cas with the stale token -> {:?}", client.cas("greeting", "lost", Expiry::Never, cas).await?);
+        println!(
+            "cas with the fresh token -> {:?}",
+            client
+                .cas("greeting", "updated", Expiry::Never, cas)
+                .await?
+        );
+        println!(
+            "cas with the stale token -> {:?}",
+            client.cas("greeting", "lost", Expiry::Never, cas).await?
+        );
 
         let keys: Vec<String> = (0..5).map(|i| format!("many:{i}")).collect();
         for key in &keys {
@@ -81,7 +114,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("get_many of {} keys found {}", keys.len(), found.len());
 
         println!("delete greeting -> {}", client.delete("greeting").await?);
-        println!("get greeting after delete -> {:?}", client.get("greeting").await?);
+        println!(
+            "get greeting after delete -> {:?}",
+            client.get("greeting").await?
+        );
         for (node, version) in client.version().await {
             println!("node {node} runs memcached {}", version?);
         }

@@ -7,10 +7,10 @@
 #   deps     Debian packages the tests need (memcached, libspymemcached-java, python3-pylibmc,
 #            default-jdk-headless when javac is missing): installed when root, else a message
 #   fmt      cargo fmt --check (main crate and fuzz crate)
-#   clippy   cargo clippy --all-targets -- -D warnings
-#   tests    cargo nextest run --all-targets (cargo test --all-targets without nextest);
+#   clippy   cargo clippy --all-targets --all-features -- -D warnings
+#   tests    cargo nextest run --all-targets --all-features (cargo test without nextest);
 #            per-test limits in .config/nextest.toml
-#   doc      cargo test --doc
+#   doc      cargo test --doc --all-features
 #   fuzz     the decode_replies fuzz target for MEMKEEP_FUZZ_SECONDS (default 60) seconds
 #
 # Environment:
@@ -76,13 +76,13 @@ step_fmt() {
 }
 
 step_clippy() {
-    cargo clippy --all-targets --locked -- -D warnings
+    cargo clippy --all-targets --all-features --locked -- -D warnings
 }
 
 step_tests() {
     local log="$LOG_DIR/tests.log" rc
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --all-targets --locked --no-tests=fail 2>&1 | tee "$log"
+        cargo nextest run --all-targets --all-features --locked --no-tests=fail 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         # nextest's closing line: "Summary [ 12.3s] 85 tests run: 83 passed, 2 failed, 1 skipped"
         local sum run passed
@@ -94,7 +94,7 @@ step_tests() {
         fi
     else
         echo "cargo-nextest not found: falling back to cargo test"
-        cargo test --all-targets --locked 2>&1 | tee "$log"
+        cargo test --all-targets --all-features --locked 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         TESTS_LINE=$(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
             END { printf "tests: %d passed, %d failed", p, f }' "$log")
@@ -103,7 +103,7 @@ step_tests() {
 }
 
 step_doc() {
-    cargo test --doc --locked
+    cargo test --doc --all-features --locked
 }
 
 step_fuzz() {

@@ -2,16 +2,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod error;
-pub mod locator;
 mod client;
 mod connection;
+pub mod error;
+pub mod locator;
 mod node;
 mod protocol;
+pub mod session;
 
 pub use client::{
-    CasOutcome, Client, ClientBuilder, Expiry, FailurePolicy, Item, Metrics, NodeConfig, NodeStatus,
-    Protocol, StoreOptions, StoreOutcome,
+    CasOutcome, Client, ClientBuilder, Expiry, FailurePolicy, Item, Metrics, NodeConfig,
+    NodeStatus, Protocol, StoreOptions, StoreOutcome,
 };
 pub use error::{Error, Result};
 pub use node::NodeState;
@@ -38,7 +39,11 @@ pub mod __bench {
     /// Encodes a meta `mg` for `key` into `buf`.
     pub fn encode_meta_get(key: &[u8], buf: &mut BytesMut) {
         protocol::meta::encode(
-            &Command::Get { key, cas: false, touch: None },
+            &Command::Get {
+                key,
+                cas: false,
+                touch: None,
+            },
             &protocol::key::form_of,
             1,
             false,
@@ -74,4 +79,3 @@ pub mod __bench {
         frames
     }
 }
-

@@ -167,8 +167,14 @@ mod tests {
         let thirty_days = Duration::from_secs(RELATIVE_EXPIRY_LIMIT);
         assert_eq!(Expiry::In(thirty_days).to_exptime(now), 2_592_000);
         let longer = thirty_days + Duration::from_secs(1);
-        assert_eq!(Expiry::In(longer).to_exptime(now), 1_800_000_000 + 2_592_001);
-        assert_eq!(Expiry::At(now + Duration::from_secs(5)).to_exptime(now), 1_800_000_005);
+        assert_eq!(
+            Expiry::In(longer).to_exptime(now),
+            1_800_000_000 + 2_592_001
+        );
+        assert_eq!(
+            Expiry::At(now + Duration::from_secs(5)).to_exptime(now),
+            1_800_000_005
+        );
         assert_eq!(Expiry::At(now).to_exptime(now), -1);
         assert_eq!(Expiry::At(UNIX_EPOCH).to_exptime(now), -1);
         assert_eq!(Expiry::In(Duration::MAX).to_exptime(now), i64::MAX);

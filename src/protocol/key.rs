@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn keys_with_whitespace_or_control_bytes_need_the_meta_protocol() {
         for key in [&b"a b"[..], b"a\r\nb", b"\x00", b"tab\t", b"del\x7f"] {
-            assert!(matches!(validate_key(key, false), Err(Error::InvalidKey(_))));
+            assert!(matches!(
+                validate_key(key, false),
+                Err(Error::InvalidKey(_))
+            ));
             assert_eq!(validate_key(key, true).unwrap(), KeyForm::Base64);
         }
     }

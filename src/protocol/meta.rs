@@ -163,8 +163,15 @@ mod tests {
 
     #[test]
     fn retrievals_ask_for_value_and_flags_and_echo_the_opaque() {
-        let get = |cas, touch| Command::Get { key: b"k", cas, touch };
-        assert_eq!(wire(get(false, None), false), ("mg k v f O7\r\n".into(), Some(Expect::Meta { opaque: 7 })));
+        let get = |cas, touch| Command::Get {
+            key: b"k",
+            cas,
+            touch,
+        };
+        assert_eq!(
+            wire(get(false, None), false),
+            ("mg k v f O7\r\n".into(), Some(Expect::Meta { opaque: 7 }))
+        );
         assert_eq!(wire(get(true, None), false).0, "mg k v f c O7\r\n");
         assert_eq!(wire(get(false, Some(30)), false).0, "mg k v f T30 O7\r\n");
     }
@@ -173,7 +180,10 @@ mod tests {
     fn multi_get_is_quiet_with_consecutive_opaques_and_a_noop() {
         let keys: [&[u8]; 3] = [b"a", b"b", b"c"];
         let (bytes, expect) = wire(Command::GetMany { keys: &keys }, false);
-        assert_eq!(bytes, "mg a v f q O7\r\nmg b v f q O8\r\nmg c v f q O9\r\nmn\r\n");
+        assert_eq!(
+            bytes,
+            "mg a v f q O7\r\nmg b v f q O8\r\nmg c v f q O9\r\nmn\r\n"
+        );
         assert_eq!(expect, Some(Expect::MetaBatch { first: 7, count: 3 }));
     }
 
@@ -187,22 +197,75 @@ mod tests {
             exptime: -1,
             cas,
         };
-        assert_eq!(wire(store(StoreMode::Set, None), false).0, "ms k 2 F3 T-1 MS O7\r\nxy\r\n");
-        assert_eq!(wire(store(StoreMode::Add, None), false).0, "ms k 2 F3 T-1 ME O7\r\nxy\r\n");
-        assert_eq!(wire(store(StoreMode::Replace, None), false).0, "ms k 2 F3 T-1 MR O7\r\nxy\r\n");
-        assert_eq!(wire(store(StoreMode::Append, None), false).0, "ms k 2 F3 T-1 MA O7\r\nxy\r\n");
-        assert_eq!(wire(store(StoreMode::Prepend, None), false).0, "ms k 2 F3 T-1 MP O7\r\nxy\r\n");
-        assert_eq!(wire(store(StoreMode::Set, Some(9)), false).0, "ms k 2 F3 T-1 C9 MS O7\r\nxy\r\n");
-        assert_eq!(wire(store(StoreMode::Set, None), true), ("ms k 2 F3 T-1 MS q O7\r\nxy\r\n".into(), None));
+        assert_eq!(
+            wire(store(StoreMode::Set, None), false).0,
+            "ms k 2 F3 T-1 MS O7\r\nxy\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Add, None), false).0,
+            "ms k 2 F3 T-1 ME O7\r\nxy\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Replace, None), false).0,
+            "ms k 2 F3 T-1 MR O7\r\nxy\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Append, None), false).0,
+            "ms k 2 F3 T-1 MA O7\r\nxy\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Prepend, None), false).0,
+            "ms k 2 F3 T-1 MP O7\r\nxy\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Set, Some(9)), false).0,
+            "ms k 2 F3 T-1 C9 MS O7\r\nxy\r\n"
+        );
+        assert_eq!(
+            wire(store(StoreMode::Set, None), true),
+            ("ms k 2 F3 T-1 MS q O7\r\nxy\r\n".into(), None)
+        );
     }
 
     #[test]
     fn delete_arith_touch() {
         assert_eq!(wire(Command::Delete { key: b"k" }, false).0, "md k O7\r\n");
         assert_eq!(wire(Command::Delete { key: b"k" }, true).0, "md k q O7\r\n");
-        assert_eq!(wire(Command::Arith { incr: true, key: b"k", delta: 2 }, false).0, "ma k D2 v O7\r\n");
-        assert_eq!(wire(Command::Arith { incr: false, key: b"k", delta: 2 }, false).0, "ma k MD D2 v O7\r\n");
-        assert_eq!(wire(Command::Touch { key: b"k", exptime: 5 }, false).0, "mg k T5 O7\r\n");
+        assert_eq!(
+            wire(
+                Command::Arith {
+                    incr: true,
+                    key: b"k",
+                    delta: 2
+                },
+                false
+            )
+            .0,
+            "ma k D2 v O7\r\n"
+        );
+        assert_eq!(
+            wire(
+                Command::Arith {
+                    incr: false,
+                    key: b"k",
+                    delta: 2
+                },
+                false
+            )
+            .0,
+            "ma k MD D2 v O7\r\n"
+        );
+        assert_eq!(
+            wire(
+                Command::Touch {
+                    key: b"k",
+                    exptime: 5
+                },
+                false
+            )
+            .0,
+            "mg k T5 O7\r\n"
+        );
     }
 
     #[test]
@@ -226,7 +289,10 @@ mod tests {
 
     #[test]
     fn admin_commands_fall_back_to_text() {
-        assert_eq!(wire(Command::Version, false), ("version\r\n".into(), Some(Expect::TextLine)));
+        assert_eq!(
+            wire(Command::Version, false),
+            ("version\r\n".into(), Some(Expect::TextLine))
+        );
         assert_eq!(wire(Command::Stats, false).1, Some(Expect::TextStats));
     }
 }

@@ -1,0 +1,364 @@
+//! Service overhead: requests/s of one axum handler that changes its session (a counter),
+//! through memkeep's layer in sticky+sync, sticky+async and non-sticky modes, against the
+//! same handler with tower-sessions on its in-memory store (the floor), in one run.
+//!
+//! Run: `cargo bench --bench session_overhead --features axum`
+//! (needs `/usr/bin/memcached`, or `MEMKEEP_MEMCACHED=/path`).
+//!
+//! Two transports, both measured by default (`TRANSPORT=http|inproc|both`):
+//! * `http`: a real axum server on 127.0.0.1, each user a keep-alive HTTP/1.1 connection
+//!   (what a deployment sees; the load generator shares the machine, like `ab` would);
+//! * `inproc`: requests through the tower service in-process, no sockets between client
+//!   and handler: the session layers' own cost plus, for memkeep, the memcached round trips.
+//!
+//! The modes run interleaved, `ROUNDS` times (default 3) for `SECONDS` each (default 2);
+//! the median is reported, so a burst of background load hits every mode alike.
+//! Environment: `CLIENTS` (default 64 concurrent users), `ONLY` (run only the memkeep
+//! modes whose name contains it; the floor always runs).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http::header::{COOKIE, SET_COOKIE};
+use http::Request;
+use memkeep::session::tower::{SessionLayer, SessionMiddleware};
+use memkeep::session::{
+    BackupSessionService, Mode, SessionConfig, SessionError, SessionRequest, WriteMode,
+};
+use tower::{Layer, Service, ServiceExt};
+
+struct Memcached(Child, u16);
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_memcached() -> Memcached {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bin = std::env::var("MEMKEEP_MEMCACHED").unwrap_or_else(|_| "/usr/bin/memcached".into());
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-m",
+        "256",
+        "-t",
+        "2",
+    ]);
+    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    }) {
+        cmd.args(["-u", "root"]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memcached");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "memcached did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Memcached(child, port)
+}
+
+async fn memkeep_counter(session: SessionRequest) -> Result<String, SessionError> {
+    let s = session.get_or_create().await?;
+    let n = s.get::<u64>("n")?.unwrap_or(0) + 1;
+    s.insert("n", &n)?;
+    Ok(n.to_string())
+}
+
+async fn tower_sessions_counter(session: tower_sessions::Session) -> String {
+    let n = session.get::<u64>("n").await.ok().flatten().unwrap_or(0) + 1;
+    let _ = session.insert("n", n).await;
+    n.to_string()
+}
+
+/// How requests reach the app.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Transport {
+    Http,
+    InProcess,
+}
+
+type App = axum::routing::RouterIntoService<Body>;
+
+fn cookie_of(resp_headers: &http::HeaderMap, prefix: &str) -> Option<String> {
+    resp_headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .find(|pair| pair.starts_with(prefix))
+}
+
+/// Runs `clients` users for `seconds` against `app`; returns requests/s.
+async fn drive<S>(
+    app: S,
+    transport: Transport,
+    cookie_name: &str,
+    clients: usize,
+    seconds: u64,
+) -> f64
+where
+    S: Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut server = None;
+    let mut addr = None;
+    if transport == Transport::Http {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        addr = Some(listener.local_addr().expect("addr"));
+        let app = app.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        server = Some(tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                axum::ServiceExt::<Request<Body>>::into_make_service(app),
+            )
+            .await;
+        }));
+    }
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for _ in 0..clients {
+        let app = app.clone();
+        let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+        let prefix = format!("{cookie_name}=");
+        tasks.push(tokio::spawn(async move {
+            let mut cookie: Option<String> = None;
+            let mut conn = match addr {
+                Some(addr) => {
+                    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                    let _ = stream.set_nodelay(true);
+                    let (sender, connection) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .expect("handshake");
+                    tokio::spawn(connection);
+                    Some(sender)
+                }
+                None => None,
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let mut req = Request::builder()
+                    .uri("/")
+                    .header(http::header::HOST, "bench");
+                if let Some(c) = &cookie {
+                    req = req.header(COOKIE, c.as_str());
+                }
+                let (ok, set) = match conn.as_mut() {
+                    Some(sender) => {
+                        let req = req
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .expect("request");
+                        match sender.send_request(req).await {
+                            Ok(resp) => {
+                                let ok = resp.status().is_success();
+                                let set = cookie_of(resp.headers(), &prefix);
+                                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                                (ok, set)
+                            }
+                            Err(_) => (false, None),
+                        }
+                    }
+                    None => {
+                        let Ok(resp) = app
+                            .clone()
+                            .oneshot(req.body(Body::empty()).expect("request"))
+                            .await;
+                        let ok = resp.status().is_success();
+                        let set = cookie_of(resp.headers(), &prefix);
+                        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                        (ok, set)
+                    }
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if set.is_some() {
+                    cookie = set;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(s) = server {
+        s.abort();
+    }
+    let e = errors.load(Ordering::Relaxed);
+    if e > 0 {
+        eprintln!("  {e} responses were errors");
+    }
+    done.load(Ordering::Relaxed) as f64 / elapsed
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+enum Subject {
+    Floor(Router),
+    Memkeep(BackupSessionService, Router),
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a test runner building all targets (nextest
+    // listing, `cargo test --benches`) does not, and must not start a load run.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let clients: usize = env("CLIENTS", 64);
+    let seconds: u64 = env("SECONDS", 2);
+    let rounds: usize = env("ROUNDS", 3);
+    let transports = match std::env::var("TRANSPORT").as_deref() {
+        Ok("http") => vec![Transport::Http],
+        Ok("inproc") => vec![Transport::InProcess],
+        _ => vec![Transport::Http, Transport::InProcess],
+    };
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let nodes = [start_memcached(), start_memcached()];
+    let spec = format!("n0:127.0.0.1:{},n1:127.0.0.1:{}", nodes[0].1, nodes[1].1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut subjects: Vec<(String, Subject)> = Vec::new();
+        let store = tower_sessions::MemoryStore::default();
+        subjects.push((
+            "tower-sessions MemoryStore (floor)".into(),
+            Subject::Floor(
+                Router::new()
+                    .route("/", get(tower_sessions_counter))
+                    .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false)),
+            ),
+        ));
+        let modes: [(&str, Mode, WriteMode, &str); 4] = [
+            ("memkeep sticky+sync", Mode::Sticky, WriteMode::Sync, "none"),
+            ("memkeep sticky+async", Mode::Sticky, WriteMode::Async, "none"),
+            ("memkeep non-sticky, locking none", Mode::NonSticky, WriteMode::Sync, "none"),
+            ("memkeep non-sticky, locking all", Mode::NonSticky, WriteMode::Sync, "all"),
+        ];
+        for (name, mode, write_mode, locking) in modes {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+            let svc = BackupSessionService::new(
+                SessionConfig::builder()
+                    .nodes(spec.clone())
+                    .mode(mode)
+                    .write_mode(write_mode)
+                    .locking_str(locking)
+                    .route("bench")
+                    .build()
+                    .expect("config"),
+            )
+            .expect("service");
+            let router = Router::new().route("/", get(memkeep_counter));
+            subjects.push((name.into(), Subject::Memkeep(svc, router)));
+        }
+
+        println!(
+            "{clients} concurrent users; {rounds} interleaved rounds of {seconds} s per mode, median; \
+             the handler increments a session counter"
+        );
+        for transport in transports {
+            let mut samples: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
+            for _ in 0..rounds {
+                for (i, (_, subject)) in subjects.iter().enumerate() {
+                    let rps = match subject {
+                        Subject::Floor(router) => {
+                            drive(router.clone().into_service(), transport, "id", clients, seconds).await
+                        }
+                        Subject::Memkeep(svc, router) => {
+                            let app: SessionMiddleware<App> =
+                                SessionLayer::new(svc.clone()).layer(router.clone().into_service());
+                            let rps = drive(app, transport, "JSESSIONID", clients, seconds).await;
+                            svc.flush().await;
+                            rps
+                        }
+                    };
+                    samples[i].push(rps);
+                }
+            }
+            let floor = median(&mut samples[0].clone());
+            println!("\n{transport:?}:");
+            println!("| mode | requests/s (median) | vs floor |");
+            println!("|---|---|---|");
+            for ((name, _), s) in subjects.iter().zip(samples.iter_mut()) {
+                let m = median(s);
+                println!("| {name} | {m:.0} | {:.2}x |", m / floor);
+            }
+        }
+        for (name, subject) in &subjects {
+            if let Subject::Memkeep(svc, _) = subject {
+                let st = svc.stats();
+                if st.async_queued > 0 {
+                    println!(
+                        "{name}: async loss window: {} writes queued, {} coalesced, queue->ack lag mean {} us, max {} us; saves that waited for room: {}",
+                        st.async_queued,
+                        st.async_coalesced,
+                        st.async_lag_us.mean(),
+                        st.async_lag_us.max,
+                        st.async_queue_full
+                    );
+                }
+                println!(
+                    "{name}: writes {}, mean write {} us, mean session {} bytes",
+                    st.backups,
+                    st.write_us.mean(),
+                    st.session_size_bytes.mean()
+                );
+            }
+        }
+    });
+    drop(nodes);
+}

@@ -1,0 +1,210 @@
+//! Statistics, in the spirit of MSM's JMX counters: plain atomics, read with
+//! [`SessionStats::snapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A distribution: count, sum, min and max of a quantity (microseconds or bytes).
+#[derive(Debug)]
+pub(crate) struct Distribution {
+    count: AtomicU64,
+    sum: AtomicU64,
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Distribution {
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            min: AtomicU64::new(u64::MAX),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Distribution {
+    pub(crate) fn record(&self, value: u64) {
+        self.count.fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+        self.min.fetch_min(value, Relaxed);
+        self.max.fetch_max(value, Relaxed);
+    }
+
+    pub(crate) fn record_duration(&self, d: Duration) {
+        self.record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn snapshot(&self) -> DistributionSnapshot {
+        let count = self.count.load(Relaxed);
+        DistributionSnapshot {
+            count,
+            sum: self.sum.load(Relaxed),
+            min: if count == 0 {
+                0
+            } else {
+                self.min.load(Relaxed)
+            },
+            max: self.max.load(Relaxed),
+        }
+    }
+}
+
+/// A distribution of a quantity: count, sum, min and max.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DistributionSnapshot {
+    /// Number of samples.
+    pub count: u64,
+    /// Sum of the samples.
+    pub sum: u64,
+    /// Smallest sample (0 when none).
+    pub min: u64,
+    /// Largest sample.
+    pub max: u64,
+}
+
+impl DistributionSnapshot {
+    /// Mean of the samples (0 when none).
+    pub fn mean(&self) -> u64 {
+        self.sum.checked_div(self.count).unwrap_or(0)
+    }
+}
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// The live counters of a service (see [`SessionStats::snapshot`]).
+        #[derive(Debug, Default)]
+        pub struct SessionStats {
+            $( pub(crate) $name: AtomicU64, )*
+            pub(crate) serialization_us: Distribution,
+            pub(crate) deserialization_us: Distribution,
+            pub(crate) session_size_bytes: Distribution,
+            pub(crate) write_us: Distribution,
+            pub(crate) lock_wait_us: Distribution,
+            pub(crate) async_lag_us: Distribution,
+        }
+
+        /// A point-in-time copy of the counters.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct StatsSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+            /// Time to encode a session for a write, microseconds.
+            pub serialization_us: DistributionSnapshot,
+            /// Time to decode a session loaded from memcached, microseconds.
+            pub deserialization_us: DistributionSnapshot,
+            /// Size of the encoded sessions written, bytes.
+            pub session_size_bytes: DistributionSnapshot,
+            /// Time of a write (primary and backup) to memcached, microseconds.
+            pub write_us: DistributionSnapshot,
+            /// Time spent waiting for session locks, microseconds.
+            pub lock_wait_us: DistributionSnapshot,
+            /// Async mode: time from queueing a write to memcached's acknowledgement,
+            /// microseconds (the measured loss window).
+            pub async_lag_us: DistributionSnapshot,
+        }
+
+        impl SessionStats {
+            /// Copies the counters.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot {
+                    $( $name: self.$name.load(Relaxed), )*
+                    serialization_us: self.serialization_us.snapshot(),
+                    deserialization_us: self.deserialization_us.snapshot(),
+                    session_size_bytes: self.session_size_bytes.snapshot(),
+                    write_us: self.write_us.snapshot(),
+                    lock_wait_us: self.lock_wait_us.snapshot(),
+                    async_lag_us: self.async_lag_us.snapshot(),
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Requests that used a session.
+    requests_with_session,
+    /// Requests that ended without a session.
+    requests_without_session,
+    /// Sessions created.
+    sessions_created,
+    /// Session writes acknowledged by memcached (primary and backup).
+    backups,
+    /// Saves skipped because nothing changed.
+    skipped_unchanged,
+    /// Writes that failed (primary or backup; the session may have been relocated).
+    backup_failures,
+    /// Validity refreshes (touch) of sessions that were only read.
+    validity_refreshes,
+    /// Sessions loaded from memcached and taken over by this instance (sticky mode).
+    instance_takeovers,
+    /// Sessions read from their backup copy (primary node down, or restarted empty).
+    restores_from_backup,
+    /// Sessions moved to another node (the id changed).
+    relocations,
+    /// Session ids presented that do not parse or name an unknown node.
+    invalid_ids,
+    /// Records refused: garbage, foreign, other format version or unavailable codec.
+    foreign_records,
+    /// Sessions found expired and removed.
+    expired,
+    /// Sessions invalidated.
+    invalidations,
+    /// Saves refused because the session is larger than `max_session_size`.
+    oversized,
+    /// Locks acquired.
+    locks_acquired,
+    /// Locks acquired after waiting for another holder.
+    lock_waits,
+    /// Lock waits that ran out.
+    lock_timeouts,
+    /// Requests that went on without the lock after a timeout (policy `Proceed`).
+    lock_proceeded_unlocked,
+    /// Lock operations that failed on a node error.
+    lock_failures,
+    /// `auto` locking: requests not locked because their path was seen read-only.
+    auto_readonly_unlocked,
+    /// `auto` locking: unlocked requests that changed the session after all.
+    auto_readonly_misses,
+    /// Optimistic (cas) writes refused because another instance wrote first.
+    conflicts,
+    /// Loads that failed with a memcached error on every copy.
+    load_failures,
+    /// Async mode: writes queued.
+    async_queued,
+    /// Async mode: saves that had to wait because the queue was full.
+    async_queue_full,
+    /// Async mode: queued writes that failed.
+    async_failures,
+    /// Async mode: queued writes superseded by a later write of the same session before
+    /// they were sent (only the latest state is written).
+    async_coalesced,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distribution_tracks_count_sum_min_max() {
+        let d = Distribution::default();
+        assert_eq!(d.snapshot(), DistributionSnapshot::default());
+        d.record(5);
+        d.record(1);
+        d.record(9);
+        let s = d.snapshot();
+        assert_eq!((s.count, s.sum, s.min, s.max, s.mean()), (3, 15, 1, 9, 5));
+    }
+
+    #[test]
+    fn snapshot_copies_counters() {
+        let s = SessionStats::default();
+        s.backups.fetch_add(2, Relaxed);
+        s.oversized.fetch_add(1, Relaxed);
+        let snap = s.snapshot();
+        assert_eq!(snap.backups, 2);
+        assert_eq!(snap.oversized, 1);
+        assert_eq!(snap.relocations, 0);
+    }
+}

@@ -1,0 +1,162 @@
+//! Session-layer test helpers, included by `tests/session_*.rs` with
+//! `#[path = "kit/session.rs"] mod session_kit;` (next to `mod kit;`).
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use memkeep::session::{
+    BackupSessionService, CookieDecision, Mode, RequestInfo, SaveOutcome, Session, SessionConfig,
+    SessionConfigBuilder, SessionError, SessionId,
+};
+use memkeep::Client;
+
+use crate::kit::Cluster;
+
+/// `n0:127.0.0.1:p0,n1:...` for a cluster.
+pub fn nodes_spec(cluster: &Cluster) -> String {
+    cluster
+        .ids()
+        .iter()
+        .zip(cluster.addrs())
+        .map(|(id, addr)| format!("{id}:{addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A config builder for `cluster` in `mode` (sticky instances need a route).
+pub fn config(cluster: &Cluster, mode: Mode) -> SessionConfigBuilder {
+    SessionConfig::builder()
+        .nodes(nodes_spec(cluster))
+        .mode(mode)
+        .operation_timeout(Duration::from_millis(500))
+}
+
+/// A sticky instance with `route`.
+pub fn sticky(cluster: &Cluster, route: &str) -> BackupSessionService {
+    BackupSessionService::new(config(cluster, Mode::Sticky).route(route).build().unwrap()).unwrap()
+}
+
+/// A non-sticky instance with a locking mode (`none`, `all`, `auto`, `uriPattern:...`).
+pub fn non_sticky(cluster: &Cluster, locking: &str) -> BackupSessionService {
+    BackupSessionService::new(
+        config(cluster, Mode::NonSticky)
+            .locking_str(locking)
+            .lock_wait(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A client of its own for looking at what the servers hold.
+pub fn observer(cluster: &Cluster) -> Client {
+    crate::kit::client(cluster, memkeep::Protocol::Meta)
+}
+
+/// A browser: keeps the session cookie the service hands out.
+#[derive(Clone, Debug, Default)]
+pub struct Browser {
+    /// The cookie's value.
+    pub cookie: Option<String>,
+}
+
+impl Browser {
+    /// A browser without a cookie.
+    pub fn new() -> Self {
+        Browser::default()
+    }
+
+    /// The parsed id of the cookie.
+    pub fn id(&self) -> Option<SessionId> {
+        self.cookie.as_deref().and_then(SessionId::parse)
+    }
+
+    fn apply(&mut self, outcome: &SaveOutcome) {
+        match &outcome.cookie {
+            CookieDecision::Set(id) => self.cookie = Some(id.clone()),
+            CookieDecision::Remove => self.cookie = None,
+            CookieDecision::Keep => {}
+        }
+    }
+
+    /// A request that uses (creating if needed) its session.
+    pub async fn call<R>(
+        &mut self,
+        svc: &BackupSessionService,
+        path: &str,
+        f: impl FnOnce(&Session) -> R,
+    ) -> Result<(R, SaveOutcome), SessionError> {
+        let req = svc.request(RequestInfo::new(path).session_id(self.cookie.as_deref()));
+        let session = match req.get_or_create().await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = req.finish().await;
+                return Err(e);
+            }
+        };
+        let r = f(&session);
+        drop(session);
+        let outcome = req.finish().await?;
+        self.apply(&outcome);
+        Ok((r, outcome))
+    }
+
+    /// A request that looks at its session without creating one.
+    pub async fn visit<R>(
+        &mut self,
+        svc: &BackupSessionService,
+        path: &str,
+        f: impl FnOnce(Option<&Session>) -> R,
+    ) -> Result<(R, SaveOutcome), SessionError> {
+        let req = svc.request(RequestInfo::new(path).session_id(self.cookie.as_deref()));
+        let session = match req.session().await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = req.finish().await;
+                return Err(e);
+            }
+        };
+        let r = f(session.as_ref());
+        drop(session);
+        let outcome = req.finish().await?;
+        self.apply(&outcome);
+        Ok((r, outcome))
+    }
+
+    /// Reads attribute `name` as a u64 (None: no session or no attribute).
+    pub async fn read_u64(
+        &mut self,
+        svc: &BackupSessionService,
+        name: &str,
+    ) -> Result<Option<u64>, SessionError> {
+        let name = name.to_owned();
+        let (v, _) = self
+            .visit(svc, "/read", move |s| {
+                s.and_then(|s| s.get::<u64>(&name).unwrap())
+            })
+            .await?;
+        Ok(v)
+    }
+
+    /// Increments counter `name`; returns the new value when the save was acknowledged.
+    pub async fn increment(
+        &mut self,
+        svc: &BackupSessionService,
+        name: &str,
+    ) -> Result<u64, SessionError> {
+        let name = name.to_owned();
+        let (v, _) = self
+            .call(svc, "/increment", move |s| {
+                let v = s.get::<u64>(&name).unwrap().unwrap_or(0) + 1;
+                s.insert(&name, &v).unwrap();
+                v
+            })
+            .await?;
+        Ok(v)
+    }
+}
+
+/// Node index of a kit node id (`n2` -> 2).
+pub fn index_of(node: &str) -> usize {
+    node.trim_start_matches('n').parse().unwrap()
+}
