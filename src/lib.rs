@@ -1,4 +1,51 @@
-//! memkeep: an async, pipelined memcached client and an MSM-style session backup service.
+//! memkeep: an async, pipelined memcached client, and on top of it an MSM-style session
+//! backup service whose sessions survive the death of the instance that served them and
+//! of the memcached node that held them.
+//!
+//! # The client
+//!
+//! [`Client`] talks to a set of memcached nodes. Each node has one connection (by default)
+//! driven by one task; any number of callers share it, their requests coalesced into few
+//! writes and their replies matched in order and checked (meta opaque tokens, or the keys of
+//! a retrieval). Keys map to nodes through a [`locator`]: ketama key-for-key compatible with
+//! spymemcached or libmemcached, or modulo. Timeouts, node failure detection, reconnect with
+//! backoff and a [`FailurePolicy`] keep a dead node from taking callers down with it.
+//!
+//! ```no_run
+//! # async fn demo() -> memkeep::Result<()> {
+//! use memkeep::{Client, Expiry};
+//! use std::time::Duration;
+//!
+//! let client = Client::builder()
+//!     .node("127.0.0.1:11211")
+//!     .node("127.0.0.1:11212")
+//!     .build()?;
+//! client.set("user:42", "alice", Expiry::In(Duration::from_secs(3600))).await?;
+//! let hit = client.get("user:42").await?;
+//! let many = client.get_many(["user:42", "user:43"]).await?;
+//! # let _ = (hit, many);
+//! # Ok(()) }
+//! ```
+//!
+//! # The session layer
+//!
+//! [`session::BackupSessionService`] keeps HTTP sessions on memcached: each session on the
+//! node named in its id, a backup copy on a second node, restored from the backup on a
+//! miss, sticky or non-sticky, with locking; framework-agnostic, with a tower layer and an
+//! axum extractor behind features.
+//!
+//! # Layout
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `protocol` (private) | text and meta encoders, the reply decoder: no I/O |
+//! | `connection` (private) | one socket, its driver task and in-flight queue |
+//! | [`locator`] | key → node: ketama layouts, modulo, hash functions |
+//! | `client` (re-exported at the root) | routing, failure policy, operations, configuration |
+//! | [`session`] | the session backup service |
+//! | [`error`] | the client's error type |
+//!
+//! The design, with its trade-offs, is in `docs/design.md`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
