@@ -9,6 +9,12 @@
 #   libspymemcached-java   spymemcached 2.12.3, the reference for ketama conformance checks
 #   python3-pylibmc        libmemcached's Python binding, the other ketama reference
 #   default-jdk-headless   javac, to compile the spymemcached probe (only if javac is missing)
+#   apache2                Apache httpd + mod_proxy_balancer/hcheck: the demo's balancer and the
+#                          deploy/apache2 end-to-end test (tests/demo_balancers.rs)
+#   haproxy                the deploy/haproxy end-to-end test
+#   nginx                  the deploy/nginx end-to-end test
+#   chromium               headless browser of the demo's browser test (tests/demo_browser.rs)
+#   chromium-driver        chromedriver: the WebDriver server that test drives Chromium with
 #
 # Can be sourced: defines memkeep_missing_packages and memkeep_install_deps.
 
@@ -29,6 +35,22 @@ memkeep_missing_packages() {
     fi
     if ! command -v javac >/dev/null 2>&1; then
         echo default-jdk-headless
+    fi
+    # The demo's end-to-end tests: real balancers and a real browser.
+    if [ ! -x /usr/sbin/apache2 ] && ! command -v apache2 >/dev/null 2>&1; then
+        echo apache2
+    fi
+    if [ ! -x /usr/sbin/haproxy ] && ! command -v haproxy >/dev/null 2>&1; then
+        echo haproxy
+    fi
+    if [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
+        echo nginx
+    fi
+    if [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null 2>&1; then
+        echo chromium
+    fi
+    if [ ! -x /usr/bin/chromedriver ] && ! command -v chromedriver >/dev/null 2>&1; then
+        echo chromium-driver
     fi
 }
 
@@ -54,9 +76,25 @@ memkeep_install_deps() {
     echo "install-deps: installing: $missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || { echo "install-deps: apt-get update failed" >&2; return 1; }
+    # The tests start their own servers on free ports: keep the packages' services
+    # (apache2 and nginx both want port 80, and one of them failing to start would fail
+    # the install) from starting, with the standard policy-rc.d switch, unless the
+    # machine already has one.
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# memkeep install-deps: no service starts during the install\nexit 101\n' >"$policy" &&
+            chmod 755 "$policy" && own_policy=1
+    fi
+    local rc=0
     # shellcheck disable=SC2086 # word splitting of the package list is intended
-    apt-get install -y -qq --no-install-recommends $missing </dev/null ||
-        { echo "install-deps: apt-get install $missing failed" >&2; return 1; }
+    apt-get install -y -qq --no-install-recommends $missing </dev/null || rc=$?
+    if [ "$own_policy" -eq 1 ]; then
+        rm -f "$policy"
+    fi
+    if [ "$rc" -ne 0 ]; then
+        echo "install-deps: apt-get install $missing failed" >&2
+        return 1
+    fi
     local still
     still=$(memkeep_missing_packages | tr '\n' ' ')
     if [ -n "${still// /}" ]; then
