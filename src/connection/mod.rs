@@ -347,6 +347,11 @@ impl Driver {
                     Some(request) => {
                         let mut open = OpenRun::Nothing;
                         self.enqueue(request, &mut write_buf, &mut open);
+                        // Let the callers that are ready queue their requests first. On
+                        // the multi-thread runtime a caller's send wakes this task into
+                        // the worker's LIFO slot, ahead of the other woken callers; without
+                        // this yield the driver would write one request per system call.
+                        tokio::task::yield_now().await;
                         let mut taken = 1;
                         while taken < BATCH
                             && self.in_flight.len() < self.config.max_in_flight
