@@ -1,0 +1,614 @@
+//! End-to-end load harness: one client x one workload against a running memcached.
+//!
+//! Prints ONE JSON line on stdout (the result), diagnostics on stderr. Exits non-zero when any
+//! operation failed or any get returned a wrong value (a correctness check runs inside the loop).
+//!
+//! Data set (shared with bench/anchors/*): keys `key:<i>`, i in 0..keys; value of key i is
+//! `val:<i>:` padded with `x` to value-size bytes. Sets always write that same value, so every
+//! get of a preloaded key must return exactly it.
+//!
+//! Timing: the workers run from the start; a controller thread lets `--warmup` seconds pass, then
+//! opens the measurement window for `--seconds`, then tells the workers to stop. Only operations
+//! that complete inside the window are counted; rate = counted / window length.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    /// memkeep, meta protocol (its default), one connection
+    Memkeep,
+    /// memkeep, classic text protocol, one connection
+    MemkeepText,
+    /// the `memcache` crate (sync, r2d2 pool; ASCII protocol unless --memcache-binary)
+    Memcache,
+    /// the `async-memcached` crate (&mut self: one connection per in-flight request)
+    AsyncMemcached,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// one caller, one op at a time, alternating get and set on random keys -> ops/s
+    Seq,
+    /// 64 ops in flight, 90% get / 10% set on random keys -> ops/s
+    Conc64,
+    /// one caller, multi-get of 100 distinct random keys -> keys/s
+    Multiget100,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    CurrentThread,
+    MultiThread,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "loadtest", about = "memcached client load harness (one cell per run)")]
+struct Args {
+    #[arg(long, value_enum)]
+    client: ClientKind,
+    #[arg(long, value_enum)]
+    workload: Workload,
+    #[arg(long, default_value = "127.0.0.1:11211")]
+    addr: String,
+    /// measured seconds
+    #[arg(long, default_value_t = 8.0)]
+    seconds: f64,
+    /// unmeasured warm-up seconds before the window opens
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// tokio runtime for the async clients (default: the better one measured per workload)
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeKind>,
+    /// worker threads of the multi-thread runtime
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// operations in flight for conc64
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// keys per multi-get for multiget100
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// skip preloading (the keys must already be there)
+    #[arg(long)]
+    no_preload: bool,
+    /// memcache crate: use its default binary protocol instead of ASCII. Its binary multi-get
+    /// sends one getkq per key, each field in its own send(): ~18k keys/s, so ASCII is the default
+    /// here (see docs/benchmarks.md)
+    #[arg(long)]
+    memcache_binary: bool,
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+}
+
+/// Shared, read-only data set.
+struct Data {
+    keys: Vec<String>,
+    values: Vec<Vec<u8>>,
+}
+
+impl Data {
+    fn new(n: usize, size: usize) -> Self {
+        let keys = (0..n).map(|i| format!("key:{i}")).collect();
+        let values = (0..n)
+            .map(|i| {
+                let mut v = format!("val:{i}:").into_bytes();
+                v.resize(size, b'x');
+                v.truncate(size);
+                v
+            })
+            .collect();
+        Data { keys, values }
+    }
+}
+
+#[allow(dead_code)]
+const WARMUP: u8 = 0; // initial phase (Shared::default)
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+/// Phase flag + counters shared by all workers.
+#[derive(Default)]
+struct Shared {
+    phase: AtomicU8,
+    ops: AtomicU64,
+    keys: AtomicU64,
+    errors: AtomicU64,
+    mismatches: AtomicU64,
+}
+
+/// Per-worker counters, flushed into `Shared` once at the end.
+#[derive(Default)]
+struct Local {
+    ops: u64,
+    keys: u64,
+    errors: u64,
+    mismatches: u64,
+    first_error: Option<String>,
+}
+
+impl Local {
+    #[inline]
+    fn done(&mut self, phase: u8, keys: u64) {
+        if phase == MEASURE {
+            self.ops += 1;
+            self.keys += keys;
+        }
+    }
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+    fn check(&mut self, got: Option<&[u8]>, want: &[u8]) {
+        if got != Some(want) {
+            self.mismatches += 1;
+            if self.first_error.is_none() {
+                self.first_error = Some(format!(
+                    "mismatch: got {:?}, want {:?}",
+                    got.map(|g| String::from_utf8_lossy(g).into_owned()),
+                    String::from_utf8_lossy(want)
+                ));
+            }
+        }
+    }
+    fn flush(self, s: &Shared) {
+        s.ops.fetch_add(self.ops, Ordering::Relaxed);
+        s.keys.fetch_add(self.keys, Ordering::Relaxed);
+        s.errors.fetch_add(self.errors, Ordering::Relaxed);
+        s.mismatches.fetch_add(self.mismatches, Ordering::Relaxed);
+        if let Some(e) = self.first_error {
+            eprintln!("loadtest: first error: {e}");
+        }
+    }
+}
+
+/// Picks the operation sequence shared by every client.
+struct Picker {
+    rng: SmallRng,
+    n: usize,
+    step: u64,
+}
+
+enum Op {
+    Get(usize),
+    Set(usize),
+}
+
+impl Picker {
+    fn new(seed: u64, worker: u64, n: usize) -> Self {
+        Picker { rng: SmallRng::seed_from_u64(seed ^ worker.wrapping_mul(0x9E37_79B9_7F4A_7C15)), n, step: 0 }
+    }
+    /// seq: strict alternation get, set, get, set ... on random keys.
+    fn alternate(&mut self) -> Op {
+        let i = self.rng.random_range(0..self.n);
+        self.step += 1;
+        if self.step % 2 == 1 {
+            Op::Get(i)
+        } else {
+            Op::Set(i)
+        }
+    }
+    /// conc64: 90% get / 10% set.
+    fn mixed(&mut self) -> Op {
+        let i = self.rng.random_range(0..self.n);
+        if self.rng.random_range(0..10u32) == 0 {
+            Op::Set(i)
+        } else {
+            Op::Get(i)
+        }
+    }
+    /// multiget: `k` distinct random indices.
+    fn batch(&mut self, k: usize) -> Vec<usize> {
+        rand::seq::index::sample(&mut self.rng, self.n, k).into_vec()
+    }
+}
+
+/// Runs the warm-up and measurement window on its own thread; returns the window length.
+fn controller(shared: Arc<Shared>, warmup: f64, seconds: f64) -> std::thread::JoinHandle<Duration> {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs_f64(warmup));
+        let t0 = Instant::now();
+        shared.phase.store(MEASURE, Ordering::Release);
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        shared.phase.store(STOP, Ordering::Release);
+        t0.elapsed()
+    })
+}
+
+fn build_runtime(kind: RuntimeKind, workers: usize) -> tokio::runtime::Runtime {
+    match kind {
+        RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime")
+}
+
+/// Default runtime per client and workload (chosen from measurements; see docs/benchmarks.md).
+fn default_runtime(client: ClientKind, workload: Workload) -> RuntimeKind {
+    match (client, workload) {
+        // One caller: a second worker thread only adds cross-thread wake-ups.
+        (_, Workload::Seq) | (_, Workload::Multiget100) => RuntimeKind::CurrentThread,
+        // memkeep conc64: callers and the connection driver on one thread batch best.
+        (ClientKind::Memkeep | ClientKind::MemkeepText, Workload::Conc64) => RuntimeKind::CurrentThread,
+        // async-memcached conc64: 64 independent connections, spread them over both cores.
+        (_, Workload::Conc64) => RuntimeKind::MultiThread,
+    }
+}
+
+struct Outcome {
+    window: Duration,
+    connections: usize,
+    runtime: Option<RuntimeKind>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let data = Arc::new(Data::new(args.keys, args.value_size));
+    let shared = Arc::new(Shared::default());
+    if args.workload == Workload::Multiget100 && args.batch > args.keys {
+        eprintln!("loadtest: --batch larger than --keys");
+        std::process::exit(2);
+    }
+
+    let result = match args.client {
+        ClientKind::Memcache => run_memcache(&args, &data, &shared),
+        ClientKind::AsyncMemcached => run_async_memcached(&args, &data, &shared),
+        ClientKind::Memkeep | ClientKind::MemkeepText => run_memkeep(&args, &data, &shared),
+    };
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            println!(
+                "{{\"client\":\"{}\",\"workload\":\"{}\",\"ok\":false,\"error\":{:?}}}",
+                name(args.client),
+                wname(args.workload),
+                e
+            );
+            std::process::exit(1);
+        }
+    };
+
+    let secs = outcome.window.as_secs_f64();
+    let ops = shared.ops.load(Ordering::Relaxed);
+    let keys = shared.keys.load(Ordering::Relaxed);
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let mismatches = shared.mismatches.load(Ordering::Relaxed);
+    let ok = errors == 0 && mismatches == 0 && ops > 0;
+    let (metric, rate) = match args.workload {
+        Workload::Multiget100 => ("keys_per_sec", keys as f64 / secs),
+        _ => ("ops_per_sec", ops as f64 / secs),
+    };
+    let runtime = match outcome.runtime {
+        Some(RuntimeKind::CurrentThread) => "\"current-thread\"".to_string(),
+        Some(RuntimeKind::MultiThread) => format!("\"multi-thread:{}\"", args.worker_threads),
+        None => "null".to_string(),
+    };
+    println!(
+        "{{\"client\":\"{}\",\"workload\":\"{}\",\"metric\":\"{}\",\"value\":{:.0},\"ops\":{},\"keys\":{},\"seconds\":{:.3},\"errors\":{},\"mismatches\":{},\"connections\":{},\"runtime\":{},\"ok\":{}}}",
+        name(args.client),
+        wname(args.workload),
+        metric,
+        rate,
+        ops,
+        keys,
+        secs,
+        errors,
+        mismatches,
+        outcome.connections,
+        runtime,
+        ok
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+fn name(c: ClientKind) -> &'static str {
+    match c {
+        ClientKind::Memkeep => "memkeep",
+        ClientKind::MemkeepText => "memkeep-text",
+        ClientKind::Memcache => "memcache",
+        ClientKind::AsyncMemcached => "async-memcached",
+    }
+}
+
+fn wname(w: Workload) -> &'static str {
+    match w {
+        Workload::Seq => "seq",
+        Workload::Conc64 => "conc64",
+        Workload::Multiget100 => "multiget100",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// memcache crate (sync)
+// ---------------------------------------------------------------------------------------------
+
+fn run_memcache(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcome, String> {
+    let conns = if args.workload == Workload::Conc64 { args.concurrency } else { 1 };
+    let url = format!(
+        "memcache://{}?tcp_nodelay=true{}",
+        args.addr,
+        if args.memcache_binary { "" } else { "&protocol=ascii" }
+    );
+    let client = memcache::Client::builder()
+        .add_server(url.as_str())
+        .and_then(|b| b.with_max_pool_size(conns as u32).build())
+        .map_err(|e| format!("memcache connect: {e}"))?;
+    let client = Arc::new(client);
+    if !args.no_preload {
+        for (k, v) in data.keys.iter().zip(&data.values) {
+            client.set(k, v.as_slice(), 0).map_err(|e| format!("preload: {e}"))?;
+        }
+    }
+    let ctl = controller(shared.clone(), args.warmup, args.seconds);
+    let workers = if args.workload == Workload::Conc64 { args.concurrency } else { 1 };
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let (client, data, shared) = (client.clone(), data.clone(), shared.clone());
+        let (workload, seed, batch) = (args.workload, args.seed, args.batch);
+        handles.push(std::thread::spawn(move || {
+            let mut pick = Picker::new(seed, w as u64, data.keys.len());
+            let mut l = Local::default();
+            let mut kbuf: Vec<&str> = Vec::with_capacity(batch);
+            loop {
+                let phase = shared.phase.load(Ordering::Relaxed);
+                if phase == STOP {
+                    break;
+                }
+                match workload {
+                    Workload::Seq | Workload::Conc64 => {
+                        let op = if workload == Workload::Seq { pick.alternate() } else { pick.mixed() };
+                        match op {
+                            Op::Get(i) => match client.get::<Vec<u8>>(&data.keys[i]) {
+                                Ok(v) => {
+                                    l.check(v.as_deref(), &data.values[i]);
+                                    l.done(phase, 1);
+                                }
+                                Err(e) => l.error(e),
+                            },
+                            Op::Set(i) => match client.set(&data.keys[i], data.values[i].as_slice(), 0) {
+                                Ok(()) => l.done(phase, 1),
+                                Err(e) => l.error(e),
+                            },
+                        }
+                    }
+                    Workload::Multiget100 => {
+                        let idx = pick.batch(batch);
+                        kbuf.clear();
+                        kbuf.extend(idx.iter().map(|&i| data.keys[i].as_str()));
+                        match client.gets::<Vec<u8>>(&kbuf) {
+                            Ok(m) => {
+                                for &i in &idx {
+                                    l.check(m.get(&data.keys[i]).map(|v| v.as_slice()), &data.values[i]);
+                                }
+                                l.done(phase, idx.len() as u64);
+                            }
+                            Err(e) => l.error(e),
+                        }
+                    }
+                }
+                if l.errors > 1000 {
+                    break;
+                }
+            }
+            l.flush(&shared);
+        }));
+    }
+    for h in handles {
+        h.join().map_err(|_| "worker panicked".to_string())?;
+    }
+    let window = ctl.join().map_err(|_| "controller panicked".to_string())?;
+    Ok(Outcome { window, connections: conns, runtime: None })
+}
+
+// ---------------------------------------------------------------------------------------------
+// async-memcached crate
+// ---------------------------------------------------------------------------------------------
+
+fn run_async_memcached(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcome, String> {
+    use async_memcached::{AsciiProtocol, Client};
+    let rtk = args.runtime.unwrap_or(default_runtime(args.client, args.workload));
+    let rt = build_runtime(rtk, args.worker_threads);
+    let workers = if args.workload == Workload::Conc64 { args.concurrency } else { 1 };
+    let addr = args.addr.clone();
+    let res: Result<(), String> = rt.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..workers {
+            clients.push(Client::new(format!("tcp://{addr}")).await.map_err(|e| format!("async-memcached connect: {e}"))?);
+        }
+        if !args.no_preload {
+            let c = &mut clients[0];
+            for (k, v) in data.keys.iter().zip(&data.values) {
+                c.set(k.as_bytes(), v.as_slice(), None, None).await.map_err(|e| format!("preload: {e}"))?;
+            }
+        }
+        let ctl = controller(shared.clone(), args.warmup, args.seconds);
+        let mut tasks = Vec::new();
+        for (w, mut client) in clients.into_iter().enumerate() {
+            let (data, shared) = (data.clone(), shared.clone());
+            let (workload, seed, batch) = (args.workload, args.seed, args.batch);
+            tasks.push(tokio::spawn(async move {
+                let mut pick = Picker::new(seed, w as u64, data.keys.len());
+                let mut l = Local::default();
+                loop {
+                    let phase = shared.phase.load(Ordering::Relaxed);
+                    if phase == STOP {
+                        break;
+                    }
+                    match workload {
+                        Workload::Seq | Workload::Conc64 => {
+                            let op = if workload == Workload::Seq { pick.alternate() } else { pick.mixed() };
+                            match op {
+                                Op::Get(i) => match client.get(data.keys[i].as_bytes()).await {
+                                    Ok(v) => {
+                                        l.check(v.as_ref().and_then(|v| v.data.as_deref()), &data.values[i]);
+                                        l.done(phase, 1);
+                                    }
+                                    Err(e) => l.error(e),
+                                },
+                                Op::Set(i) => {
+                                    match client.set(data.keys[i].as_bytes(), data.values[i].as_slice(), None, None).await {
+                                        Ok(()) => l.done(phase, 1),
+                                        Err(e) => l.error(e),
+                                    }
+                                }
+                            }
+                        }
+                        Workload::Multiget100 => {
+                            let idx = pick.batch(batch);
+                            let kb: Vec<&[u8]> = idx.iter().map(|&i| data.keys[i].as_bytes()).collect();
+                            match client.get_multi(&kb).await {
+                                Ok(vals) => {
+                                    // Replies come back in request order, hits only.
+                                    let mut found = std::collections::HashMap::with_capacity(vals.len());
+                                    for v in &vals {
+                                        found.insert(v.key.as_slice(), v.data.as_deref());
+                                    }
+                                    for &i in &idx {
+                                        l.check(found.get(data.keys[i].as_bytes()).copied().flatten(), &data.values[i]);
+                                    }
+                                    l.done(phase, idx.len() as u64);
+                                }
+                                Err(e) => l.error(e),
+                            }
+                        }
+                    }
+                    if l.errors > 1000 {
+                        break;
+                    }
+                }
+                l.flush(&shared);
+            }));
+        }
+        for t in tasks {
+            t.await.map_err(|e| format!("task: {e}"))?;
+        }
+        let window = ctl.join().map_err(|_| "controller panicked".to_string())?;
+        WINDOW.store(window.as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
+    });
+    res?;
+    Ok(Outcome {
+        window: Duration::from_nanos(WINDOW.load(Ordering::Relaxed)),
+        connections: workers,
+        runtime: Some(rtk),
+    })
+}
+
+static WINDOW: AtomicU64 = AtomicU64::new(0);
+
+// ---------------------------------------------------------------------------------------------
+// memkeep
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(not(feature = "memkeep"))]
+fn run_memkeep(_: &Args, _: &Arc<Data>, _: &Arc<Shared>) -> Result<Outcome, String> {
+    Err("built without the `memkeep` feature".into())
+}
+
+#[cfg(feature = "memkeep")]
+fn run_memkeep(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcome, String> {
+    use memkeep::{Client, Expiry, Protocol};
+    let rtk = args.runtime.unwrap_or(default_runtime(args.client, args.workload));
+    let rt = build_runtime(rtk, args.worker_threads);
+    let protocol = if args.client == ClientKind::MemkeepText { Protocol::Text } else { Protocol::Meta };
+    let res: Result<(), String> = rt.block_on(async {
+        let client = Client::builder()
+            .node(args.addr.as_str())
+            .protocol(protocol)
+            .connections_per_node(1)
+            .build()
+            .map_err(|e| format!("memkeep build: {e}"))?;
+        if !args.no_preload {
+            // Preload pipelined in chunks (not timed).
+            for chunk in (0..data.keys.len()).collect::<Vec<_>>().chunks(256) {
+                let futs = chunk.iter().map(|&i| client.set(&data.keys[i], &data.values[i], Expiry::Never));
+                for r in futures::future::join_all(futs).await {
+                    r.map_err(|e| format!("preload: {e}"))?;
+                }
+            }
+        }
+        let ctl = controller(shared.clone(), args.warmup, args.seconds);
+        let workers = if args.workload == Workload::Conc64 { args.concurrency } else { 1 };
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let (client, data, shared) = (client.clone(), data.clone(), shared.clone());
+            let (workload, seed, batch) = (args.workload, args.seed, args.batch);
+            tasks.push(tokio::spawn(async move {
+                let mut pick = Picker::new(seed, w as u64, data.keys.len());
+                let mut l = Local::default();
+                loop {
+                    let phase = shared.phase.load(Ordering::Relaxed);
+                    if phase == STOP {
+                        break;
+                    }
+                    match workload {
+                        Workload::Seq | Workload::Conc64 => {
+                            let op = if workload == Workload::Seq { pick.alternate() } else { pick.mixed() };
+                            match op {
+                                Op::Get(i) => match client.get(&data.keys[i]).await {
+                                    Ok(v) => {
+                                        l.check(v.as_ref().map(|it| it.value.as_ref()), &data.values[i]);
+                                        l.done(phase, 1);
+                                    }
+                                    Err(e) => l.error(e),
+                                },
+                                Op::Set(i) => match client.set(&data.keys[i], &data.values[i], Expiry::Never).await {
+                                    Ok(()) => l.done(phase, 1),
+                                    Err(e) => l.error(e),
+                                },
+                            }
+                        }
+                        Workload::Multiget100 => {
+                            let idx = pick.batch(batch);
+                            match client.get_many(idx.iter().map(|&i| data.keys[i].as_bytes())).await {
+                                Ok(m) => {
+                                    for &i in &idx {
+                                        l.check(
+                                            m.get(data.keys[i].as_bytes()).map(|it| it.value.as_ref()),
+                                            &data.values[i],
+                                        );
+                                    }
+                                    l.done(phase, idx.len() as u64);
+                                }
+                                Err(e) => l.error(e),
+                            }
+                        }
+                    }
+                    if l.errors > 1000 {
+                        break;
+                    }
+                }
+                l.flush(&shared);
+            }));
+        }
+        for t in tasks {
+            t.await.map_err(|e| format!("task: {e}"))?;
+        }
+        let window = ctl.join().map_err(|_| "controller panicked".to_string())?;
+        WINDOW.store(window.as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
+    });
+    res?;
+    Ok(Outcome {
+        window: Duration::from_nanos(WINDOW.load(Ordering::Relaxed)),
+        connections: 1,
+        runtime: Some(rtk),
+    })
+}
