@@ -293,22 +293,32 @@ async fn sticky_sync_loses_no_acknowledged_save_when_a_node_is_killed_mid_load()
     let browsers = 24;
     let rounds = 30u64;
     let mut tasks = Vec::new();
-    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    for _ in 0..browsers {
+    // Half the browsers pause a third of the way in until the node is dead, so the kill
+    // lands mid-load however fast the machine is; the other half run on through it.
+    let paused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (killed_tx, killed_rx) = tokio::sync::watch::channel(false);
+    for i in 0..browsers {
         let a = a.clone();
-        let progress = Arc::clone(&progress);
+        let paused = Arc::clone(&paused);
+        let mut killed = killed_rx.clone();
         tasks.push(tokio::spawn(async move {
             let mut browser = Browser::new();
             let mut acked = 0u64;
             let mut attempted = 0u64;
-            for _ in 0..rounds {
+            for round in 0..rounds {
+                if i % 2 == 0 && round == rounds / 3 {
+                    paused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    killed
+                        .wait_for(|k| *k)
+                        .await
+                        .expect("the test keeps the sender");
+                }
                 attempted += 1;
                 // The counter lives in A's memory; a failed save is retried by the next request.
                 match browser.increment(&a, "n").await {
                     Ok(v) => acked = v,
                     Err(e) => println!("save failed (not acknowledged): {e}"),
                 }
-                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::task::yield_now().await;
             }
             (browser, acked, attempted)
@@ -316,13 +326,17 @@ async fn sticky_sync_loses_no_acknowledged_save_when_a_node_is_killed_mid_load()
     }
     // Kill one node while the load runs.
     let victim = rng.below(3) as usize;
-    let total = browsers as u64 * rounds;
-    kit::eventually(Duration::from_secs(60), || {
-        progress.load(std::sync::atomic::Ordering::Relaxed) >= total / 3
-    })
-    .await;
+    let pausing = (browsers as u64).div_ceil(2);
+    assert!(
+        kit::eventually(Duration::from_secs(60), || {
+            paused.load(std::sync::atomic::Ordering::Relaxed) >= pausing
+        })
+        .await,
+        "the paused half reached the kill point"
+    );
     cluster[victim].kill();
     println!("killed n{victim}");
+    killed_tx.send(true).expect("browsers are waiting");
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await.unwrap());

@@ -264,7 +264,7 @@ async fn render(
     let is_form = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map_or(true, |t| t.starts_with("application/x-www-form-urlencoded"));
+        .is_none_or(|t| t.starts_with("application/x-www-form-urlencoded"));
     if *method == Method::POST && is_form {
         params.extend(parse_form(&String::from_utf8_lossy(body)));
     }

@@ -162,8 +162,8 @@ impl SessionId {
             None => (nodes, None),
         };
         let ok = is_valid_name(node)
-            && backup.map_or(true, is_valid_name)
-            && route.map_or(true, is_valid_name);
+            && backup.is_none_or(is_valid_name)
+            && route.is_none_or(is_valid_name);
         if !ok {
             return None;
         }

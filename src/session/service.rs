@@ -904,7 +904,7 @@ impl SessionRequest {
                 continue;
             };
             let known =
-                svc.store.knows(id.node()) && id.backup().map_or(true, |b| svc.store.knows(b));
+                svc.store.knows(id.node()) && id.backup().is_none_or(|b| svc.store.knows(b));
             if !known {
                 svc.stats.invalid_ids.fetch_add(1, Relaxed);
                 tracing::debug!(
