@@ -575,13 +575,7 @@ impl Client {
             return Ok(primary);
         }
         match self.inner.policy {
-            FailurePolicy::Redistribute => self
-                .inner
-                .locator
-                .fallback(key, &|i| {
-                    nodes.get(i).is_some_and(|n| n.shared.is_available())
-                })
-                .ok_or(Error::NoNodeAvailable),
+            FailurePolicy::Redistribute => self.next_live(key, None),
             FailurePolicy::Retry => {
                 let mut state = node.shared.watch_state();
                 let back = tokio::time::timeout(
@@ -602,6 +596,18 @@ impl Client {
         }
     }
 
+    /// The first live node after `key`'s primary in the locator's order, other than
+    /// `skip`: where `Redistribute` sends a key whose node is down.
+    fn next_live(&self, key: &[u8], skip: Option<usize>) -> Result<usize> {
+        let nodes = &self.inner.nodes;
+        self.inner
+            .locator
+            .fallback(key, &|i| {
+                Some(i) != skip && nodes.get(i).is_some_and(|n| n.shared.is_available())
+            })
+            .ok_or(Error::NoNodeAvailable)
+    }
+
     async fn keyed(&self, key: &[u8], cmd: Command<'_>) -> Result<Reply> {
         self.check(&cmd)?;
         let index = self.route(key).await?;
@@ -611,14 +617,7 @@ impl Client {
             Err(Error::NodeDown { .. })
                 if self.pinned.is_none() && self.inner.policy == FailurePolicy::Redistribute =>
             {
-                let nodes = &self.inner.nodes;
-                let next = self
-                    .inner
-                    .locator
-                    .fallback(key, &|i| {
-                        i != index && nodes.get(i).is_some_and(|n| n.shared.is_available())
-                    })
-                    .ok_or(Error::NoNodeAvailable)?;
+                let next = self.next_live(key, Some(index))?;
                 self.call(next, &cmd).await
             }
             other => other,
