@@ -353,7 +353,7 @@ fn main() {
                 }
                 println!(
                     "{name}: writes {}, mean write {} us, mean session {} bytes",
-                    st.backups,
+                    st.writes,
                     st.write_us.mean(),
                     st.session_size_bytes.mean()
                 );

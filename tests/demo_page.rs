@@ -320,7 +320,7 @@ fn the_cluster_panel_shows_killed_memcached_nodes_and_instances_down_from_the_cr
     assert!(up(&page, "memcached", "id", "n1"));
     assert!(!up(&page, "instances", "route", "web2"));
     assert!(up(&page, "instances", "route", "web1"));
-    assert!(page.json["stats"]["backups"].as_u64().unwrap() >= 1);
+    assert!(page.json["stats"]["writes"].as_u64().unwrap() >= 1);
 }
 
 #[test]

@@ -180,7 +180,7 @@ async fn locking_auto_learns_read_only_paths_and_locks_the_others() {
     assert_eq!(a.stats().auto_readonly_unlocked, 1);
     browser.increment(&a, "n").await.unwrap(); // /increment: changed last time, locked
     assert_eq!(a.stats().locks_acquired, locks0 + 2);
-    assert_eq!(a.stats().backups, 2);
+    assert_eq!(a.stats().writes, 2);
 }
 
 #[tokio::test]

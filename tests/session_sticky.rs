@@ -129,9 +129,9 @@ async fn a_node_restarted_empty_is_refilled_from_the_backup() {
     assert_eq!(browser.read_u64(&b, "a").await.unwrap(), Some(7));
     assert_eq!(b.stats().restores_from_backup, 1);
     assert_eq!(
-        b.stats().backups,
+        b.stats().repairs,
         1,
-        "the restored session was written back"
+        "the restored session was written back to the emptied node"
     );
 }
 
@@ -146,7 +146,7 @@ async fn an_attribute_mutated_in_place_is_saved_and_an_unchanged_session_is_not_
         })
         .await
         .unwrap();
-    assert_eq!(a.stats().backups, 1);
+    assert_eq!(a.stats().writes, 1);
 
     // Read-only request: no write, a validity refresh.
     browser
@@ -155,7 +155,7 @@ async fn an_attribute_mutated_in_place_is_saved_and_an_unchanged_session_is_not_
         })
         .await
         .unwrap();
-    assert_eq!(a.stats().backups, 1);
+    assert_eq!(a.stats().writes, 1);
     assert_eq!(a.stats().skipped_unchanged, 1);
 
     // Mutation through a mutable reference, never re-inserted.
@@ -172,7 +172,7 @@ async fn an_attribute_mutated_in_place_is_saved_and_an_unchanged_session_is_not_
         .await
         .unwrap();
     assert_eq!(
-        a.stats().backups,
+        a.stats().writes,
         2,
         "the in-place change was detected and written"
     );

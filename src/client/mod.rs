@@ -514,6 +514,17 @@ impl Client {
             .map(|n| n.shared.state() == NodeState::Up)
     }
 
+    /// The health of the node with this id (`Up`, `Connecting` or `Down`); `None` for an
+    /// unknown id. A cheap atomic read: callers that place data by node id (the session
+    /// layer) ask it before each placement decision.
+    pub fn node_state(&self, id: &str) -> Option<NodeState> {
+        self.inner
+            .nodes
+            .iter()
+            .find(|n| &*n.shared.id == id)
+            .map(|n| n.shared.state())
+    }
+
     /// Counters summed over all nodes.
     pub fn metrics(&self) -> Metrics {
         self.inner

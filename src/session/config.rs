@@ -140,6 +140,7 @@ pub struct SessionConfig {
     pub(crate) cookie: CookieConfig,
     pub(crate) url_rewriting: bool,
     pub(crate) auto_readonly_paths: usize,
+    pub(crate) max_local_sessions: usize,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -225,6 +226,7 @@ pub struct SessionConfigBuilder {
     cookie: CookieConfig,
     url_rewriting: bool,
     auto_readonly_paths: usize,
+    max_local_sessions: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -237,8 +239,8 @@ impl Default for SessionConfigBuilder {
             write_mode: WriteMode::Sync,
             async_queue_capacity: 1024,
             locking: Ok(LockingMode::None),
-            lock_expiry: Duration::from_secs(5),
-            lock_wait: Duration::from_secs(1),
+            lock_expiry: Duration::from_secs(2),
+            lock_wait: Duration::from_secs(3),
             lock_timeout_policy: LockTimeoutPolicy::Fail,
             max_inactive_interval: Duration::from_secs(30 * 60),
             route: None,
@@ -249,6 +251,7 @@ impl Default for SessionConfigBuilder {
             cookie: CookieConfig::default(),
             url_rewriting: true,
             auto_readonly_paths: 1000,
+            max_local_sessions: 100_000,
             clock: Arc::new(SystemClock),
         }
     }
@@ -311,13 +314,16 @@ impl SessionConfigBuilder {
         self
     }
 
-    /// How long a lock lives if its holder never releases it (default 5 s, >= 1 s).
+    /// How long the lock of a holder that died (instance killed) blocks its session
+    /// (default 2 s, >= 1 s). A live holder renews its lock every third of this, so a
+    /// request longer than `lock_expiry` keeps its lock.
     pub fn lock_expiry(mut self, expiry: Duration) -> Self {
         self.lock_expiry = expiry;
         self
     }
 
-    /// How long a request waits for the lock (default 1 s).
+    /// How long a request waits for the lock (default 3 s: longer than `lock_expiry`, so
+    /// a request waits out the lock of a holder that died instead of failing).
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
@@ -384,6 +390,15 @@ impl SessionConfigBuilder {
         self
     }
 
+    /// Sticky mode: the most sessions kept in this instance's memory (default 100,000).
+    /// Past it, the least recently used copies that no request is using and that have
+    /// no write pending are dropped (counted in `local_evictions`); their next request
+    /// reads them back from memcached. Must be at least 1.
+    pub fn max_local_sessions(mut self, n: usize) -> Self {
+        self.max_local_sessions = n;
+        self
+    }
+
     /// The clock (default the system clock; tests inject a [`super::ManualClock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -434,6 +449,12 @@ impl SessionConfigBuilder {
             return Err(SessionError::config(
                 "lock_expiry",
                 "must be at least 1 s (memcached expiry has a 1 s resolution)",
+            ));
+        }
+        if self.max_local_sessions == 0 {
+            return Err(SessionError::config(
+                "max_local_sessions",
+                "must be at least 1 (sessions in use by requests are always kept)",
             ));
         }
         if self.lock_wait.is_zero() {
@@ -508,6 +529,7 @@ impl SessionConfigBuilder {
             cookie: self.cookie,
             url_rewriting: self.url_rewriting,
             auto_readonly_paths: self.auto_readonly_paths,
+            max_local_sessions: self.max_local_sessions,
             clock: self.clock,
         })
     }
@@ -573,7 +595,8 @@ mod tests {
         assert_eq!(c.write_mode, WriteMode::Sync);
         assert_eq!(c.locking, LockingMode::None);
         assert_eq!(c.max_inactive_interval, Duration::from_secs(1800));
-        assert_eq!(c.lock_expiry, Duration::from_secs(5));
+        assert_eq!(c.lock_expiry, Duration::from_secs(2));
+        assert_eq!(c.lock_wait, Duration::from_secs(3));
         assert_eq!(c.codec, CodecKind::MessagePack);
         assert_eq!(c.cookie.name, "JSESSIONID");
     }

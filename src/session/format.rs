@@ -5,14 +5,15 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..2 | magic `MK` |
-//! | 2 | format version (1) |
-//! | 3 | kind: 0 session, 1 tombstone (an invalidated session whose backup could not be deleted) |
+//! | 2 | format version (2; version 1 records, without the write version, are still read as write version 0) |
+//! | 3 | kind: 0 session, 1 tombstone (an invalidated session) |
 //! | 4 | codec id ([`CodecKind::id`]) |
 //! | 5..21 | the session key (the id's random part): data found under a key it does not name is foreign |
-//! | 21..29 | creation time, ms since the Unix epoch, big-endian |
-//! | 29..37 | last access, ms |
-//! | 37..45 | max inactive interval, ms |
-//! | 45.. | body: the codec's encoding of a list of `(name, bytes)` attributes |
+//! | 21..29 | write version: the session's write counter, big-endian (every copy only moves forward) |
+//! | 29..37 | creation time, ms since the Unix epoch, big-endian |
+//! | 37..45 | last access, ms (a tombstone: the invalidation time) |
+//! | 45..53 | max inactive interval, ms |
+//! | 53.. | body: the codec's encoding of a list of `(name, bytes)` attributes (none in a tombstone) |
 //!
 //! A validity record (`validity:<key>` and `bak:validity:<key>`), rewritten by requests
 //! that only read the session (the data itself is only `touch`ed):
@@ -20,7 +21,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..2 | magic `MV` |
-//! | 2 | format version (1) |
+//! | 2 | validity format version (1) |
 //! | 3..11 | last access, ms |
 //! | 11..19 | max inactive interval, ms |
 //!
@@ -33,11 +34,18 @@ use serde::{Deserialize, Serialize};
 use super::codec::CodecKind;
 use super::id::SessionKey;
 
-/// The format version written by this build.
-pub const FORMAT_VERSION: u8 = 1;
+/// The record format version written by this build.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest record format version this build reads (version 1 had no write version).
+const OLDEST_READ_VERSION: u8 = 1;
+/// The validity record's own format version.
+const VALIDITY_FORMAT_VERSION: u8 = 1;
 const MAGIC: [u8; 2] = *b"MK";
 const VALIDITY_MAGIC: [u8; 2] = *b"MV";
-const HEADER_LEN: usize = 45;
+const HEADER_LEN: usize = 53;
+const HEADER_LEN_V1: usize = 45;
+/// Where the write version sits in a format-2 record.
+const VERSION_AT: std::ops::Range<usize> = 21..29;
 const VALIDITY_LEN: usize = 19;
 
 /// Why a stored record was refused.
@@ -89,7 +97,7 @@ impl Validity {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(VALIDITY_LEN);
         out.extend_from_slice(&VALIDITY_MAGIC);
-        out.push(FORMAT_VERSION);
+        out.push(VALIDITY_FORMAT_VERSION);
         out.extend_from_slice(&self.last_access_ms.to_be_bytes());
         out.extend_from_slice(&self.max_inactive_ms.to_be_bytes());
         out
@@ -103,7 +111,7 @@ impl Validity {
         if bytes[0..2] != VALIDITY_MAGIC {
             return Err(FormatError::BadMagic);
         }
-        if bytes[2] != FORMAT_VERSION {
+        if bytes[2] != VALIDITY_FORMAT_VERSION {
             return Err(FormatError::UnsupportedVersion(bytes[2]));
         }
         Ok(Validity {
@@ -134,13 +142,37 @@ pub struct StoredSession {
     pub attributes: Vec<(String, Vec<u8>)>,
 }
 
-/// A decoded record.
+/// What a stored record holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// A live session.
     Session(StoredSession),
-    /// An invalidated session: stop, do not look at the backup.
+    /// An invalidated session: terminal, outranks every session record.
     Tombstone,
+}
+
+/// A decoded record with its write version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The write version (0 for format-1 records; `u64::MAX` for a tombstone).
+    pub version: u64,
+    /// The record.
+    pub record: Record,
+}
+
+impl Versioned {
+    /// The order in which copies supersede each other: a higher write version wins; at
+    /// the same version a tombstone wins (an invalidation is never undone).
+    pub fn rank(&self) -> (u64, bool) {
+        (self.version, matches!(self.record, Record::Tombstone))
+    }
+}
+
+/// Writes the write version into an encoded (format 2) record.
+pub fn set_version(record: &mut [u8], version: u64) {
+    if record.len() >= HEADER_LEN {
+        record[VERSION_AT].copy_from_slice(&version.to_be_bytes());
+    }
 }
 
 #[derive(Serialize)]
@@ -174,6 +206,8 @@ fn header(kind: u8, codec: CodecKind, key: &SessionKey, created: u64, v: &Validi
     out.push(kind);
     out.push(codec.id());
     out.extend_from_slice(key.as_bytes());
+    // The write version is set by the store just before each write (`set_version`).
+    out.extend_from_slice(&0u64.to_be_bytes());
     out.extend_from_slice(&created.to_be_bytes());
     out.extend_from_slice(&v.last_access_ms.to_be_bytes());
     out.extend_from_slice(&v.max_inactive_ms.to_be_bytes());
@@ -205,55 +239,81 @@ pub fn encode_session<'a>(
     Ok(out)
 }
 
-/// Encodes a tombstone for `key`.
-pub fn encode_tombstone(key: &SessionKey) -> Vec<u8> {
+/// A tombstone record for `key` with write `version`, written at `invalidated_ms`.
+pub fn encode_tombstone(key: &SessionKey, version: u64, invalidated_ms: u64) -> Vec<u8> {
     let v = Validity {
-        last_access_ms: 0,
+        last_access_ms: invalidated_ms,
         max_inactive_ms: 0,
     };
-    header(1, CodecKind::MessagePack, key, 0, &v)
+    let mut out = header(1, CodecKind::MessagePack, key, 0, &v);
+    set_version(&mut out, version);
+    out
 }
 
 /// Decodes a record stored under `expected`'s keys.
-pub fn decode(bytes: &[u8], expected: &SessionKey) -> Result<Record, FormatError> {
-    if bytes.len() < HEADER_LEN {
+pub fn decode(bytes: &[u8], expected: &SessionKey) -> Result<Versioned, FormatError> {
+    if bytes.len() < 3 {
         return Err(FormatError::TooShort(bytes.len()));
     }
     if bytes[0..2] != MAGIC {
         return Err(FormatError::BadMagic);
     }
-    if bytes[2] != FORMAT_VERSION {
-        return Err(FormatError::UnsupportedVersion(bytes[2]));
+    let format = bytes[2];
+    if !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&format) {
+        return Err(FormatError::UnsupportedVersion(format));
+    }
+    let header_len = if format == 1 {
+        HEADER_LEN_V1
+    } else {
+        HEADER_LEN
+    };
+    if bytes.len() < header_len {
+        return Err(FormatError::TooShort(bytes.len()));
     }
     if bytes[5..21] != expected.as_bytes()[..] {
         return Err(FormatError::KeyMismatch);
     }
-    match bytes[3] {
-        0 => {}
-        1 => return Ok(Record::Tombstone),
+    // Format 1 had no write version: its fields start where format 2's version is.
+    let (version, fields) = if format == 1 {
+        (0, &bytes[21..HEADER_LEN_V1])
+    } else {
+        (be_u64(&bytes[VERSION_AT]), &bytes[29..HEADER_LEN])
+    };
+    let record = match bytes[3] {
+        0 => Record::Session(decode_session(bytes, expected, fields, header_len)?),
+        1 => Record::Tombstone,
         k => return Err(FormatError::UnknownKind(k)),
-    }
+    };
+    Ok(Versioned { version, record })
+}
+
+fn decode_session(
+    bytes: &[u8],
+    expected: &SessionKey,
+    fields: &[u8],
+    header_len: usize,
+) -> Result<StoredSession, FormatError> {
     let codec = CodecKind::from_id(bytes[4]).ok_or(FormatError::UnknownCodec(bytes[4]))?;
     if !codec.is_available() {
         return Err(FormatError::CodecUnavailable(codec.name()));
     }
     let body: BodyOwned = match codec {
         #[cfg(feature = "codec-json")]
-        CodecKind::Json => json_body::decode(&bytes[HEADER_LEN..])?,
+        CodecKind::Json => json_body::decode(&bytes[header_len..])?,
         _ => codec
-            .decode(&bytes[HEADER_LEN..])
+            .decode(&bytes[header_len..])
             .map_err(|e| FormatError::Body(e.to_string()))?,
     };
-    Ok(Record::Session(StoredSession {
+    Ok(StoredSession {
         key: *expected,
         codec,
-        created_ms: be_u64(&bytes[21..29]),
+        created_ms: be_u64(&fields[0..8]),
         validity: Validity {
-            last_access_ms: be_u64(&bytes[29..37]),
-            max_inactive_ms: be_u64(&bytes[37..45]),
+            last_access_ms: be_u64(&fields[8..16]),
+            max_inactive_ms: be_u64(&fields[16..24]),
         },
         attributes: body.attrs.into_iter().map(|a| (a.name, a.value)).collect(),
-    }))
+    })
 }
 
 /// JSON bodies embed each attribute's JSON text as is (a byte string would become an
@@ -357,7 +417,7 @@ mod tests {
     fn session_record_round_trips_with_every_compiled_codec() {
         for codec in CodecKind::ALL.into_iter().filter(|c| c.is_available()) {
             let bytes = encode_with(codec);
-            let Record::Session(s) = decode(&bytes, &key()).unwrap() else {
+            let Record::Session(s) = decode(&bytes, &key()).unwrap().record else {
                 panic!("not a session")
             };
             assert_eq!(s.codec, codec);
@@ -379,9 +439,14 @@ mod tests {
     #[test]
     fn garbage_and_truncated_records_are_refused() {
         assert!(matches!(
-            decode(b"hello", &key()),
-            Err(FormatError::TooShort(5))
+            decode(b"MK", &key()),
+            Err(FormatError::TooShort(2))
         ));
+        assert!(matches!(
+            decode(b"MK\x02hello", &key()),
+            Err(FormatError::TooShort(8))
+        ));
+        assert_eq!(decode(b"hello", &key()), Err(FormatError::BadMagic));
         assert_eq!(decode(&[b'X'; 60], &key()), Err(FormatError::BadMagic));
         let mut bytes = encode_with(CodecKind::MessagePack);
         bytes.truncate(bytes.len() - 3);
@@ -418,11 +483,51 @@ mod tests {
     }
 
     #[test]
-    fn tombstone_decodes_as_tombstone() {
-        assert_eq!(
-            decode(&encode_tombstone(&key()), &key()),
-            Ok(Record::Tombstone)
-        );
+    fn tombstone_decodes_as_tombstone_with_its_version() {
+        let decoded = decode(&encode_tombstone(&key(), 7, 1_000), &key()).unwrap();
+        assert_eq!(decoded.record, Record::Tombstone);
+        assert_eq!(decoded.version, 7);
+    }
+
+    #[test]
+    fn the_write_version_is_set_in_place_and_read_back() {
+        let mut bytes = encode_with(CodecKind::MessagePack);
+        assert_eq!(decode(&bytes, &key()).unwrap().version, 0);
+        set_version(&mut bytes, 41);
+        let decoded = decode(&bytes, &key()).unwrap();
+        assert_eq!(decoded.version, 41);
+        assert!(matches!(decoded.record, Record::Session(_)));
+    }
+
+    #[test]
+    fn a_tombstone_outranks_a_session_of_the_same_version() {
+        let session = Versioned {
+            version: 3,
+            record: Record::Tombstone,
+        };
+        let mut bytes = encode_with(CodecKind::MessagePack);
+        set_version(&mut bytes, 3);
+        let live = decode(&bytes, &key()).unwrap();
+        assert!(session.rank() > live.rank());
+        set_version(&mut bytes, 4);
+        assert!(decode(&bytes, &key()).unwrap().rank() > session.rank());
+    }
+
+    #[test]
+    fn a_format_1_record_is_read_as_write_version_0() {
+        let v2 = encode_with(CodecKind::MessagePack);
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&v2[..21]);
+        v1.extend_from_slice(&v2[29..]);
+        v1[2] = 1;
+        let decoded = decode(&v1, &key()).unwrap();
+        assert_eq!(decoded.version, 0);
+        let Record::Session(s) = decoded.record else {
+            panic!("not a session")
+        };
+        assert_eq!(s.created_ms, 500);
+        assert_eq!(s.validity, validity());
+        assert_eq!(s.attributes.len(), 2);
     }
 
     #[test]

@@ -2,6 +2,16 @@
 //! backoff (10 ms to 500 ms) until `lock_wait` ran out, on the key's lock node (see
 //! `Store::lock_nodes`). Time comes from the configured [`Clock`], so tests of the wait
 //! do not sleep.
+//!
+//! **Holder liveness.** While a request holds the lock, a background task renews it
+//! every third of `lock_expiry` (only while it still holds this request's token, under
+//! its CAS token), so a long request keeps its lock and `lock_expiry` only bounds how
+//! long the lock of a holder that died (instance killed) blocks the session.
+//!
+//! **Fencing** does not rest on the lock: a locked request's write is refused when the
+//! stored session's version moved since it was read (see `store` and
+//! `engine::WritePolicy::Refuse`), so a holder whose lock expired anyway (a stalled
+//! instance) never overwrites a write made under a newer lock.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
@@ -11,11 +21,29 @@ use super::id::SessionKey;
 use super::stats::SessionStats;
 use super::store::Store;
 
-/// A lock held by this instance.
-#[derive(Clone, Debug)]
+/// A lock held by this instance; its renewal stops when it is dropped.
+#[derive(Debug)]
 pub(crate) struct HeldLock {
     pub(crate) node: String,
     pub(crate) token: String,
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HeldLock {
+    /// Stops renewing (before the lock is released).
+    pub(crate) fn stop_renewal(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
 }
 
 /// How an attempt to lock ended.
@@ -53,7 +81,12 @@ pub(crate) async fn acquire(
                     if waited_once {
                         stats.lock_waits.fetch_add(1, Relaxed);
                     }
-                    return LockOutcome::Acquired(HeldLock { node, token });
+                    let renewal = tokio::spawn(store.lock_renewal(&node, key, &token, expiry));
+                    return LockOutcome::Acquired(HeldLock {
+                        node,
+                        token,
+                        renewal: Some(renewal),
+                    });
                 }
                 Ok(false) => {
                     contended = true;

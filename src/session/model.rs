@@ -90,6 +90,15 @@ pub struct SessionData {
     /// `change_gen` as of the last successful write; `None`: never written.
     written_gen: Option<u64>,
     invalidated: bool,
+    /// The write version of the stored session this state is based on (as loaded, or
+    /// as last written by this instance): the next write is `base_version + 1`, and is
+    /// stored only where no newer version is (see `store`).
+    base_version: u64,
+    /// Attributes that were stored and that this instance removed since, with the
+    /// `change_gen` of the removal: the removals a merge re-applies.
+    removed: BTreeMap<String, u64>,
+    /// `change_gen` when the max inactive interval was last changed here.
+    interval_changed_gen: Option<u64>,
 }
 
 /// A snapshot taken for a write: the encoded record and what to mark as written once
@@ -121,10 +130,18 @@ impl SessionData {
             change_gen: 0,
             written_gen: None,
             invalidated: false,
+            base_version: 0,
+            removed: BTreeMap::new(),
+            interval_changed_gen: None,
         }
     }
 
-    pub(crate) fn from_stored(id: SessionId, stored: StoredSession, last_access_ms: u64) -> Self {
+    pub(crate) fn from_stored(
+        id: SessionId,
+        stored: StoredSession,
+        last_access_ms: u64,
+        version: u64,
+    ) -> Self {
         let attrs = stored
             .attributes
             .into_iter()
@@ -151,6 +168,9 @@ impl SessionData {
             change_gen: 0,
             written_gen: Some(0),
             invalidated: false,
+            base_version: version,
+            removed: BTreeMap::new(),
+            interval_changed_gen: None,
         }
     }
 
@@ -185,6 +205,7 @@ impl SessionData {
         if interval != self.max_inactive {
             self.max_inactive = interval;
             self.change_gen += 1;
+            self.interval_changed_gen = Some(self.change_gen);
         }
     }
 
@@ -272,6 +293,7 @@ impl SessionData {
         value: &T,
     ) -> Result<(), SessionError> {
         let bytes = self.codec.encode(value)?;
+        self.removed.remove(name);
         match self.attrs.get_mut(name) {
             Some(attr) => {
                 attr.bytes = bytes;
@@ -294,11 +316,14 @@ impl SessionData {
 
     /// Removes the attribute `name`; true when it existed.
     pub fn remove(&mut self, name: &str) -> bool {
-        let existed = self.attrs.remove(name).is_some();
-        if existed {
-            self.change_gen += 1;
+        let Some(attr) = self.attrs.remove(name) else {
+            return false;
+        };
+        self.change_gen += 1;
+        if attr.stored_hash.is_some() {
+            self.removed.insert(name.to_owned(), self.change_gen);
         }
-        existed
+        true
     }
 
     /// Removes the attribute `name` and returns it as a `T`.
@@ -314,8 +339,13 @@ impl SessionData {
     /// Removes every attribute.
     pub fn clear(&mut self) {
         if !self.attrs.is_empty() {
-            self.attrs.clear();
             self.change_gen += 1;
+            let gen = self.change_gen;
+            for (name, attr) in std::mem::take(&mut self.attrs) {
+                if attr.stored_hash.is_some() {
+                    self.removed.insert(name, gen);
+                }
+            }
         }
     }
 
@@ -395,14 +425,80 @@ impl SessionData {
         })
     }
 
-    /// Marks what `snapshot` captured as stored.
-    pub(crate) fn mark_written(&mut self, snapshot: &WriteSnapshot) {
+    /// Marks what `snapshot` captured as stored, as write `version`.
+    pub(crate) fn mark_written(&mut self, snapshot: &WriteSnapshot, version: u64) {
         self.written_gen = Some(snapshot.gen);
+        self.base_version = self.base_version.max(version);
         for (name, h) in &snapshot.hashes {
             if let Some(attr) = self.attrs.get_mut(name) {
                 attr.stored_hash = Some(*h);
             }
         }
+        self.removed.retain(|_, gen| *gen > snapshot.gen);
+        if self.interval_changed_gen.is_some_and(|g| g <= snapshot.gen) {
+            self.interval_changed_gen = None;
+        }
+    }
+
+    /// The write version this state is based on.
+    pub(crate) fn base_version(&self) -> u64 {
+        self.base_version
+    }
+
+    /// Re-bases this state on a newer stored version (`stored`, write `version`): the
+    /// result is the stored session with this instance's own changes applied on top,
+    /// attribute by attribute (attributes changed or added here override, attributes
+    /// removed here are removed, an interval changed here is kept). What was not changed
+    /// here takes the stored value. Used by unlocked writers that find a newer version
+    /// (the merge of the `none` locking mode and of sticky mode).
+    pub(crate) fn rebase(
+        &mut self,
+        stored: StoredSession,
+        version: u64,
+    ) -> Result<(), SessionError> {
+        let codec = self.codec;
+        let mut merged: BTreeMap<String, Attr> = stored
+            .attributes
+            .into_iter()
+            .map(|(name, bytes)| {
+                let h = hash_bytes(&bytes);
+                (
+                    name,
+                    Attr {
+                        bytes,
+                        stored_hash: Some(h),
+                        live: None,
+                    },
+                )
+            })
+            .collect();
+        for (name, mut attr) in std::mem::take(&mut self.attrs) {
+            let bytes = attr.current_bytes(codec)?;
+            let own_change = attr.stored_hash != Some(hash_bytes(&bytes));
+            if own_change {
+                attr.stored_hash = merged.get(&name).and_then(|m| m.stored_hash);
+                attr.bytes = bytes;
+                merged.insert(name, attr);
+            }
+        }
+        for name in self.removed.keys() {
+            merged.remove(name);
+        }
+        self.attrs = merged;
+        if self.interval_changed_gen.is_none() {
+            self.max_inactive = Duration::from_millis(stored.validity.max_inactive_ms);
+        }
+        self.created_ms = stored.created_ms;
+        self.last_access_ms = self.last_access_ms.max(stored.validity.last_access_ms);
+        self.base_version = version;
+        // Anything still different from the stored version is this instance's change.
+        self.change_gen += 1;
+        if self.removed.is_empty() && self.interval_changed_gen.is_none() {
+            self.written_gen = Some(self.change_gen);
+        } else {
+            self.written_gen = None;
+        }
+        Ok(())
     }
 
     /// Encodes the session as it is stored (the record format of [`super::format`]) and
@@ -410,7 +506,8 @@ impl SessionData {
     /// change. The service does this itself; this is for tools and benchmarks.
     pub fn encode_record(&mut self) -> Result<Vec<u8>, SessionError> {
         let snapshot = self.snapshot()?;
-        self.mark_written(&snapshot);
+        let version = self.base_version;
+        self.mark_written(&snapshot, version);
         Ok(snapshot.bytes)
     }
 
@@ -550,11 +647,15 @@ impl Session {
     /// Decodes a stored session record (as written under the session's key) into a
     /// detached session with the id `id`.
     pub fn from_record(id: SessionId, bytes: &[u8]) -> Result<Session, SessionError> {
-        match format::decode(bytes, &id.key())? {
+        let decoded = format::decode(bytes, &id.key())?;
+        match decoded.record {
             format::Record::Session(stored) => {
                 let last = stored.validity.last_access_ms;
                 Ok(Session::from_data(SessionData::from_stored(
-                    id, stored, last,
+                    id,
+                    stored,
+                    last,
+                    decoded.version,
                 )))
             }
             format::Record::Tombstone => Err(SessionError::Format(format::FormatError::Body(
@@ -604,7 +705,7 @@ mod tests {
 
     fn written(mut s: SessionData) -> SessionData {
         let snap = s.snapshot().unwrap();
-        s.mark_written(&snap);
+        s.mark_written(&snap, 1);
         s
     }
 
@@ -674,7 +775,7 @@ mod tests {
             .push("x".into());
         let snap = s.snapshot().unwrap();
         assert!(snap.changed);
-        s.mark_written(&snap);
+        s.mark_written(&snap, 1);
         assert!(!s.is_changed().unwrap());
         assert_eq!(
             s.get::<Cart>("cart").unwrap().unwrap().items,
@@ -701,7 +802,7 @@ mod tests {
         let snap = s.snapshot().unwrap();
         s.insert("a", &2u32).unwrap();
         s.insert("b", &3u32).unwrap();
-        s.mark_written(&snap);
+        s.mark_written(&snap, 1);
         assert!(s.is_changed().unwrap());
     }
 
@@ -711,10 +812,11 @@ mod tests {
         s.insert("x", &vec![1u8, 2, 3]).unwrap();
         let snap = s.snapshot().unwrap();
         let key = s.id().key();
-        let format::Record::Session(stored) = format::decode(&snap.bytes, &key).unwrap() else {
+        let format::Record::Session(stored) = format::decode(&snap.bytes, &key).unwrap().record
+        else {
             panic!()
         };
-        let loaded = SessionData::from_stored(s.id().clone(), stored, 0);
+        let loaded = SessionData::from_stored(s.id().clone(), stored, 0, 0);
         assert_eq!(loaded.get::<Vec<u8>>("x").unwrap(), Some(vec![1, 2, 3]));
         assert!(!loaded.is_new());
         assert!(!loaded.is_changed().unwrap());
@@ -742,5 +844,56 @@ mod tests {
         assert_eq!(r.unwrap(), Some(2));
         assert!(session.lock().is_changed().unwrap());
         assert_eq!(session.get::<u32>("n").unwrap(), Some(2));
+    }
+
+    fn stored_of(s: &mut SessionData) -> StoredSession {
+        let snap = s.snapshot().unwrap();
+        let key = s.id().key();
+        let format::Record::Session(stored) = format::decode(&snap.bytes, &key).unwrap().record
+        else {
+            panic!()
+        };
+        stored
+    }
+
+    #[test]
+    fn rebase_keeps_own_changes_and_takes_the_rest_from_the_newer_version() {
+        // Version 1: a=1, b=2, c=3, loaded by two requests.
+        let mut base = fresh();
+        base.insert("a", &1u32).unwrap();
+        base.insert("b", &2u32).unwrap();
+        base.insert("c", &3u32).unwrap();
+        let v1 = stored_of(&mut base);
+        let id = base.id().clone();
+        let mut mine = SessionData::from_stored(id.clone(), v1.clone(), 0, 1);
+        let mut theirs = SessionData::from_stored(id, v1, 0, 1);
+        // Theirs (written first as version 2): a=10, adds d=4.
+        theirs.insert("a", &10u32).unwrap();
+        theirs.insert("d", &4u32).unwrap();
+        let v2 = stored_of(&mut theirs);
+        // Mine: b=20, removes c, leaves a alone.
+        mine.insert("b", &20u32).unwrap();
+        assert!(mine.remove("c"));
+        mine.rebase(v2, 2).unwrap();
+        assert_eq!(mine.get::<u32>("a").unwrap(), Some(10));
+        assert_eq!(mine.get::<u32>("b").unwrap(), Some(20));
+        assert_eq!(mine.get::<u32>("c").unwrap(), None);
+        assert_eq!(mine.get::<u32>("d").unwrap(), Some(4));
+        assert_eq!(mine.base_version(), 2);
+        assert!(mine.is_changed().unwrap(), "own changes still need a write");
+    }
+
+    #[test]
+    fn rebase_of_an_unchanged_state_is_clean() {
+        let mut base = fresh();
+        base.insert("a", &1u32).unwrap();
+        let v1 = stored_of(&mut base);
+        let mut mine = SessionData::from_stored(base.id().clone(), v1.clone(), 0, 1);
+        let mut theirs = SessionData::from_stored(base.id().clone(), v1, 0, 1);
+        theirs.insert("a", &2u32).unwrap();
+        let v2 = stored_of(&mut theirs);
+        mine.rebase(v2, 2).unwrap();
+        assert_eq!(mine.get::<u32>("a").unwrap(), Some(2));
+        assert!(!mine.is_changed().unwrap());
     }
 }

@@ -129,17 +129,32 @@ counters! {
     requests_without_session,
     /// Sessions created.
     sessions_created,
-    /// Session writes acknowledged by memcached (primary and backup).
-    backups,
+    /// Session writes acknowledged by every copy of the placement (primary and backup).
+    writes,
     /// Saves skipped because nothing changed.
     skipped_unchanged,
-    /// Writes that failed (primary or backup; the session may have been relocated).
-    backup_failures,
+    /// Copy writes that failed on a node error (the copy was then placed on another
+    /// node).
+    write_failures,
+    /// Copies re-created by a request that found one missing or behind (a node that
+    /// restarted empty, or came back with an old copy).
+    repairs,
+    /// Unlocked writes whose own changes were merged onto a newer stored version.
+    merges,
+    /// Writes (or refreshes) that found the session invalidated by another request:
+    /// nothing was written back.
+    writes_after_invalidation,
+    /// Sticky mode: in-memory copies dropped to stay within `max_local_sessions` (they
+    /// are in memcached; the next request reads them back).
+    local_evictions,
+    /// Candidate session ids beyond the per-request bound, ignored.
+    candidates_ignored,
     /// Validity refreshes (touch) of sessions that were only read.
     validity_refreshes,
     /// Sessions loaded from memcached and taken over by this instance (sticky mode).
     instance_takeovers,
-    /// Sessions read from their backup copy (primary node down, or restarted empty).
+    /// Sessions read while the node the id names as primary did not hold the latest
+    /// copy (down, restarted empty, or behind): served from another copy.
     restores_from_backup,
     /// Sessions moved to another node (the id changed).
     relocations,
@@ -167,9 +182,10 @@ counters! {
     auto_readonly_unlocked,
     /// `auto` locking: unlocked requests that changed the session after all.
     auto_readonly_misses,
-    /// Optimistic (cas) writes refused because another instance wrote first.
+    /// Writes refused because another request wrote after this one read the session
+    /// (an `auto` read-only guess that changed it, or a lock that expired).
     conflicts,
-    /// Loads that failed with a memcached error on every copy.
+    /// Loads that failed: no node that may hold the session answered.
     load_failures,
     /// Async mode: writes queued.
     async_queued,
@@ -200,10 +216,10 @@ mod tests {
     #[test]
     fn snapshot_copies_counters() {
         let s = SessionStats::default();
-        s.backups.fetch_add(2, Relaxed);
+        s.writes.fetch_add(2, Relaxed);
         s.oversized.fetch_add(1, Relaxed);
         let snap = s.snapshot();
-        assert_eq!(snap.backups, 2);
+        assert_eq!(snap.writes, 2);
         assert_eq!(snap.oversized, 1);
         assert_eq!(snap.relocations, 0);
     }

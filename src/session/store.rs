@@ -1,97 +1,194 @@
-//! Storage on memcached: keys, placement of the primary and backup copies, writes,
-//! reads with restore from the backup, validity refreshes, deletes.
+//! The replicated, versioned session store on memcached: reads every copy that can
+//! matter and keeps the latest, and writes copies that only ever move forward.
 //!
-//! Keys (with the configured prefix `p`, `k` the id's random part):
-//! `p k` (session record, primary node), `p validity:k` (validity record, primary node),
-//! `p bak:k` and `p bak:validity:k` (the same on the backup node), `p lock:k` (the
-//! non-sticky lock, on the key's lock node).
+//! Keys (with the configured prefix `p`, `k` the id's random part), the same on every
+//! node that holds a copy: `p k` (the session record), `p validity:k` (the validity
+//! record), `p lock:k` (the non-sticky lock, on the key's lock node).
+//!
+//! # The rules, each enforced here and only here
+//!
+//! * **Latest wins** ([`Fetched`]): a read looks at the nodes the id names (hints) and at
+//!   the first two nodes of the key's preference order that answer
+//!   ([`Placement::read_targets`]), and keeps the copy with the highest write version; a
+//!   tombstone has version `u64::MAX`, so an invalidation outranks every copy.
+//! * **Copies only move forward** ([`Store::write_copy`]): a session record with write
+//!   version `v + 1`, based on version `v`, is stored on a node only if that node holds
+//!   no copy (`add`) or a copy of version `<= v` that did not change since it was read
+//!   (`cas`). A copy of a higher version means somebody wrote since this request read
+//!   the session: the write stops there ([`Replicated::Conflict`], or
+//!   [`Replicated::Gone`] for a tombstone). The primary is written before the backup,
+//!   so a write refused on the primary touches no copy.
+//! * **A tombstone overwrites anything and is overwritten by nothing**
+//!   ([`Store::invalidate`]): it is `set` on every node that may hold a copy.
+//! * A save is acknowledged only when every copy of the placement acknowledged it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{CasOutcome, Client, Expiry, NodeState};
+use bytes::Bytes;
+
+use crate::{Client, Expiry, NodeState, StoreMode, StoreOptions, StoreOutcome};
 
 use super::format::{self, Record, StoredSession, Validity};
-use super::id::{SessionId, SessionKey};
+use super::id::SessionKey;
+use super::placement::{Copies, Placement};
 use super::stats::SessionStats;
 use super::SessionError;
 
-/// Which copy of a session.
+/// The write version of a tombstone: above every session record's.
+pub(crate) const TOMBSTONE_VERSION: u64 = u64::MAX;
+
+/// How long a tombstone outlives the session's max inactive interval: any copy it
+/// hides has expired by then (clock differences between instances included).
+const TOMBSTONE_MARGIN: Duration = Duration::from_secs(300);
+
+/// Attempts at one copy when it changes under a write that did not conflict (a
+/// concurrent re-replication of the same version, a racing `add`).
+const COPY_ATTEMPTS: usize = 4;
+
+/// Placements tried by one replicated write when nodes fail under it.
+const PLACEMENT_ATTEMPTS: usize = 4;
+
+/// What one node holds for a session, as last read or written by this request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Copy_ {
-    Primary,
-    Backup,
-}
-
-pub(crate) struct Keys {
-    pub(crate) data: String,
-    pub(crate) validity: String,
-}
-
-/// What a fetch found.
-pub(crate) enum Fetched {
-    Found {
-        stored: StoredSession,
-        /// Effective validity (the newer of the record's and the validity record's).
-        validity: Validity,
-        from_backup: bool,
-        /// Cas token of the primary copy (only when read from the primary).
-        cas: Option<u64>,
-    },
-    Tombstone,
+pub(crate) enum CopyState {
+    /// No record.
     Missing,
+    /// A record of this write version, with the CAS token it was read with.
+    Present { version: u64, cas: u64 },
 }
 
-/// The outcome of writing both copies.
-pub(crate) struct WriteResult {
-    pub(crate) primary: Result<(), crate::Error>,
-    pub(crate) backup: Option<Result<(), crate::Error>>,
+/// What a request knows of the copies of its session: node -> state. A node that is
+/// not in the map is read before it is written (unless `fresh`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KnownCopies {
+    states: HashMap<String, CopyState>,
+    /// A brand-new key: every node is known to hold nothing.
+    fresh: bool,
 }
 
+impl KnownCopies {
+    /// The copies of a key that was just generated (nothing stored anywhere).
+    pub(crate) fn fresh() -> Self {
+        KnownCopies {
+            states: HashMap::new(),
+            fresh: true,
+        }
+    }
+
+    /// True when `node` is known to hold exactly `version`.
+    pub(crate) fn holds(&self, node: &str, version: u64) -> bool {
+        matches!(self.states.get(node), Some(CopyState::Present { version: v, .. }) if *v == version)
+    }
+
+    /// The nodes known to have answered a read.
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.states.keys().map(String::as_str)
+    }
+
+    fn get(&self, node: &str) -> Option<CopyState> {
+        match self.states.get(node) {
+            Some(s) => Some(*s),
+            None if self.fresh => Some(CopyState::Missing),
+            None => None,
+        }
+    }
+
+    fn forget(&mut self, node: &str) {
+        self.states.remove(node);
+        self.fresh = false;
+    }
+
+    fn set(&mut self, node: &str, state: CopyState) {
+        self.states.insert(node.to_owned(), state);
+    }
+}
+
+/// The latest copy a read found.
+#[derive(Debug)]
+pub(crate) enum Latest {
+    /// A live session.
+    Session {
+        /// Its write version.
+        version: u64,
+        /// The record.
+        stored: StoredSession,
+        /// The newest validity among the copies.
+        validity: Validity,
+    },
+    /// The session was invalidated.
+    Tombstone,
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// The latest copy (`None`: no copy anywhere it could be).
+    pub(crate) latest: Option<Latest>,
+    /// What each node that answered holds.
+    pub(crate) known: KnownCopies,
+}
+
+/// The outcome of a replicated write.
+#[derive(Debug)]
+pub(crate) enum Replicated {
+    /// Every copy of the placement holds the new version.
+    Written {
+        /// Where the copies are.
+        copies: Copies,
+        /// The version written.
+        version: u64,
+    },
+    /// A copy holds a version written after the one this write is based on: nothing
+    /// of this write was stored on the primary.
+    Conflict,
+    /// The session was invalidated meanwhile.
+    Gone,
+}
+
+enum CopyWrite {
+    Stored,
+    /// The node holds a copy of `version`, newer than the write's base.
+    Newer {
+        version: u64,
+    },
+}
+
+/// The replicated store of one service.
 pub(crate) struct Store {
     client: Client,
-    /// Node ids in configured order.
-    nodes: Vec<String>,
     per_node: HashMap<String, Client>,
-    failover: Vec<String>,
+    placement: Placement,
     prefix: String,
     stats: Arc<SessionStats>,
 }
 
-/// Node liveness as the client sees it.
-struct Live<'a>(&'a Client);
-
-impl Live<'_> {
-    fn is(&self, id: &str) -> bool {
-        match self.0.is_up(id) {
-            Some(true) => true,
-            // Not up: connecting (alive) or down?
-            Some(false) => self
-                .0
-                .nodes()
-                .iter()
-                .any(|n| n.id == id && n.state != NodeState::Down),
-            None => false,
-        }
-    }
-}
-
+/// memcached's TTL for a duration: 1 s resolution, rounded up so an item never dies
+/// before the session it holds.
 pub(crate) fn ttl(d: Duration) -> Expiry {
-    // memcached has a 1 s resolution; round up so the item never dies before the session.
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     Expiry::In(Duration::from_secs(secs.max(1)))
+}
+
+/// The client flags of a record: the low 32 bits of its write version (for tools
+/// looking at the servers; readers use the version in the record).
+fn flags_of(version: u64) -> u32 {
+    (version & u64::from(u32::MAX)) as u32
 }
 
 impl Store {
     pub(crate) fn new(
         client: Client,
-        failover: Vec<String>,
+        failover: &[String],
         prefix: String,
         stats: Arc<SessionStats>,
     ) -> Result<Self, SessionError> {
         let nodes = client.node_ids();
+        if nodes.is_empty() {
+            return Err(SessionError::config("nodes", "the client has no node"));
+        }
         let mut per_node = HashMap::new();
         for id in &nodes {
             if !super::id::is_valid_name(id) {
@@ -102,7 +199,7 @@ impl Store {
             }
             per_node.insert(id.clone(), client.on_node(id)?);
         }
-        for f in &failover {
+        for f in failover {
             if !nodes.contains(f) {
                 return Err(SessionError::config(
                     "failover_nodes",
@@ -110,14 +207,10 @@ impl Store {
                 ));
             }
         }
-        if nodes.is_empty() {
-            return Err(SessionError::config("nodes", "the client has no node"));
-        }
         Ok(Store {
+            placement: Placement::new(&nodes, failover),
             client,
-            nodes,
             per_node,
-            failover,
             prefix,
             stats,
         })
@@ -131,393 +224,450 @@ impl Store {
         self.per_node.contains_key(node)
     }
 
-    fn node(&self, id: &str) -> Result<&Client, SessionError> {
-        self.per_node
-            .get(id)
-            .ok_or_else(|| SessionError::Memcached(crate::Error::UnknownNode(id.to_owned())))
+    /// Anything but `Down` is usable: a node still connecting gets the benefit of the
+    /// doubt (an operation that then fails excludes it explicitly).
+    fn usable(&self, id: &str) -> bool {
+        self.client
+            .node_state(id)
+            .is_some_and(|s| s != NodeState::Down)
     }
 
-    pub(crate) fn is_failover(&self, id: &str) -> bool {
-        self.failover.iter().any(|f| f == id)
+    /// The placement a save would use now.
+    pub(crate) fn copies(&self, key: &SessionKey, exclude: &[String]) -> Option<Copies> {
+        self.placement
+            .copies(key, |n| self.usable(n) && !exclude.iter().any(|e| e == n))
     }
 
-    /// Liveness of the nodes: anything but `Down` counts as alive (a node still
-    /// connecting is given the benefit of the doubt; an operation that then fails
-    /// excludes it explicitly).
-    fn live(&self) -> Live<'_> {
-        Live(&self.client)
+    fn data_key(&self, key: &SessionKey) -> String {
+        format!("{}{key}", self.prefix)
     }
 
-    pub(crate) fn alive(&self, id: &str) -> bool {
-        self.live().is(id)
+    fn validity_key(&self, key: &SessionKey) -> String {
+        format!("{}validity:{key}", self.prefix)
     }
 
-    pub(crate) fn keys(&self, key: &SessionKey, copy: Copy_) -> Keys {
-        let v = match copy {
-            Copy_::Primary => "validity:",
-            Copy_::Backup => "bak:validity:",
-        };
-        Keys {
-            data: self.data_key(key, copy),
-            validity: format!("{}{v}{key}", self.prefix),
-        }
-    }
-
-    /// The key of the session record alone.
-    pub(crate) fn data_key(&self, key: &SessionKey, copy: Copy_) -> String {
-        let d = match copy {
-            Copy_::Primary => "",
-            Copy_::Backup => "bak:",
-        };
-        let mut out = String::with_capacity(self.prefix.len() + d.len() + 32);
-        out.push_str(&self.prefix);
-        out.push_str(d);
-        use std::fmt::Write as _;
-        let _ = write!(out, "{key}");
-        out
-    }
-
-    pub(crate) fn lock_key(&self, key: &SessionKey) -> String {
+    fn lock_key(&self, key: &SessionKey) -> String {
         format!("{}lock:{key}", self.prefix)
     }
 
-    /// Nodes in ring order starting at the key's spread position.
-    fn ring_from(&self, start: usize) -> impl Iterator<Item = &String> {
-        let n = self.nodes.len();
-        (0..n).map(move |i| &self.nodes[(start + i) % n])
+    fn node(&self, id: &str) -> Result<&Client, crate::Error> {
+        self.per_node
+            .get(id)
+            .ok_or_else(|| crate::Error::UnknownNode(id.to_owned()))
     }
 
-    fn spread_start(&self, key: &SessionKey) -> usize {
-        (key.spread() % self.nodes.len() as u64) as usize
-    }
+    // ----- reads -------------------------------------------------------------------
 
-    /// The lock node of a key: the first live node on the ring from the key's position,
-    /// independent of where the session is placed, so every instance locks on the same
-    /// node even while the session moves.
-    pub(crate) fn lock_nodes(&self, key: &SessionKey) -> Vec<String> {
-        let start = self.spread_start(key);
-        let up = self.live();
-        let live: Vec<String> = self
-            .ring_from(start)
-            .filter(|n| up.is(n))
-            .cloned()
-            .collect();
-        if live.is_empty() {
-            self.ring_from(start).cloned().collect()
-        } else {
-            live
-        }
-    }
-
-    /// The node after `primary` in configured order (the backup of ids that name none).
-    pub(crate) fn next_node(&self, primary: &str) -> Option<String> {
-        let i = self.nodes.iter().position(|n| n == primary)?;
-        let next = &self.nodes[(i + 1) % self.nodes.len()];
-        (next != primary).then(|| next.clone())
-    }
-
-    /// The primary node a new or relocated session gets: live, not a failover node unless
-    /// no other node is up, preferably not `avoid` (the backup it keeps); spread by key.
-    fn choose_primary(
-        &self,
-        live: &Live,
-        key: &SessionKey,
-        exclude: &[String],
-        avoid: Option<&str>,
-    ) -> Option<String> {
-        let start = self.spread_start(key);
-        let usable = |n: &&String| live.is(n) && !exclude.contains(n);
-        let pick = |failover: bool, avoid: Option<&str>| {
-            self.ring_from(start)
-                .filter(usable)
-                .filter(|n| self.is_failover(n) == failover)
-                .find(|n| Some(n.as_str()) != avoid)
-                .cloned()
-        };
-        pick(false, avoid)
-            .or_else(|| pick(false, None))
-            .or_else(|| pick(true, avoid))
-            .or_else(|| pick(true, None))
-    }
-
-    /// The backup node for `primary`: the next live node after it in configured order.
-    fn choose_backup(&self, live: &Live, primary: &str, exclude: &[String]) -> Option<String> {
-        let i = self.nodes.iter().position(|n| n == primary).unwrap_or(0);
-        self.ring_from(i + 1)
-            .find(|n| n.as_str() != primary && live.is(n) && !exclude.contains(n))
-            .cloned()
-    }
-
-    /// Placement of a new session.
-    pub(crate) fn place_new(
-        &self,
-        key: SessionKey,
-        route: Option<&str>,
-    ) -> Result<SessionId, SessionError> {
-        let live = self.live();
-        let primary = self
-            .choose_primary(&live, &key, &[], None)
-            .ok_or(SessionError::NoNodeAvailable)?;
-        let backup = self.choose_backup(&live, &primary, &[]);
-        SessionId::new(key, primary, backup, route.map(str::to_owned))
-    }
-
-    /// The placement `id` should have now: `None` when it is fine as it is.
-    pub(crate) fn replan(
-        &self,
-        id: &SessionId,
-        exclude: &[String],
-    ) -> Result<Option<SessionId>, SessionError> {
-        let live = self.live();
-        let usable = |n: &str| self.knows(n) && live.is(n) && !exclude.iter().any(|e| e == n);
-        let any_primary_up = self.nodes.iter().any(|n| !self.is_failover(n) && usable(n));
-        let primary_ok = usable(id.node()) && (!self.is_failover(id.node()) || !any_primary_up);
-        let primary = if primary_ok {
-            id.node().to_owned()
-        } else {
-            self.choose_primary(&live, &id.key(), exclude, id.backup())
-                .ok_or(SessionError::NoNodeAvailable)?
-        };
-        let backup = match id.backup() {
-            Some(b) if b != primary && usable(b) => Some(b.to_owned()),
-            _ => self.choose_backup(&live, &primary, exclude),
-        };
-        if primary == id.node() && backup.as_deref() == id.backup() {
-            Ok(None)
-        } else {
-            Ok(Some(id.with_nodes(&primary, backup.as_deref())))
-        }
-    }
-
-    /// Reads one copy: the record (with its cas) and the validity record.
-    async fn fetch_copy(
+    /// Reads one node: the record (with its CAS token) and the validity record.
+    async fn read_node(
         &self,
         node: &str,
         key: &SessionKey,
-        copy: Copy_,
-    ) -> Result<Option<(bytes::Bytes, Option<u64>, Option<bytes::Bytes>)>, crate::Error> {
-        let Some(client) = self.per_node.get(node) else {
-            return Ok(None);
-        };
-        let keys = self.keys(key, copy);
-        let (data, validity) = futures::join!(client.gets(&keys.data), client.get(&keys.validity));
+    ) -> Result<Option<(Bytes, u64, Option<Bytes>)>, crate::Error> {
+        let client = self.node(node)?;
+        let (data, validity) = futures::join!(
+            client.gets(self.data_key(key)),
+            client.get(self.validity_key(key))
+        );
         let Some(item) = data? else {
             return Ok(None);
         };
         // A failed validity read only costs precision: the record carries validity too.
         let validity = validity.ok().flatten().map(|i| i.value);
-        Ok(Some((item.value, item.cas, validity)))
+        Ok(Some((item.value, item.cas.unwrap_or(0), validity)))
     }
 
-    fn decode_copy(
+    /// Reads a session: every node the id names (`hints`) and the first two nodes of
+    /// the key's order that answer; the latest copy wins. `Err` when no node that could
+    /// hold a copy answered, or when nothing was found while a node that could hold the
+    /// session did not answer: a session that can't be read is not reported absent.
+    pub(crate) async fn fetch(
         &self,
         key: &SessionKey,
-        node: &str,
-        raw: &(bytes::Bytes, Option<u64>, Option<bytes::Bytes>),
-    ) -> Option<Result<(Record, Option<Validity>), ()>> {
+        hints: &[&str],
+    ) -> Result<Fetched, SessionError> {
+        let targets = self.placement.read_targets(key, hints);
+        let mut read: Vec<&str> = Vec::new();
+        let mut answered: Vec<&str> = Vec::new();
+        let mut failed: Vec<(&str, crate::Error)> = Vec::new();
+        let mut found: Vec<(&str, Bytes, u64, Option<Bytes>)> = Vec::new();
+        let mut known = KnownCopies::default();
+        let mut batch: Vec<&str> = targets.first.clone();
+        while !batch.is_empty() {
+            read.extend(batch.iter().copied());
+            let results =
+                futures::future::join_all(batch.iter().map(|n| self.read_node(n, key))).await;
+            for (node, result) in batch.iter().copied().zip(results) {
+                match result {
+                    Ok(Some((bytes, cas, validity))) => {
+                        answered.push(node);
+                        found.push((node, bytes, cas, validity));
+                    }
+                    Ok(None) => {
+                        answered.push(node);
+                        known.set(node, CopyState::Missing);
+                    }
+                    Err(e) if e.is_node_failure() => {
+                        tracing::warn!(node, error = %e, "session node failed during a read; reading the next node");
+                        failed.push((node, e));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            batch = targets.next(&read, &answered).into_iter().collect();
+        }
+        let mut latest: Option<(u64, Latest)> = None;
+        let mut newest_validity: Option<Validity> = None;
+        for (node, bytes, cas, validity_bytes) in &found {
+            let Some(decoded) = self.decode(node, key, bytes) else {
+                // A refused record is treated as absent and replaced by the next write.
+                known.set(
+                    node,
+                    CopyState::Present {
+                        version: 0,
+                        cas: *cas,
+                    },
+                );
+                continue;
+            };
+            known.set(
+                node,
+                CopyState::Present {
+                    version: decoded.version,
+                    cas: *cas,
+                },
+            );
+            if let Some(v) = validity_bytes
+                .as_ref()
+                .and_then(|b| Validity::decode(b).ok())
+            {
+                if newest_validity.is_none_or(|n| v.last_access_ms > n.last_access_ms) {
+                    newest_validity = Some(v);
+                }
+            }
+            if latest.as_ref().is_some_and(|(v, _)| *v >= decoded.version) {
+                continue;
+            }
+            let entry = match decoded.record {
+                Record::Tombstone => Latest::Tombstone,
+                Record::Session(stored) => Latest::Session {
+                    version: decoded.version,
+                    validity: stored.validity,
+                    stored,
+                },
+            };
+            latest = Some((decoded.version, entry));
+        }
+        let latest = latest.map(|(_, mut l)| {
+            if let (Latest::Session { validity, .. }, Some(v)) = (&mut l, newest_validity) {
+                if v.last_access_ms > validity.last_access_ms {
+                    *validity = v;
+                }
+            }
+            l
+        });
+        if latest.is_none() {
+            let hint_failed = failed.iter().any(|(n, _)| hints.contains(n));
+            if answered.is_empty() || hint_failed {
+                self.stats.load_failures.fetch_add(1, Relaxed);
+                let (node, error) = failed
+                    .into_iter()
+                    .next()
+                    .map(|(n, e)| (n.to_owned(), e))
+                    .unwrap_or_else(|| (String::new(), crate::Error::NoNodeAvailable));
+                tracing::error!(node, error = %error, "session could not be read: no node that may hold it answered");
+                return Err(SessionError::Memcached(error));
+            }
+        }
+        Ok(Fetched { latest, known })
+    }
+
+    fn decode(&self, node: &str, key: &SessionKey, bytes: &[u8]) -> Option<format::Versioned> {
         let started = std::time::Instant::now();
-        let record = match format::decode(&raw.0, key) {
-            Ok(r) => r,
+        match format::decode(bytes, key) {
+            Ok(r) => {
+                self.stats
+                    .deserialization_us
+                    .record_duration(started.elapsed());
+                Some(r)
+            }
             Err(e) => {
                 self.stats.foreign_records.fetch_add(1, Relaxed);
                 tracing::warn!(node, error = %e, "session record refused (garbage, foreign or unsupported format); treated as absent");
-                return Some(Err(()));
+                None
             }
-        };
-        self.stats
-            .deserialization_us
-            .record_duration(started.elapsed());
-        let validity = raw.2.as_ref().and_then(|v| Validity::decode(v).ok());
-        Some(Ok((record, validity)))
-    }
-
-    /// Reads a session: the primary copy, else (node down, miss, refused record) the
-    /// backup copy.
-    pub(crate) async fn fetch(&self, id: &SessionId) -> Result<Fetched, SessionError> {
-        let key = id.key();
-        let mut primary_error = None;
-        match self.fetch_copy(id.node(), &key, Copy_::Primary).await {
-            Ok(Some(raw)) => {
-                if let Some(Ok((record, validity))) = self.decode_copy(&key, id.node(), &raw) {
-                    return Ok(found(record, validity, false, raw.1));
-                }
-            }
-            Ok(None) => {}
-            Err(e) if e.is_node_failure() => {
-                tracing::warn!(node = id.node(), error = %e, "primary session node failed; reading the backup copy");
-                primary_error = Some(e);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let backup = match id.backup() {
-            Some(b) => Some(b.to_owned()),
-            None => self.next_node(id.node()),
-        };
-        let Some(backup) = backup else {
-            return match primary_error {
-                Some(e) => Err(e.into()),
-                None => Ok(Fetched::Missing),
-            };
-        };
-        match self.fetch_copy(&backup, &key, Copy_::Backup).await {
-            Ok(Some(raw)) => match self.decode_copy(&key, &backup, &raw) {
-                Some(Ok((record, validity))) => Ok(found(record, validity, true, None)),
-                _ => Ok(Fetched::Missing),
-            },
-            Ok(None) => Ok(Fetched::Missing),
-            Err(e) if e.is_node_failure() => match primary_error {
-                Some(pe) => {
-                    tracing::error!(primary = id.node(), backup = %backup, "both copies of a session are unreachable");
-                    Err(pe.into())
-                }
-                None => Ok(Fetched::Missing),
-            },
-            Err(e) => Err(e.into()),
         }
     }
 
-    /// Writes both copies concurrently. `cas`: write the primary only if unchanged since
-    /// it was read.
-    pub(crate) async fn write(
+    // ----- writes ------------------------------------------------------------------
+
+    /// Stores `record` (version `new_version`, based on `base`) on one node if the node
+    /// holds nothing or a copy of version `<= base`.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_copy(
         &self,
-        id: &SessionId,
-        bytes: &[u8],
-        max_inactive: Duration,
-        cas: Option<u64>,
-    ) -> Result<WriteResult, SessionError> {
-        let key = id.key();
-        let expiry = ttl(max_inactive);
-        let p_key = self.data_key(&key, Copy_::Primary);
-        let primary_client = self.node(id.node())?;
-        let primary = async {
-            match cas {
-                Some(token) => match primary_client.cas(&p_key, bytes, expiry, token).await? {
-                    CasOutcome::Stored => Ok(Ok(())),
-                    _ => Ok(Err(SessionError::Conflict)),
+        node: &str,
+        key: &SessionKey,
+        record: &[u8],
+        base: u64,
+        new_version: u64,
+        expiry: Expiry,
+        known: &mut KnownCopies,
+    ) -> Result<CopyWrite, crate::Error> {
+        let client = self.node(node)?;
+        let data_key = self.data_key(key);
+        for _ in 0..COPY_ATTEMPTS {
+            let state = match known.get(node) {
+                Some(s) => s,
+                None => match client.gets(&data_key).await? {
+                    None => CopyState::Missing,
+                    Some(item) => CopyState::Present {
+                        version: format::decode(&item.value, key).map_or(0, |d| d.version),
+                        cas: item.cas.unwrap_or(0),
+                    },
                 },
-                None => primary_client.set(&p_key, bytes, expiry).await.map(Ok),
+            };
+            let (mode, cas) = match state {
+                CopyState::Missing => (StoreMode::Add, None),
+                CopyState::Present { version, .. } if version > base => {
+                    known.set(node, state);
+                    return Ok(CopyWrite::Newer { version });
+                }
+                CopyState::Present { cas, .. } => (StoreMode::Set, Some(cas)),
+            };
+            let options = StoreOptions {
+                flags: flags_of(new_version),
+                expiry,
+                cas,
+            };
+            match client.store(mode, &data_key, record, options).await? {
+                StoreOutcome::Stored => {
+                    // The new CAS token is unknown: the next write reads it first.
+                    known.forget(node);
+                    return Ok(CopyWrite::Stored);
+                }
+                StoreOutcome::NotStored | StoreOutcome::Exists | StoreOutcome::NotFound => {
+                    known.forget(node);
+                }
             }
-        };
-        let backup = async {
-            match id.backup().and_then(|b| self.per_node.get(b)) {
-                Some(c) => Some(
-                    c.set(self.data_key(&key, Copy_::Backup), bytes, expiry)
-                        .await,
-                ),
-                None => None,
-            }
-        };
-        let (p, b) = futures::join!(primary, backup);
-        let primary = match p {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(conflict)) => return Err(conflict),
-            Err(e) => Err(e),
-        };
-        Ok(WriteResult { primary, backup: b })
+        }
+        Err(crate::Error::Server(
+            "session copy kept changing under a conditional write".into(),
+        ))
     }
 
-    /// Refreshes a session that was only read: `touch` of both records (TTL), and a new
-    /// validity record on both nodes. Returns whether the primary record still exists
-    /// (`Err` on a node failure of the primary).
+    /// Writes `record` as version `base + 1` to every copy of the placement, primary
+    /// first, relocating away from nodes that fail. See the module's rules.
+    pub(crate) async fn replicate(
+        &self,
+        key: &SessionKey,
+        record: &mut [u8],
+        base: u64,
+        max_inactive: Duration,
+        known: &mut KnownCopies,
+    ) -> Result<Replicated, SessionError> {
+        let new_version = base.saturating_add(1).min(TOMBSTONE_VERSION - 1);
+        format::set_version(record, new_version);
+        self.place_record(
+            key,
+            record,
+            base,
+            new_version,
+            ttl(max_inactive),
+            known,
+            false,
+        )
+        .await
+    }
+
+    /// Makes every copy of the placement hold at least `version` (the session as it was
+    /// read), without changing the version: the re-replication of a read-only request
+    /// that found a copy missing or behind.
+    pub(crate) async fn repair(
+        &self,
+        key: &SessionKey,
+        record: &mut [u8],
+        version: u64,
+        max_inactive: Duration,
+        known: &mut KnownCopies,
+    ) -> Result<Replicated, SessionError> {
+        format::set_version(record, version);
+        self.place_record(
+            key,
+            record,
+            version.saturating_sub(1),
+            version,
+            ttl(max_inactive),
+            known,
+            true,
+        )
+        .await
+    }
+
+    /// `repair`: a node already holding `new_version` counts as written (the same
+    /// version is the same content when re-replicating what was read).
+    #[allow(clippy::too_many_arguments)]
+    async fn place_record(
+        &self,
+        key: &SessionKey,
+        record: &[u8],
+        base: u64,
+        new_version: u64,
+        expiry: Expiry,
+        known: &mut KnownCopies,
+        repair: bool,
+    ) -> Result<Replicated, SessionError> {
+        let mut exclude: Vec<String> = Vec::new();
+        let mut written: Vec<String> = Vec::new();
+        let mut last_error = None;
+        'placement: for _ in 0..PLACEMENT_ATTEMPTS {
+            let copies = self
+                .copies(key, &exclude)
+                .ok_or(SessionError::NoNodeAvailable)?;
+            for node in copies.nodes() {
+                if written.iter().any(|w| w == node) {
+                    continue;
+                }
+                match self
+                    .write_copy(node, key, record, base, new_version, expiry, known)
+                    .await
+                {
+                    Ok(CopyWrite::Stored) => written.push(node.to_owned()),
+                    Ok(CopyWrite::Newer { version }) if repair && version == new_version => {
+                        written.push(node.to_owned())
+                    }
+                    Ok(CopyWrite::Newer { version }) => {
+                        if !written.is_empty() {
+                            tracing::warn!(node, "a copy was written after this write's primary copy: copies diverge until the next write");
+                        }
+                        return Ok(if version == TOMBSTONE_VERSION {
+                            Replicated::Gone
+                        } else {
+                            Replicated::Conflict
+                        });
+                    }
+                    Err(e) if e.is_node_failure() => {
+                        self.stats.write_failures.fetch_add(1, Relaxed);
+                        tracing::warn!(node, error = %e, "session copy write failed; placing the copy on another node");
+                        exclude.push(node.to_owned());
+                        last_error = Some(e);
+                        continue 'placement;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            return Ok(Replicated::Written {
+                copies,
+                version: new_version,
+            });
+        }
+        Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
+    }
+
+    /// Refreshes the validity of a session that was only read: `touch` of the record
+    /// and a new validity record on every copy of the placement.
     pub(crate) async fn refresh(
         &self,
-        id: &SessionId,
+        key: &SessionKey,
+        copies: &Copies,
         validity: &Validity,
         max_inactive: Duration,
-    ) -> Result<bool, crate::Error> {
-        let key = id.key();
+    ) {
         let expiry = ttl(max_inactive);
         let encoded = validity.encode();
-        let primary = async {
-            let keys = self.keys(&key, Copy_::Primary);
-            let Some(c) = self.per_node.get(id.node()) else {
-                return Ok(false);
-            };
-            let (t, v) = futures::join!(
-                c.touch(&keys.data, expiry),
-                c.set(&keys.validity, &encoded, expiry)
-            );
-            v?;
-            t
-        };
-        let backup = async {
-            if let Some(c) = id.backup().and_then(|b| self.per_node.get(b)) {
-                let keys = self.keys(&key, Copy_::Backup);
+        let refreshes = copies.nodes().map(|node| {
+            let encoded = &encoded;
+            async move {
+                let client = self.node(node)?;
                 let (t, v) = futures::join!(
-                    c.touch(&keys.data, expiry),
-                    c.set(&keys.validity, &encoded, expiry)
+                    client.touch(self.data_key(key), expiry),
+                    client.set(self.validity_key(key), encoded, expiry)
                 );
-                if let Err(e) = t.and(v) {
-                    tracing::warn!(node = id.backup(), error = %e, "validity refresh of the backup copy failed");
-                }
+                t.and(v).map(|_| ())
             }
-        };
-        let (p, ()) = futures::join!(primary, backup);
-        p
-    }
-
-    /// Removes every copy of a session. If the backup copy could not be removed, a
-    /// tombstone on the primary stops any instance from restoring it.
-    pub(crate) async fn delete_all(&self, id: &SessionId) {
-        let key = id.key();
-        let backup_ok = match id.backup().and_then(|b| self.per_node.get(b)) {
-            Some(c) => {
-                let keys = self.keys(&key, Copy_::Backup);
-                let (a, b) = futures::join!(c.delete(&keys.data), c.delete(&keys.validity));
-                a.and(b).is_ok()
-            }
-            None => true,
-        };
-        if let Some(c) = self.per_node.get(id.node()) {
-            let keys = self.keys(&key, Copy_::Primary);
-            let data = if backup_ok {
-                c.delete(&keys.data).await.map(|_| ())
-            } else {
-                tracing::warn!(
-                    backup = id.backup(),
-                    "backup copy of an invalidated session not removed; writing a tombstone"
-                );
-                c.set(
-                    &keys.data,
-                    format::encode_tombstone(&key),
-                    ttl(Duration::from_secs(24 * 3600)),
-                )
-                .await
-            };
-            let validity = c.delete(&keys.validity).await;
-            if let Err(e) = data.and(validity.map(|_| ())) {
-                tracing::warn!(node = id.node(), error = %e, "primary copy of an invalidated session not removed");
+        });
+        for result in futures::future::join_all(refreshes).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "validity refresh of a session copy failed");
             }
         }
     }
 
-    /// Best-effort removal of copies a relocation left behind (nodes not in `new`).
-    pub(crate) async fn delete_stale(&self, old: &SessionId, new: &SessionId) {
-        let key = old.key();
-        let in_new = |n: &str| n == new.node() || Some(n) == new.backup();
-        if !in_new(old.node()) && self.alive(old.node()) {
-            if let Some(c) = self.per_node.get(old.node()) {
-                let keys = self.keys(&key, Copy_::Primary);
-                let _ = futures::join!(c.delete(&keys.data), c.delete(&keys.validity));
+    /// Invalidates a session: a tombstone `set` on every node of `nodes` (the nodes the
+    /// read found or the id named) and of the current placement; the validity records
+    /// are removed. Ok when the placement's nodes (at least one) hold the tombstone.
+    pub(crate) async fn invalidate(
+        &self,
+        key: &SessionKey,
+        nodes: &[String],
+        invalidated_ms: u64,
+        max_inactive: Duration,
+    ) -> Result<(), SessionError> {
+        let tombstone = format::encode_tombstone(key, TOMBSTONE_VERSION, invalidated_ms);
+        let expiry = ttl(max_inactive.saturating_add(TOMBSTONE_MARGIN));
+        let mut exclude: Vec<String> = Vec::new();
+        let mut done: Vec<String> = Vec::new();
+        let options = StoreOptions {
+            flags: flags_of(TOMBSTONE_VERSION),
+            expiry,
+            cas: None,
+        };
+        let write = |node: String| {
+            let tombstone = &tombstone;
+            async move {
+                let client = self.node(&node)?;
+                let (t, _) = futures::join!(
+                    client.store(StoreMode::Set, self.data_key(key), tombstone, options),
+                    client.delete(self.validity_key(key))
+                );
+                t.map(|_| node)
             }
-        }
-        if let Some(b) = old.backup() {
-            if !in_new(b) && self.alive(b) {
-                if let Some(c) = self.per_node.get(b) {
-                    let keys = self.keys(&key, Copy_::Backup);
-                    let _ = futures::join!(c.delete(&keys.data), c.delete(&keys.validity));
+        };
+        let mut targets: Vec<String> = nodes.to_vec();
+        let mut last_error = None;
+        for _ in 0..PLACEMENT_ATTEMPTS {
+            let copies = self.copies(key, &exclude);
+            if let Some(c) = &copies {
+                for n in c.nodes() {
+                    if !targets.iter().any(|t| t == n) {
+                        targets.push(n.to_owned());
+                    }
                 }
             }
-        }
-        // A relocated primary that became the backup node keeps a stale primary record
-        // under the primary key; it is harmless (ids name the node and copy to read), but
-        // remove it when that node is the new backup.
-        if new.backup() == Some(old.node()) {
-            if let Some(c) = self.per_node.get(old.node()) {
-                let keys = self.keys(&key, Copy_::Primary);
-                let _ = futures::join!(c.delete(&keys.data), c.delete(&keys.validity));
+            let batch: Vec<String> = targets
+                .iter()
+                .filter(|t| !done.contains(t) && !exclude.contains(t))
+                .cloned()
+                .collect();
+            for result in futures::future::join_all(batch.into_iter().map(write)).await {
+                match result {
+                    Ok(node) => done.push(node),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tombstone not written on a node");
+                        last_error = Some(e);
+                    }
+                }
+            }
+            for t in &targets {
+                if !done.contains(t) && !exclude.contains(t) {
+                    exclude.push(t.clone());
+                }
+            }
+            match copies {
+                Some(c) if c.nodes().all(|n| done.iter().any(|d| d == n)) => return Ok(()),
+                Some(_) => continue,
+                None if !done.is_empty() => return Ok(()),
+                None => break,
             }
         }
+        Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
+    }
+
+    // ----- locks -------------------------------------------------------------------
+
+    /// The nodes to try for the key's lock, in order.
+    pub(crate) fn lock_nodes(&self, key: &SessionKey) -> Vec<String> {
+        self.placement.lock_nodes(key, |n| self.usable(n))
     }
 
     /// `add`s the lock key; true when acquired.
@@ -528,57 +678,94 @@ impl Store {
         token: &str,
         expiry: Duration,
     ) -> Result<bool, crate::Error> {
-        match self.per_node.get(node) {
-            Some(c) => c.add(self.lock_key(key), token, ttl(expiry)).await,
-            None => Err(crate::Error::UnknownNode(node.to_owned())),
+        self.node(node)?
+            .add(self.lock_key(key), token, ttl(expiry))
+            .await
+    }
+
+    /// The renewal loop of a held lock: every third of `expiry`, the lock's TTL is reset,
+    /// under its CAS token, while it still holds `token`. Ends when the lock is no
+    /// longer this holder's (or the node fails); the caller aborts it on release.
+    pub(crate) fn lock_renewal(
+        &self,
+        node: &str,
+        key: &SessionKey,
+        token: &str,
+        expiry: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let client = self.per_node.get(node).cloned();
+        let lock_key = self.lock_key(key);
+        let token = token.to_owned();
+        let period = (expiry / 3).max(Duration::from_millis(100));
+        async move {
+            let Some(client) = client else { return };
+            loop {
+                tokio::time::sleep(period).await;
+                let renewed = async {
+                    match client.gets(&lock_key).await? {
+                        Some(item) if item.value.as_ref() == token.as_bytes() => {
+                            let options = StoreOptions {
+                                flags: 0,
+                                expiry: ttl(expiry),
+                                cas: item.cas,
+                            };
+                            let outcome = client
+                                .store(StoreMode::Set, &lock_key, &token, options)
+                                .await?;
+                            Ok::<bool, crate::Error>(outcome == StoreOutcome::Stored)
+                        }
+                        _ => Ok(false),
+                    }
+                };
+                match renewed.await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            "session lock lost before its request ended; the request's write will be refused if another request wrote meanwhile"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "session lock renewal failed");
+                        return;
+                    }
+                }
+            }
         }
     }
 
-    /// Deletes the lock key if it still holds `token`.
+    /// Removes the lock key only if it still holds `token`, atomically: the lock is read
+    /// with its CAS token and overwritten, under that token, by an item that expires at
+    /// once (a CAS-guarded delete both protocols can express).
     pub(crate) async fn unlock(&self, node: &str, key: &SessionKey, token: &str) {
-        let Some(c) = self.per_node.get(node) else {
+        let Ok(client) = self.node(node) else {
             return;
         };
         let lock_key = self.lock_key(key);
-        match c.get(&lock_key).await {
-            Ok(Some(item)) if item.value.as_ref() == token.as_bytes() => {
-                if let Err(e) = c.delete(&lock_key).await {
-                    tracing::warn!(node, error = %e, "session lock not released; it expires on its own");
+        let released = async {
+            match client.gets(&lock_key).await? {
+                Some(item) if item.value.as_ref() == token.as_bytes() => {
+                    let options = StoreOptions {
+                        flags: 0,
+                        expiry: Expiry::In(Duration::ZERO),
+                        cas: item.cas,
+                    };
+                    let outcome = client
+                        .store(StoreMode::Set, &lock_key, token, options)
+                        .await?;
+                    Ok::<bool, crate::Error>(outcome == StoreOutcome::Stored)
                 }
+                _ => Ok(false),
             }
-            Ok(_) => {
-                tracing::warn!(
-                    node,
-                    "session lock had expired or was taken over before release"
-                );
-            }
+        };
+        match released.await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                node,
+                "session lock had expired or was taken by another request before release; left as it is"
+            ),
             Err(e) => {
                 tracing::warn!(node, error = %e, "session lock not released; it expires on its own")
-            }
-        }
-    }
-}
-
-fn found(
-    record: Record,
-    validity: Option<Validity>,
-    from_backup: bool,
-    cas: Option<u64>,
-) -> Fetched {
-    match record {
-        Record::Tombstone => Fetched::Tombstone,
-        Record::Session(stored) => {
-            let mut effective = stored.validity;
-            if let Some(v) = validity {
-                if v.last_access_ms > effective.last_access_ms {
-                    effective = v;
-                }
-            }
-            Fetched::Found {
-                stored,
-                validity: effective,
-                from_backup,
-                cas: if from_backup { None } else { cas },
             }
         }
     }

@@ -1,0 +1,572 @@
+//! The request engine: loads a session into its slot, saves it at the end of a request
+//! (write, merge, refresh or repair), invalidates it. The rules about copies live in
+//! `store`; the rules about which requests may merge live here ([`WritePolicy`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::config::{LockTimeoutPolicy, LockingMode, Mode, SessionConfig};
+use super::id::{SessionId, SessionKey};
+use super::local::{LocalSessions, Slot, SlotState};
+use super::lock::{self, HeldLock, LockOutcome};
+use super::model::{Session, SessionData, WriteSnapshot};
+use super::placement::Copies;
+use super::stats::SessionStats;
+use super::store::{Fetched, KnownCopies, Latest, Replicated, Store};
+use super::writer::AsyncWriter;
+use super::SessionError;
+
+/// How many times an unlocked write re-reads and merges before it gives up.
+const MERGE_ATTEMPTS: usize = 4;
+
+/// Whether a write that finds a newer stored version may merge onto it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WritePolicy {
+    /// Unlocked writers (`none`, sticky mode, `Proceed` after a lock wait ran out):
+    /// their own changes are merged onto the newer version.
+    Merge,
+    /// Locked requests and `auto` read-only guesses: a newer version means another
+    /// request wrote after this one read (its lock expired, or its guess was wrong);
+    /// the write is refused with [`SessionError::Conflict`].
+    Refuse,
+}
+
+/// What a save did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Saved {
+    /// The session's record was written (or queued, in async mode).
+    pub(crate) written: bool,
+    /// The session turned out to be invalidated by another request: nothing was
+    /// written, the caller forgets it.
+    pub(crate) gone: bool,
+}
+
+/// Paths seen read-only (`auto` locking), bounded, oldest forgotten first.
+#[derive(Default)]
+struct ReadOnlyPaths {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// The state one service shares between its requests.
+pub(crate) struct Engine {
+    pub(crate) config: SessionConfig,
+    pub(crate) store: Store,
+    pub(crate) stats: Arc<SessionStats>,
+    pub(crate) local: LocalSessions,
+    readonly: Mutex<ReadOnlyPaths>,
+    pub(crate) writer: Option<AsyncWriter>,
+}
+
+fn lock_std<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    pub(crate) fn new(
+        config: SessionConfig,
+        store: Store,
+        stats: Arc<SessionStats>,
+        writer: Option<AsyncWriter>,
+    ) -> Self {
+        let local = LocalSessions::new(config.mode == Mode::Sticky, config.max_local_sessions);
+        Engine {
+            config,
+            store,
+            stats,
+            local,
+            readonly: Mutex::new(ReadOnlyPaths::default()),
+            writer,
+        }
+    }
+
+    // ----- locking decisions -----------------------------------------------------
+
+    /// Whether a request for `path` locks its session (non-sticky mode).
+    pub(crate) fn decide_lock(&self, path: &str) -> bool {
+        if self.config.mode != Mode::NonSticky {
+            return false;
+        }
+        match &self.config.locking {
+            LockingMode::None => false,
+            LockingMode::All => true,
+            LockingMode::UriPattern(re) => re.is_match(path),
+            LockingMode::Auto => {
+                let read_only = lock_std(&self.readonly).set.contains(path);
+                if read_only {
+                    self.stats.auto_readonly_unlocked.fetch_add(1, Relaxed);
+                }
+                !read_only
+            }
+        }
+    }
+
+    /// `auto` locking: remembers whether `path` changed the session.
+    pub(crate) fn note_path(&self, path: &str, changed: bool) {
+        if self.config.mode != Mode::NonSticky || !matches!(self.config.locking, LockingMode::Auto)
+        {
+            return;
+        }
+        let mut ro = lock_std(&self.readonly);
+        if changed {
+            if ro.set.remove(path) {
+                ro.order.retain(|p| p != path);
+            }
+        } else if self.config.auto_readonly_paths > 0 && ro.set.insert(path.to_owned()) {
+            ro.order.push_back(path.to_owned());
+            while ro.order.len() > self.config.auto_readonly_paths {
+                if let Some(old) = ro.order.pop_front() {
+                    ro.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    async fn take_lock(&self, key: &SessionKey) -> Result<Option<HeldLock>, SessionError> {
+        let outcome = lock::acquire(
+            &self.store,
+            self.config.clock.as_ref(),
+            &self.stats,
+            key,
+            self.config.lock_expiry,
+            self.config.lock_wait,
+        )
+        .await;
+        let proceed = self.config.lock_timeout_policy == LockTimeoutPolicy::Proceed;
+        match outcome {
+            LockOutcome::Acquired(l) => Ok(Some(l)),
+            LockOutcome::TimedOut(waited) => {
+                self.stats.lock_timeouts.fetch_add(1, Relaxed);
+                if proceed {
+                    self.stats.lock_proceeded_unlocked.fetch_add(1, Relaxed);
+                    tracing::warn!(?waited, "session lock wait ran out; going on WITHOUT the lock (policy Proceed): the request's changes are merged");
+                    Ok(None)
+                } else {
+                    tracing::warn!(
+                        ?waited,
+                        "session lock wait ran out; request refused (policy Fail)"
+                    );
+                    Err(SessionError::LockTimeout { waited })
+                }
+            }
+            LockOutcome::Failed(e) => {
+                self.stats.lock_failures.fetch_add(1, Relaxed);
+                if proceed {
+                    self.stats.lock_proceeded_unlocked.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, "session lock failed; going on WITHOUT the lock (policy Proceed)");
+                    Ok(None)
+                } else {
+                    tracing::warn!(error = %e, "session lock failed; request refused (policy Fail)");
+                    Err(e.into())
+                }
+            }
+        }
+    }
+
+    /// Releases the slot's lock, if it holds one.
+    pub(crate) async fn release_lock(&self, key: &SessionKey, slot: &Arc<Slot>) {
+        let lock = slot.state.lock().await.lock.take();
+        if let Some(mut l) = lock {
+            l.stop_renewal();
+            self.store.unlock(&l.node, key, &l.token).await;
+        }
+    }
+
+    // ----- load ------------------------------------------------------------------
+
+    /// Loads the session of `id` into `slot` (joined by the caller). `shared`: other
+    /// requests of the session are in flight on this instance, and the slot holds their
+    /// view, which this request shares. `Err` when the session could not be read: the
+    /// caller must not tell the client to forget it.
+    pub(crate) async fn load(
+        &self,
+        id: &SessionId,
+        slot: &Arc<Slot>,
+        shared: bool,
+        needs_lock: bool,
+    ) -> Result<Option<Session>, SessionError> {
+        let mut s = slot.state.lock().await;
+        let key = id.key();
+        // Under the lock the in-flight view is current (every writer and invalidator
+        // of the session takes the same lock); otherwise the stored version is checked,
+        // so a session invalidated or rewritten elsewhere is never served from memory.
+        if shared && s.loaded && s.lock.is_some() {
+            if let Some(sess) = &s.session {
+                let mut d = sess.lock();
+                d.record_access(self.config.clock.now());
+                d.mark_not_new();
+            }
+            return Ok(s.session.clone().filter(|x| !x.is_invalidated()));
+        }
+        if needs_lock && s.lock.is_none() {
+            s.lock = self.take_lock(&key).await?;
+        }
+        let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
+        let fetched = self.store.fetch(&key, &hints).await?;
+        s.unlocked_guess = self.config.mode == Mode::NonSticky
+            && matches!(self.config.locking, LockingMode::Auto)
+            && !needs_lock;
+        let session = self.adopt(id, &mut s, slot.has_pending_writes(), fetched);
+        s.loaded = true;
+        s.session = session.clone();
+        Ok(session)
+    }
+
+    /// Turns what a read found into the slot's session, reusing the memory copy when it
+    /// is current (sticky) or merging this instance's pending changes onto a newer one.
+    fn adopt(
+        &self,
+        id: &SessionId,
+        s: &mut SlotState,
+        pending: bool,
+        fetched: Fetched,
+    ) -> Option<Session> {
+        s.known = fetched.known;
+        let now = self.config.clock.now();
+        let memory = s.session.take().filter(|m| !m.is_invalidated());
+        let (version, stored, validity) = match fetched.latest {
+            Some(Latest::Session {
+                version,
+                stored,
+                validity,
+            }) => (version, stored, validity),
+            Some(Latest::Tombstone) => return None,
+            None => {
+                // No copy anywhere it could be (every node that may hold it answered):
+                // a sticky memory copy is the survivor, written back by the save.
+                let m = memory?;
+                tracing::warn!(
+                    "session missing from every node; writing back this instance's memory copy"
+                );
+                m.lock().force_dirty();
+                return Some(m);
+            }
+        };
+        if validity.is_expired_at(super::clock::unix_millis(now)) {
+            self.stats.expired.fetch_add(1, Relaxed);
+            return None;
+        }
+        let route = match self.config.mode {
+            Mode::Sticky => self.config.route.as_deref(),
+            Mode::NonSticky => id.route(),
+        };
+        if self.config.mode == Mode::Sticky && id.route() != route {
+            self.stats.instance_takeovers.fetch_add(1, Relaxed);
+            tracing::info!(
+                from = id.route(),
+                to = route,
+                "session taken over by this instance"
+            );
+        }
+        if !s.known.holds(id.node(), version) {
+            self.stats.restores_from_backup.fetch_add(1, Relaxed);
+            tracing::warn!(
+                node = id.node(),
+                "the id's primary node does not hold the latest copy; served from another copy"
+            );
+        }
+        let new_id = id.with_route(route);
+        let session = match memory {
+            Some(m) if m.lock().base_version() >= version => m,
+            Some(m) if pending => {
+                let merged = m.lock().rebase(stored.clone(), version);
+                match merged {
+                    Ok(()) => m,
+                    Err(_) => Session::from_data(SessionData::from_stored(
+                        new_id.clone(),
+                        stored,
+                        validity.last_access_ms,
+                        version,
+                    )),
+                }
+            }
+            _ => Session::from_data(SessionData::from_stored(
+                new_id.clone(),
+                stored,
+                validity.last_access_ms,
+                version,
+            )),
+        };
+        {
+            let mut d = session.lock();
+            d.set_id(new_id);
+            d.record_access(now);
+            d.mark_not_new();
+        }
+        Some(session)
+    }
+
+    /// A new session, placed on the live nodes.
+    pub(crate) fn new_session(&self) -> Result<Session, SessionError> {
+        let key = SessionKey::generate()?;
+        let copies = self
+            .store
+            .copies(&key, &[])
+            .ok_or(SessionError::NoNodeAvailable)?;
+        let id = SessionId::new(
+            key,
+            copies.primary,
+            copies.backup,
+            self.config.route.clone(),
+        )?;
+        let data = SessionData::new_session(
+            id,
+            self.config.codec,
+            self.config.clock.now(),
+            self.config.max_inactive_interval,
+        );
+        self.stats.sessions_created.fetch_add(1, Relaxed);
+        Ok(Session::from_data(data))
+    }
+
+    // ----- save ------------------------------------------------------------------
+
+    /// The end-of-request save of a session: write (or queue) it if it changed, else
+    /// refresh its validity (repairing a copy found missing or behind).
+    pub(crate) async fn save(
+        &self,
+        session: &Session,
+        slot: &Arc<Slot>,
+        s: &mut SlotState,
+        policy: WritePolicy,
+    ) -> Result<Saved, SessionError> {
+        let snapshot = session.lock().snapshot()?;
+        let size = snapshot.bytes.len();
+        if size > self.config.max_session_size {
+            return Err(self.too_large(size));
+        }
+        self.stats
+            .serialization_us
+            .record_duration(snapshot.serialize_time);
+        if !snapshot.changed {
+            return self.refresh(session, s, snapshot).await;
+        }
+        self.stats.session_size_bytes.record(size as u64);
+        if let Some(writer) = &self.writer {
+            slot.pending_writes.fetch_add(1, Relaxed);
+            if let Err(e) = writer
+                .enqueue(session.clone(), Arc::clone(slot), snapshot, &self.stats)
+                .await
+            {
+                slot.pending_writes.fetch_sub(1, Relaxed);
+                return Err(e);
+            }
+            return Ok(Saved {
+                written: true,
+                gone: false,
+            });
+        }
+        self.write(session, &mut s.known, snapshot, policy).await
+    }
+
+    /// Writes a changed session to its copies; on a newer stored version, merges
+    /// (policy `Merge`) or refuses (`Refuse`).
+    pub(crate) async fn write(
+        &self,
+        session: &Session,
+        known: &mut KnownCopies,
+        mut snapshot: WriteSnapshot,
+        policy: WritePolicy,
+    ) -> Result<Saved, SessionError> {
+        let key = session.id().key();
+        for _ in 0..MERGE_ATTEMPTS {
+            let (base, max_inactive) = {
+                let d = session.lock();
+                (d.base_version(), d.max_inactive_interval())
+            };
+            let started = Instant::now();
+            let outcome = match self
+                .store
+                .replicate(&key, &mut snapshot.bytes, base, max_inactive, known)
+                .await
+            {
+                Err(SessionError::Memcached(e)) if is_too_large(&e) => {
+                    return Err(self.too_large(snapshot.bytes.len()))
+                }
+                other => other?,
+            };
+            match outcome {
+                Replicated::Written { copies, version } => {
+                    self.stats.write_us.record_duration(started.elapsed());
+                    self.stats.writes.fetch_add(1, Relaxed);
+                    let mut d = session.lock();
+                    d.mark_written(&snapshot, version);
+                    self.place_id(&mut d, &copies);
+                    return Ok(Saved {
+                        written: true,
+                        gone: false,
+                    });
+                }
+                Replicated::Gone => return Ok(self.gone()),
+                Replicated::Conflict if policy == WritePolicy::Refuse => {
+                    self.stats.conflicts.fetch_add(1, Relaxed);
+                    tracing::warn!("session written by another request since this one read it; this request's change is refused (lock expired, or auto read-only guess)");
+                    return Err(SessionError::Conflict);
+                }
+                Replicated::Conflict => {
+                    let id = session.id();
+                    let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
+                    let fetched = self.store.fetch(&key, &hints).await?;
+                    *known = fetched.known;
+                    match fetched.latest {
+                        Some(Latest::Tombstone) => return Ok(self.gone()),
+                        Some(Latest::Session {
+                            version, stored, ..
+                        }) => {
+                            self.stats.merges.fetch_add(1, Relaxed);
+                            session.lock().rebase(stored, version)?;
+                        }
+                        None => {}
+                    }
+                    snapshot = session.lock().snapshot()?;
+                    if !snapshot.changed {
+                        return Ok(Saved::default());
+                    }
+                }
+            }
+        }
+        self.stats.conflicts.fetch_add(1, Relaxed);
+        Err(SessionError::Conflict)
+    }
+
+    fn gone(&self) -> Saved {
+        self.stats.writes_after_invalidation.fetch_add(1, Relaxed);
+        tracing::info!("session invalidated by another request meanwhile; nothing written back");
+        Saved {
+            written: false,
+            gone: true,
+        }
+    }
+
+    /// A request that changed nothing: refresh the validity of the placement's copies,
+    /// after re-creating a copy that is missing or behind.
+    async fn refresh(
+        &self,
+        session: &Session,
+        s: &mut SlotState,
+        mut snapshot: WriteSnapshot,
+    ) -> Result<Saved, SessionError> {
+        let (key, base, validity, max_inactive) = {
+            let d = session.lock();
+            (
+                d.id().key(),
+                d.base_version(),
+                d.validity(),
+                d.max_inactive_interval(),
+            )
+        };
+        let copies = self
+            .store
+            .copies(&key, &[])
+            .ok_or(SessionError::NoNodeAvailable)?;
+        let copies = if copies.nodes().all(|n| s.known.holds(n, base)) {
+            copies
+        } else {
+            match self
+                .store
+                .repair(&key, &mut snapshot.bytes, base, max_inactive, &mut s.known)
+                .await?
+            {
+                Replicated::Written { copies, .. } => {
+                    self.stats.repairs.fetch_add(1, Relaxed);
+                    copies
+                }
+                // A newer version was written after this request read the session:
+                // this request changed nothing, so there is nothing to do.
+                Replicated::Conflict => return Ok(Saved::default()),
+                Replicated::Gone => return Ok(self.gone()),
+            }
+        };
+        self.store
+            .refresh(&key, &copies, &validity, max_inactive)
+            .await;
+        self.stats.skipped_unchanged.fetch_add(1, Relaxed);
+        self.stats.validity_refreshes.fetch_add(1, Relaxed);
+        self.place_id(&mut session.lock(), &copies);
+        Ok(Saved::default())
+    }
+
+    /// Names the copies in the session's id (counted as a relocation when they moved).
+    fn place_id(&self, d: &mut SessionData, copies: &Copies) {
+        let id = d.id();
+        if id.node() == copies.primary && id.backup() == copies.backup.as_deref() {
+            return;
+        }
+        if id.node() != copies.primary {
+            self.stats.relocations.fetch_add(1, Relaxed);
+            tracing::info!(
+                from = id.node(),
+                to = %copies.primary,
+                backup = copies.backup.as_deref(),
+                "session relocated; its id changes"
+            );
+        }
+        let new_id = id.with_nodes(&copies.primary, copies.backup.as_deref());
+        d.set_id(new_id);
+    }
+
+    fn too_large(&self, size: usize) -> SessionError {
+        self.stats.oversized.fetch_add(1, Relaxed);
+        tracing::error!(
+            size,
+            max = self.config.max_session_size,
+            "session too large for memcached; not written"
+        );
+        SessionError::TooLarge {
+            size,
+            max: self.config.max_session_size,
+        }
+    }
+
+    // ----- invalidate --------------------------------------------------------------
+
+    /// Invalidates a session everywhere: a tombstone on every node that may hold a copy
+    /// (also for a session created in this request: an async write of it may be queued).
+    pub(crate) async fn invalidate(
+        &self,
+        session: &Session,
+        known: &KnownCopies,
+    ) -> Result<(), SessionError> {
+        let (id, max_inactive) = {
+            let d = session.lock();
+            (d.id().clone(), d.max_inactive_interval())
+        };
+        self.stats.invalidations.fetch_add(1, Relaxed);
+        let mut nodes: Vec<String> = known.nodes().map(str::to_owned).collect();
+        for n in std::iter::once(id.node()).chain(id.backup()) {
+            if self.store.knows(n) && !nodes.iter().any(|k| k == n) {
+                nodes.push(n.to_owned());
+            }
+        }
+        let now = super::clock::unix_millis(self.config.clock.now());
+        self.store
+            .invalidate(&id.key(), &nodes, now, max_inactive)
+            .await
+    }
+
+    /// Sticky mode: drops expired sessions from memory.
+    pub(crate) fn purge_expired(&self) -> usize {
+        self.local.purge_expired(self.config.clock.now())
+    }
+
+    /// The async writer's write of one queued session (unlocked: merges).
+    pub(crate) async fn write_queued(
+        &self,
+        session: &Session,
+        snapshot: WriteSnapshot,
+    ) -> Result<Saved, SessionError> {
+        let mut known = KnownCopies::default();
+        self.write(session, &mut known, snapshot, WritePolicy::Merge)
+            .await
+    }
+}
+
+fn is_too_large(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::ValueTooLarge { .. } => true,
+        crate::Error::Server(msg) => msg.contains("too large"),
+        _ => false,
+    }
+}

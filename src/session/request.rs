@@ -1,0 +1,328 @@
+//! The per-request handle: lazy load, create, invalidate, and the end-of-request save
+//! with the cookie decision.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::config::Mode;
+use super::cookie::CookieDecision;
+use super::engine::{Engine, Saved, WritePolicy};
+use super::id::{SessionId, SessionKey};
+use super::local::Slot;
+use super::model::Session;
+use super::store::KnownCopies;
+use super::SessionError;
+
+/// What [`SessionRequest::finish`] tells the caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SaveOutcome {
+    /// What to do with the session cookie.
+    pub cookie: CookieDecision,
+    /// The session's id at the end of the request (`None`: no session).
+    pub session_id: Option<String>,
+    /// True when the session was written to memcached (or queued, in async mode).
+    pub written: bool,
+}
+
+#[derive(Default)]
+struct ReqState {
+    loaded: bool,
+    /// The load failed (memcached unreachable, lock wait ran out): the session may well
+    /// exist, so the cookie is kept whatever happens next.
+    load_failed: bool,
+    presented: Option<String>,
+    session: Option<Session>,
+    slot: Option<(SessionKey, Arc<Slot>)>,
+    locked_request: bool,
+    /// Sessions this request replaced with `create`, with what was known of their
+    /// copies: invalidated at `finish`.
+    replaced: Vec<(Session, KnownCopies)>,
+    finished: bool,
+}
+
+pub(crate) struct RequestInner {
+    engine: Arc<Engine>,
+    path: String,
+    candidates: Vec<String>,
+    state: tokio::sync::Mutex<ReqState>,
+}
+
+impl RequestInner {
+    pub(crate) fn new(engine: Arc<Engine>, path: String, candidates: Vec<String>) -> Self {
+        RequestInner {
+            engine,
+            path,
+            candidates,
+            state: tokio::sync::Mutex::new(ReqState::default()),
+        }
+    }
+}
+
+impl Drop for RequestInner {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if st.finished {
+            return;
+        }
+        // Dropped without finish (handler panicked, future cancelled): leave the slot
+        // and release the lock, without saving.
+        if let (Some((key, slot)), Ok(handle)) =
+            (st.slot.take(), tokio::runtime::Handle::try_current())
+        {
+            let engine = Arc::clone(&self.engine);
+            handle.spawn(async move {
+                if engine.local.leave(&key, &slot) {
+                    engine.release_lock(&key, &slot).await;
+                }
+            });
+        }
+    }
+}
+
+/// One request's view of its session. Cheap to clone (the tower layer puts a clone in
+/// the request's extensions). Loads lazily: a request that never asks for its session
+/// costs no memcached round trip.
+#[derive(Clone)]
+pub struct SessionRequest {
+    inner: Arc<RequestInner>,
+}
+
+impl std::fmt::Debug for SessionRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRequest")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionRequest {
+    pub(crate) fn new(inner: RequestInner) -> Self {
+        SessionRequest {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The request path (without a `;jsessionid=` parameter).
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The request's session, loading it on first use: `None` when the request has no
+    /// valid id or the session is gone (expired, invalidated, unknown). An error when it
+    /// could not be read (then [`SessionRequest::finish`] keeps the client's cookie).
+    pub async fn session(&self) -> Result<Option<Session>, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        self.load(&mut st).await
+    }
+
+    async fn load(&self, st: &mut ReqState) -> Result<Option<Session>, SessionError> {
+        if st.load_failed {
+            return Err(SessionError::Memcached(crate::Error::NoNodeAvailable));
+        }
+        if st.loaded {
+            return Ok(st.session.clone().filter(|s| !s.is_invalidated()));
+        }
+        st.loaded = true;
+        let engine = &self.inner.engine;
+        for candidate in &self.inner.candidates {
+            let Some(id) = SessionId::parse(candidate) else {
+                engine.stats.invalid_ids.fetch_add(1, Relaxed);
+                tracing::debug!("session id does not parse; ignored");
+                continue;
+            };
+            let known =
+                engine.store.knows(id.node()) && id.backup().is_none_or(|b| engine.store.knows(b));
+            if !known {
+                engine.stats.invalid_ids.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    node = id.node(),
+                    "session id names an unknown node; ignored"
+                );
+                continue;
+            }
+            st.presented = Some(candidate.clone());
+            self.leave_slot(st).await;
+            let needs_lock = engine.decide_lock(&self.inner.path);
+            let key = id.key();
+            let (slot, shared) = engine.local.join(key);
+            st.slot = Some((key, Arc::clone(&slot)));
+            st.locked_request = needs_lock;
+            match engine.load(&id, &slot, shared, needs_lock).await {
+                Ok(Some(sess)) => {
+                    st.session = Some(sess.clone());
+                    return Ok(Some(sess));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    st.load_failed = true;
+                    self.leave_slot(st).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.leave_slot(st).await;
+        if st.presented.is_none() {
+            st.presented = self.inner.candidates.first().cloned();
+        }
+        Ok(None)
+    }
+
+    /// Leaves the joined slot (releasing the lock when this was its last request), and
+    /// drops it when it holds no session.
+    async fn leave_slot(&self, st: &mut ReqState) {
+        if let Some((key, slot)) = st.slot.take() {
+            let engine = &self.inner.engine;
+            if engine.local.leave(&key, &slot) {
+                engine.release_lock(&key, &slot).await;
+                let empty = slot.state.lock().await.session.is_none();
+                if empty {
+                    engine.local.forget(&key, &slot);
+                }
+            }
+        }
+    }
+
+    /// The request's session, created if there is none (or it was invalidated).
+    pub async fn get_or_create(&self) -> Result<Session, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        if let Some(s) = self.load(&mut st).await? {
+            return Ok(s);
+        }
+        self.create_locked(&mut st).await
+    }
+
+    /// A new session for this request, replacing (and invalidating) the current one, if
+    /// any: use it on login, against session fixation.
+    pub async fn create(&self) -> Result<Session, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        if let Some(old) = self.load(&mut st).await? {
+            old.invalidate();
+        }
+        self.create_locked(&mut st).await
+    }
+
+    async fn create_locked(&self, st: &mut ReqState) -> Result<Session, SessionError> {
+        let engine = Arc::clone(&self.inner.engine);
+        if let Some(old) = st.session.take() {
+            let known = match &st.slot {
+                Some((_, slot)) => slot.state.lock().await.known.clone(),
+                None => KnownCopies::default(),
+            };
+            st.replaced.push((old, known));
+        }
+        self.leave_slot(st).await;
+        let session = engine.new_session()?;
+        let key = session.lock().id().key();
+        let (slot, _) = engine.local.join(key);
+        {
+            let mut s = slot.state.lock().await;
+            s.loaded = true;
+            s.session = Some(session.clone());
+            s.known = KnownCopies::fresh();
+        }
+        st.slot = Some((key, slot));
+        st.locked_request = false;
+        st.session = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Invalidates the request's session (if it has one): every copy is replaced by a
+    /// tombstone when the request finishes, and the cookie is removed.
+    pub async fn invalidate(&self) -> Result<(), SessionError> {
+        if let Some(s) = self.session().await? {
+            s.invalidate();
+        }
+        Ok(())
+    }
+
+    /// Ends the request: writes the session if it changed (or refreshes its expiry if it
+    /// did not), invalidates an invalidated one everywhere, releases the lock, and says
+    /// what to do with the cookie. Call it once, after the handler, before sending the
+    /// response headers. A request whose session could not be loaded keeps its cookie.
+    pub async fn finish(&self) -> Result<SaveOutcome, SessionError> {
+        let engine = Arc::clone(&self.inner.engine);
+        let mut st = self.inner.state.lock().await;
+        if st.finished {
+            return Ok(SaveOutcome::default());
+        }
+        st.finished = true;
+        let mut result: Result<(), SessionError> = Ok(());
+        for (old, known) in std::mem::take(&mut st.replaced) {
+            if let Err(e) = engine.invalidate(&old, &known).await {
+                result = Err(e);
+            }
+        }
+        let mut outcome = SaveOutcome::default();
+        let mut gone = false;
+        let session = st.session.clone();
+        if let (Some(session), Some((_, slot))) = (&session, &st.slot) {
+            let mut s = slot.state.lock().await;
+            if session.is_invalidated() {
+                if let Err(e) = engine.invalidate(session, &s.known).await {
+                    result = result.and(Err(e));
+                }
+                s.session = None;
+                gone = true;
+            } else if result.is_ok() {
+                let policy = if s.lock.is_some() || (s.unlocked_guess && !st.locked_request) {
+                    WritePolicy::Refuse
+                } else {
+                    WritePolicy::Merge
+                };
+                let changed = session.lock().is_changed().unwrap_or(true);
+                if changed && s.unlocked_guess && s.lock.is_none() {
+                    engine.stats.auto_readonly_misses.fetch_add(1, Relaxed);
+                    tracing::warn!(path = %self.inner.path, "request guessed read-only (auto locking) changed the session; written only if nobody wrote since it was read");
+                }
+                match engine.save(session, slot, &mut s, policy).await {
+                    Ok(Saved { written, gone: g }) => {
+                        outcome.written = written;
+                        if g {
+                            s.session = None;
+                            gone = true;
+                        }
+                    }
+                    Err(e) => {
+                        // Not kept in memory: the stored copies are the truth.
+                        s.session = None;
+                        s.loaded = false;
+                        result = Err(e);
+                    }
+                }
+                engine.note_path(&self.inner.path, changed);
+            }
+        }
+        if let Some((key, slot)) = st.slot.take() {
+            let last = engine.local.leave(&key, &slot);
+            if last {
+                engine.release_lock(&key, &slot).await;
+            }
+            let forget = gone || result.is_err() || engine.config.mode == Mode::NonSticky;
+            if forget {
+                engine.local.forget(&key, &slot);
+            }
+        }
+        let live = session.filter(|s| !gone && !s.is_invalidated());
+        match &live {
+            Some(s) if result.is_ok() => {
+                engine.stats.requests_with_session.fetch_add(1, Relaxed);
+                let id = s.id().to_string();
+                if st.presented.as_deref() != Some(id.as_str()) {
+                    outcome.cookie = CookieDecision::Set(id.clone());
+                }
+                outcome.session_id = Some(id);
+            }
+            Some(_) => {}
+            None => {
+                engine.stats.requests_without_session.fetch_add(1, Relaxed);
+                if !st.load_failed
+                    && st.loaded
+                    && (st.presented.is_some() || !self.inner.candidates.is_empty())
+                {
+                    outcome.cookie = CookieDecision::Remove;
+                }
+            }
+        }
+        result.map(|()| outcome)
+    }
+}
