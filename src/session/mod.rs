@@ -43,6 +43,7 @@ pub mod format;
 pub mod id;
 mod lock;
 pub mod model;
+mod readonly_paths;
 mod service;
 pub mod stats;
 mod store;
@@ -52,7 +53,10 @@ pub use codec::{Codec, CodecKind, MessagePack};
 pub use config::{
     LockTimeoutPolicy, LockingMode, Mode, NodeSpec, SessionConfig, SessionConfigBuilder, WriteMode,
 };
-pub use cookie::{encode_url, strip_url_session_id, CookieConfig, CookieDecision, SameSite};
+pub use cookie::{
+    encode_url, strip_url_session_id, CookieConfig, CookieDecision, SameSite, SessionIdCandidates,
+    MAX_SESSION_ID_CANDIDATES,
+};
 pub use id::{SessionId, SessionKey};
 pub use model::{AttributeValue, Session, SessionData, SessionGuard};
 pub use service::{BackupSessionService, RequestInfo, SaveOutcome, SessionRequest};

@@ -1,6 +1,6 @@
 //! The service: per-request load / create / save / invalidate for both modes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use super::cookie::{strip_url_session_id, CookieDecision};
 use super::id::{SessionId, SessionKey};
 use super::lock::{self, HeldLock, LockOutcome};
 use super::model::{Session, SessionData, WriteSnapshot};
+use super::readonly_paths::ReadOnlyPaths;
 use super::stats::{SessionStats, StatsSnapshot};
 use super::store::{Fetched, Store};
 use super::SessionError;
@@ -92,13 +93,6 @@ struct Slot {
 struct SlotRef {
     slot: Arc<Slot>,
     refs: usize,
-}
-
-/// Paths seen read-only (`auto` locking), bounded, oldest forgotten first.
-#[derive(Default)]
-struct ReadOnlyPaths {
-    set: HashSet<String>,
-    order: VecDeque<String>,
 }
 
 struct AsyncJob {
@@ -183,12 +177,16 @@ impl BackupSessionService {
         } else {
             (None, None)
         };
+        let readonly = Mutex::new(ReadOnlyPaths::new(
+            config.auto_readonly_paths,
+            config.auto_readonly_bytes,
+        ));
         let inner = Arc::new(Inner {
             config,
             store,
             stats,
             slots: Mutex::new(HashMap::new()),
-            readonly: Mutex::new(ReadOnlyPaths::default()),
+            readonly,
             async_tx: tx,
             async_pending: AtomicUsize::new(0),
             async_idle: Notify::new(),
@@ -298,7 +296,7 @@ impl Inner {
             LockingMode::All => true,
             LockingMode::UriPattern(re) => re.is_match(path),
             LockingMode::Auto => {
-                let read_only = lock_std(&self.readonly).set.contains(path);
+                let read_only = lock_std(&self.readonly).contains(path);
                 if read_only {
                     self.stats.auto_readonly_unlocked.fetch_add(1, Relaxed);
                 }
@@ -311,19 +309,7 @@ impl Inner {
         if !matches!(self.config.locking, LockingMode::Auto) {
             return;
         }
-        let mut ro = lock_std(&self.readonly);
-        if changed {
-            if ro.set.remove(path) {
-                ro.order.retain(|p| p != path);
-            }
-        } else if self.config.auto_readonly_paths > 0 && ro.set.insert(path.to_owned()) {
-            ro.order.push_back(path.to_owned());
-            while ro.order.len() > self.config.auto_readonly_paths {
-                if let Some(old) = ro.order.pop_front() {
-                    ro.set.remove(&old);
-                }
-            }
-        }
+        lock_std(&self.readonly).note(path, changed);
     }
 
     /// Gets or makes the slot of `key`; `join`: count a reference (non-sticky).
