@@ -17,9 +17,8 @@ use kit::memcached::raw;
 use kit::Cluster;
 use memkeep::session::tower::SessionLayer;
 use memkeep::session::{
-    BackupSessionService, Mode, SessionError, SessionKey, SessionRequest, MAX_SESSION_ID_CANDIDATES,
+    BackupSessionService, SessionError, SessionKey, SessionRequest, MAX_SESSION_ID_CANDIDATES,
 };
-use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
 async fn hits(session: SessionRequest) -> Result<String, SessionError> {
@@ -112,23 +111,10 @@ async fn the_layer_sets_the_cookie_and_another_instance_continues_the_session() 
     assert!(new_id.ends_with(".b"));
 }
 
-/// A non-sticky instance with URL rewriting opted in.
-fn non_sticky_url_rewriting(cluster: &Cluster) -> BackupSessionService {
-    BackupSessionService::new(
-        session_kit::config(cluster, Mode::NonSticky)
-            .locking_str("all")
-            .lock_wait(Duration::from_secs(10))
-            .url_rewriting(true)
-            .build()
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_url_rewritten_id_reaches_the_route_and_the_session_when_opted_in() {
     let cluster = Cluster::start(2);
-    let a = non_sticky_url_rewriting(&cluster);
+    let a = session_kit::non_sticky_with(&cluster, "all", |b| b.url_rewriting(true));
     let id = first_visit(&a).await;
     let (status, body, _) = send(&a, &format!("/;jsessionid={id}"), None).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "2"));
