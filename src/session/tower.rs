@@ -94,10 +94,8 @@ where
                 .cookie()
                 .collect_session_ids(value.as_bytes(), &mut ids);
         }
-        let (path, url_id) = match strip_url_session_id(req.uri().path()) {
-            (clean, Some(id)) => (clean, Some(id.to_owned())),
-            (clean, None) => (clean, None),
-        };
+        let (path, url_id) = strip_url_session_id(req.uri().path());
+        let url_id = url_id.map(str::to_owned);
         if let Some(id) = url_id {
             if config.url_rewriting() {
                 ids.push(&id);
