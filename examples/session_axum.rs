@@ -12,6 +12,10 @@
 //!     cargo run --example session_axum --features axum
 //! curl -c jar -b jar localhost:3001/ ; curl -c jar -b jar localhost:3002/
 //! ```
+//!
+//! The cookie is `Secure` (the default); curl (7.88) keeps it for `localhost`. To serve
+//! plain HTTP on another host during development, set
+//! `.cookie(CookieConfig { secure: false, ..CookieConfig::default() })`.
 
 use axum::routing::get;
 use axum::Router;

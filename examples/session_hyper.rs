@@ -6,6 +6,10 @@
 //! MEMKEEP_NODES=n0:127.0.0.1:11211 cargo run --example session_hyper
 //! curl -c jar -b jar localhost:3000/
 //! ```
+//!
+//! The cookie is `Secure` (the default); curl (7.88) keeps it for `localhost`. To serve
+//! plain HTTP on another host during development, set
+//! `.cookie(CookieConfig { secure: false, ..CookieConfig::default() })`.
 
 use std::convert::Infallible;
 
@@ -16,26 +20,26 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use memkeep::session::{BackupSessionService, RequestInfo, SessionConfig, SessionError};
+use memkeep::session::{
+    BackupSessionService, RequestInfo, SessionConfig, SessionError, SessionIdCandidates,
+};
 
 async fn handle(
     sessions: BackupSessionService,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    // 1. The ids the request presents (cookie; `;jsessionid=` in the path is handled by
-    //    the service).
-    let mut ids = Vec::new();
+    // 1. The ids the request presents: the session cookie's values in every `Cookie`
+    //    header, read as bytes (another cookie may hold non-ASCII bytes), at most a few
+    //    distinct ones. (`;jsessionid=` in the path is only taken with url_rewriting on,
+    //    by the service.)
+    let mut ids = SessionIdCandidates::new();
     for v in req.headers().get_all(COOKIE) {
-        if let Ok(text) = v.to_str() {
-            ids.extend(
-                sessions
-                    .ids_from_cookie_header(text)
-                    .into_iter()
-                    .map(str::to_owned),
-            );
-        }
+        sessions
+            .config()
+            .cookie()
+            .collect_session_ids(v.as_bytes(), &mut ids);
     }
-    let request = sessions.request(RequestInfo::new(req.uri().path()).session_ids(ids));
+    let request = sessions.request(RequestInfo::new(req.uri().path()).session_ids(ids.into_ids()));
 
     // 2. The handler.
     let body: Result<String, SessionError> = async {

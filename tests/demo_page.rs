@@ -179,6 +179,47 @@ fn an_attribute_added_on_one_instance_is_shown_by_the_other_which_takes_the_sess
 }
 
 #[test]
+fn a_non_ascii_cookie_beside_the_session_cookie_keeps_the_session_over_http() {
+    let cluster = Cluster::start(2);
+    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    let r = http(web1.addr(), "GET", "/?dataName=a&dataValue=1", &[], None).expect("GET");
+    let id = set_cookie_id(&r).expect("id");
+    let cookie = format!("lang=français; JSESSIONID={id}; theme=dark");
+    let r = http(
+        web1.addr(),
+        "GET",
+        "/?dataName=b&dataValue=2",
+        &[("Cookie", &cookie)],
+        None,
+    )
+    .expect("GET");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.attribute_lines(),
+        vec!["a = 1".to_string(), "b = 2".to_string()],
+        "the same session:\n{}",
+        r.body
+    );
+    assert!(
+        set_cookie_id(&r).is_none(),
+        "the same session: no new cookie"
+    );
+}
+
+#[test]
+fn the_demo_opts_out_of_the_secure_cookie_for_plain_http() {
+    let cluster = Cluster::start(2);
+    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    let r = http(web1.addr(), "GET", "/", &[], None).expect("GET");
+    let set = r.headers_named("set-cookie");
+    assert!(
+        set.iter()
+            .any(|c| c.starts_with("JSESSIONID=") && !c.contains("Secure")),
+        "{set:?}"
+    );
+}
+
+#[test]
 fn without_a_cookie_the_links_and_the_form_carry_the_session_id_and_continue_the_session() {
     let cluster = Cluster::start(2);
     let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);

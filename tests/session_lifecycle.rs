@@ -355,12 +355,26 @@ async fn memcached_refusing_an_item_is_reported_as_too_large() {
 }
 
 #[tokio::test]
-async fn a_url_rewritten_id_finds_the_session_and_is_stripped_from_the_path() {
+async fn a_url_rewritten_id_finds_the_session_and_is_stripped_from_the_path_when_opted_in() {
     let cluster = Cluster::start(2);
-    let svc = session_kit::sticky(&cluster, "a");
+    let svc = BackupSessionService::new(
+        config(&cluster, Mode::Sticky)
+            .route("a")
+            .url_rewriting(true)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     let mut browser = Browser::new();
     browser.increment(&svc, "n").await.unwrap();
     let id = browser.cookie.clone().unwrap();
+
+    // Off by default: a URL id is not taken (session fixation).
+    let default = session_kit::sticky(&cluster, "b");
+    let req = default.request(RequestInfo::new(format!("/cart;jsessionid={id}")));
+    assert!(req.session().await.unwrap().is_none());
+    req.finish().await.unwrap();
+
     let req = svc.request(RequestInfo::new(format!("/cart;jsessionid={id}")));
     assert_eq!(req.path(), "/cart");
     let s = req.session().await.unwrap().unwrap();

@@ -396,3 +396,35 @@ async fn non_sticky_all_loses_no_acknowledged_save_when_a_node_is_killed_mid_loa
         );
     }
 }
+
+#[tokio::test]
+async fn locking_auto_remembers_read_only_paths_within_auto_readonly_bytes_only() {
+    let cluster = Cluster::start(2);
+    let a = session_kit::non_sticky_with(&cluster, "auto", |b| b.auto_readonly_bytes(16));
+    let mut browser = Browser::new();
+    browser.increment(&a, "n").await.unwrap();
+    let unlocked = || a.stats().auto_readonly_unlocked;
+
+    // A path longer than the byte bound is never remembered: it stays locked.
+    let long = format!("/{}", "x".repeat(16));
+    for _ in 0..3 {
+        browser.visit(&a, &long, |_| ()).await.unwrap();
+    }
+    assert_eq!(unlocked(), 0);
+
+    // Two 8-byte paths fill the 16 bytes and are both remembered.
+    for path in ["/aaaaaaa", "/bbbbbbb", "/aaaaaaa", "/bbbbbbb"] {
+        browser.visit(&a, path, |_| ()).await.unwrap();
+    }
+    assert_eq!(unlocked(), 2);
+    // A third pushes out the least recently noted one (/aaaaaaa): locked again.
+    browser.visit(&a, "/ccccccc", |_| ()).await.unwrap();
+    let locks = a.stats().locks_acquired;
+    browser.visit(&a, "/aaaaaaa", |_| ()).await.unwrap();
+    assert_eq!(
+        a.stats().locks_acquired,
+        locks + 1,
+        "/aaaaaaa was forgotten"
+    );
+    assert_eq!(unlocked(), 2);
+}

@@ -19,8 +19,8 @@ use axum::routing::{any, get};
 use axum::Router;
 use memkeep::session::tower::SessionLayer;
 use memkeep::session::{
-    encode_url, strip_url_session_id, BackupSessionService, CodecKind, Mode, SessionConfig,
-    SessionError, SessionId, SessionRequest,
+    encode_url, strip_url_session_id, BackupSessionService, CodecKind, CookieConfig, Mode,
+    SessionConfig, SessionError, SessionId, SessionIdCandidates, SessionRequest,
 };
 use serde_json::json;
 use tower::Layer;
@@ -73,7 +73,18 @@ pub async fn run(options: InstanceOptions) -> Result<(), Box<dyn std::error::Err
         .mode(options.mode)
         .codec(options.codec)
         .locking_str(&options.locking)
-        .operation_timeout(options.operation_timeout);
+        .operation_timeout(options.operation_timeout)
+        // The demo serves plain HTTP on a local machine: it opts out of the Secure
+        // cookie (browsers drop a Secure cookie set over http://, localhost aside in some).
+        // Never do this behind HTTPS.
+        .cookie(CookieConfig {
+            secure: false,
+            ..CookieConfig::default()
+        })
+        // Its cookie-less visitor mode carries the id in links (`;jsessionid=`): opted in
+        // here, with the session-fixation risk that brings (docs/session.md). Off by
+        // default.
+        .url_rewriting(true);
     if options.mode == Mode::Sticky {
         config = config.route(options.route.clone());
     }
@@ -280,13 +291,14 @@ async fn render(
 
     // Which id the request presented: the URL one first (as balancers route), else the
     // cookie.
-    let cookie_ids: Vec<String> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|h| app.service.ids_from_cookie_header(h))
-        .map(str::to_owned)
-        .collect();
+    let mut candidates = SessionIdCandidates::new();
+    for value in headers.get_all(COOKIE) {
+        app.service
+            .config()
+            .cookie()
+            .collect_session_ids(value.as_bytes(), &mut candidates);
+    }
+    let cookie_ids = candidates.into_ids();
     let raw_path = raw.map(|r| r.0 .0.path().to_owned());
     let url_id = raw_path
         .as_deref()

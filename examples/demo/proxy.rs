@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use memkeep::session::{CookieConfig, SessionIdCandidates};
+
 use crate::web::route_of;
 
 /// Largest request head accepted.
@@ -49,23 +51,37 @@ pub async fn serve(
     }
 }
 
-/// The request head: the target and the headers, as text.
+/// The request head: the target (text) and the header lines (bytes: a header value may
+/// hold any byte, e.g. a cookie `lang=français` in Latin-1).
 struct Head {
     target: String,
-    lines: Vec<String>,
+    lines: Vec<Vec<u8>>,
     request_line: String,
 }
 
 fn parse_head(bytes: &[u8]) -> Option<Head> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next()?.to_owned();
+    let mut lines = bytes
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = std::str::from_utf8(lines.next()?).ok()?.to_owned();
     let target = request_line.split_whitespace().nth(1)?.to_owned();
     Some(Head {
         target,
         request_line,
-        lines: lines.filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+        lines: lines
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect(),
     })
+}
+
+/// A header line's name (lower case) and value.
+fn split_header(line: &[u8]) -> Option<(String, &[u8])> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = String::from_utf8_lossy(&line[..colon])
+        .trim()
+        .to_ascii_lowercase();
+    Some((name, &line[colon + 1..]))
 }
 
 impl Head {
@@ -77,40 +93,45 @@ impl Head {
                 return Some(r.to_owned());
             }
         }
-        self.lines
+        // The crate's own parser: the JSESSIONID values, however many `Cookie` headers
+        // and whatever bytes the other cookies hold.
+        let cookie = CookieConfig::default();
+        let mut ids = SessionIdCandidates::new();
+        for line in &self.lines {
+            if let Some((name, value)) = split_header(line) {
+                if name == "cookie" {
+                    cookie.collect_session_ids(value, &mut ids);
+                }
+            }
+        }
+        ids.ids()
             .iter()
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("cookie"))
-            .flat_map(|(_, v)| v.split(';'))
-            .filter_map(|c| c.split_once('='))
-            .find(|(k, _)| k.trim() == "JSESSIONID")
-            .and_then(|(_, v)| route_of(v.trim()).map(str::to_owned))
+            .find_map(|id| route_of(id))
+            .map(str::to_owned)
     }
 
     /// The head to send on: `Connection: close`, `X-Forwarded-For`.
     fn rewritten(&self, peer: SocketAddr) -> Vec<u8> {
-        let mut out = format!("{}\r\n", self.request_line);
+        let mut out = format!("{}\r\n", self.request_line).into_bytes();
         for l in &self.lines {
-            let name = l
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let name = split_header(l).map(|(n, _)| n).unwrap_or_default();
             if matches!(
                 name.as_str(),
                 "connection" | "keep-alive" | "proxy-connection"
             ) {
                 continue;
             }
-            out.push_str(l);
-            out.push_str("\r\n");
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
         }
-        out.push_str(&format!(
-            "Connection: close\r\nX-Forwarded-For: {}\r\n\r\n",
-            peer.ip()
-        ));
-        out.into_bytes()
+        out.extend_from_slice(
+            format!(
+                "Connection: close\r\nX-Forwarded-For: {}\r\n\r\n",
+                peer.ip()
+            )
+            .as_bytes(),
+        );
+        out
     }
 }
 

@@ -141,6 +141,7 @@ pub struct SessionConfig {
     pub(crate) url_rewriting: bool,
     pub(crate) auto_readonly_paths: usize,
     pub(crate) max_local_sessions: usize,
+    pub(crate) auto_readonly_bytes: usize,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -194,7 +195,7 @@ impl SessionConfig {
         &self.cookie
     }
 
-    /// True when `;jsessionid=` path parameters are accepted.
+    /// True when `;jsessionid=` path parameters are accepted (opt-in: off by default).
     pub fn url_rewriting(&self) -> bool {
         self.url_rewriting
     }
@@ -227,6 +228,7 @@ pub struct SessionConfigBuilder {
     url_rewriting: bool,
     auto_readonly_paths: usize,
     max_local_sessions: usize,
+    auto_readonly_bytes: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -249,9 +251,10 @@ impl Default for SessionConfigBuilder {
             max_session_size: 1024 * 1024 - 1024,
             operation_timeout: Duration::from_secs(1),
             cookie: CookieConfig::default(),
-            url_rewriting: true,
+            url_rewriting: false,
             auto_readonly_paths: 1000,
             max_local_sessions: 100_000,
+            auto_readonly_bytes: 64 * 1024,
             clock: Arc::new(SystemClock),
         }
     }
@@ -378,13 +381,19 @@ impl SessionConfigBuilder {
         self
     }
 
-    /// Accept session ids from `;jsessionid=` path parameters (default true).
+    /// Accept session ids from `;jsessionid=` path parameters, for clients without
+    /// cookies (default **false**). Opt in knowingly: an id in a URL enables session
+    /// fixation (a victim who follows a link carrying an attacker's id works in, and
+    /// writes into, the attacker's session) and leaks through `Referer`, logs and
+    /// shared links. Renew the id on login ([`super::SessionRequest::create`]) when it
+    /// is on.
     pub fn url_rewriting(mut self, on: bool) -> Self {
         self.url_rewriting = on;
         self
     }
 
-    /// `auto` locking: how many read-only paths are remembered (default 1000).
+    /// `auto` locking: how many read-only paths are remembered (default 1000; 0: none,
+    /// every request is locked).
     pub fn auto_readonly_paths(mut self, n: usize) -> Self {
         self.auto_readonly_paths = n;
         self
@@ -396,6 +405,15 @@ impl SessionConfigBuilder {
     /// reads them back from memcached. Must be at least 1.
     pub fn max_local_sessions(mut self, n: usize) -> Self {
         self.max_local_sessions = n;
+        self
+    }
+
+    /// `auto` locking: how many bytes of read-only paths (the sum of their lengths) are
+    /// remembered (default 64 KiB). Past it, the least recently seen paths are
+    /// forgotten; a longer path is never remembered. Must be positive unless
+    /// `auto_readonly_paths` is 0.
+    pub fn auto_readonly_bytes(mut self, bytes: usize) -> Self {
+        self.auto_readonly_bytes = bytes;
         self
     }
 
@@ -509,6 +527,12 @@ impl SessionConfigBuilder {
                 "must be positive",
             ));
         }
+        if self.auto_readonly_paths > 0 && self.auto_readonly_bytes == 0 {
+            return Err(SessionError::config(
+                "auto_readonly_bytes",
+                "is 0, so no read-only path could be remembered although auto_readonly_paths is positive; give a positive size (default 64 KiB) or set auto_readonly_paths to 0",
+            ));
+        }
         self.cookie.validate()?;
         Ok(SessionConfig {
             nodes,
@@ -530,6 +554,7 @@ impl SessionConfigBuilder {
             url_rewriting: self.url_rewriting,
             auto_readonly_paths: self.auto_readonly_paths,
             max_local_sessions: self.max_local_sessions,
+            auto_readonly_bytes: self.auto_readonly_bytes,
             clock: self.clock,
         })
     }
@@ -599,6 +624,46 @@ mod tests {
         assert_eq!(c.lock_wait, Duration::from_secs(3));
         assert_eq!(c.codec, CodecKind::MessagePack);
         assert_eq!(c.cookie.name, "JSESSIONID");
+        assert_eq!(c.auto_readonly_paths, 1000);
+        assert_eq!(c.auto_readonly_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn secure_defaults_no_url_ids_and_a_secure_cookie() {
+        let c = SessionConfig::builder().nodes("n1:h:1").build().unwrap();
+        assert!(!c.url_rewriting());
+        assert!(c.cookie().secure);
+        let opted = SessionConfig::builder()
+            .nodes("n1:h:1")
+            .url_rewriting(true)
+            .cookie(CookieConfig {
+                secure: false,
+                ..CookieConfig::default()
+            })
+            .build()
+            .unwrap();
+        assert!(opted.url_rewriting());
+        assert!(!opted.cookie().secure);
+    }
+
+    #[test]
+    fn contradictory_settings_are_refused_at_build_naming_the_field() {
+        let b = || SessionConfig::builder().nodes("n1:h:1");
+        let r = b()
+            .cookie(CookieConfig {
+                same_site: super::super::SameSite::None,
+                secure: false,
+                ..CookieConfig::default()
+            })
+            .build();
+        assert_eq!(field_of(r), "cookie.same_site");
+        let r = b().auto_readonly_bytes(0).build();
+        assert_eq!(field_of(r), "auto_readonly_bytes");
+        assert!(b()
+            .auto_readonly_paths(0)
+            .auto_readonly_bytes(0)
+            .build()
+            .is_ok());
     }
 
     #[test]

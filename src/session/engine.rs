@@ -2,7 +2,6 @@
 //! (write, merge, refresh or repair), invalidates it. The rules about copies live in
 //! `store`; the rules about which requests may merge live here ([`WritePolicy`]).
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,6 +12,7 @@ use super::local::{LocalSessions, Slot, SlotState};
 use super::lock::{self, HeldLock, LockOutcome};
 use super::model::{Session, SessionData, WriteSnapshot};
 use super::placement::Copies;
+use super::readonly_paths::ReadOnlyPaths;
 use super::stats::SessionStats;
 use super::store::{Fetched, KnownCopies, Latest, Replicated, Store};
 use super::writer::AsyncWriter;
@@ -43,13 +43,6 @@ pub(crate) struct Saved {
     pub(crate) gone: bool,
 }
 
-/// Paths seen read-only (`auto` locking), bounded, oldest forgotten first.
-#[derive(Default)]
-struct ReadOnlyPaths {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-}
-
 /// The state one service shares between its requests.
 pub(crate) struct Engine {
     pub(crate) config: SessionConfig,
@@ -72,12 +65,16 @@ impl Engine {
         writer: Option<AsyncWriter>,
     ) -> Self {
         let local = LocalSessions::new(config.mode == Mode::Sticky, config.max_local_sessions);
+        let readonly = Mutex::new(ReadOnlyPaths::new(
+            config.auto_readonly_paths,
+            config.auto_readonly_bytes,
+        ));
         Engine {
             config,
             store,
             stats,
             local,
-            readonly: Mutex::new(ReadOnlyPaths::default()),
+            readonly,
             writer,
         }
     }
@@ -94,7 +91,7 @@ impl Engine {
             LockingMode::All => true,
             LockingMode::UriPattern(re) => re.is_match(path),
             LockingMode::Auto => {
-                let read_only = lock_std(&self.readonly).set.contains(path);
+                let read_only = lock_std(&self.readonly).contains(path);
                 if read_only {
                     self.stats.auto_readonly_unlocked.fetch_add(1, Relaxed);
                 }
@@ -109,19 +106,7 @@ impl Engine {
         {
             return;
         }
-        let mut ro = lock_std(&self.readonly);
-        if changed {
-            if ro.set.remove(path) {
-                ro.order.retain(|p| p != path);
-            }
-        } else if self.config.auto_readonly_paths > 0 && ro.set.insert(path.to_owned()) {
-            ro.order.push_back(path.to_owned());
-            while ro.order.len() > self.config.auto_readonly_paths {
-                if let Some(old) = ro.order.pop_front() {
-                    ro.set.remove(&old);
-                }
-            }
-        }
+        lock_std(&self.readonly).note(path, changed);
     }
 
     async fn take_lock(&self, key: &SessionKey) -> Result<Option<HeldLock>, SessionError> {

@@ -47,6 +47,7 @@ mod local;
 mod lock;
 pub mod model;
 mod placement;
+mod readonly_paths;
 mod request;
 mod service;
 pub mod stats;
@@ -58,12 +59,15 @@ pub use codec::{Codec, CodecKind, MessagePack};
 pub use config::{
     LockTimeoutPolicy, LockingMode, Mode, NodeSpec, SessionConfig, SessionConfigBuilder, WriteMode,
 };
-pub use cookie::{encode_url, strip_url_session_id, CookieConfig, CookieDecision, SameSite};
+pub use cookie::{
+    encode_url, strip_url_session_id, CookieConfig, CookieDecision, SameSite, SessionIdCandidates,
+    MAX_SESSION_ID_CANDIDATES,
+};
 pub use error::SessionError;
 pub use id::{SessionId, SessionKey};
 pub use model::{AttributeValue, Session, SessionData, SessionGuard};
 pub use request::{SaveOutcome, SessionRequest};
-pub use service::{BackupSessionService, RequestInfo, MAX_SESSION_ID_CANDIDATES};
+pub use service::{BackupSessionService, RequestInfo};
 pub use stats::{DistributionSnapshot, SessionStats, StatsSnapshot};
 
 #[cfg(feature = "tower")]

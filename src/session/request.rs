@@ -44,15 +44,23 @@ pub(crate) struct RequestInner {
     engine: Arc<Engine>,
     path: String,
     candidates: Vec<String>,
+    /// The request presented some id (even one that is not a candidate).
+    presented: bool,
     state: tokio::sync::Mutex<ReqState>,
 }
 
 impl RequestInner {
-    pub(crate) fn new(engine: Arc<Engine>, path: String, candidates: Vec<String>) -> Self {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        path: String,
+        candidates: Vec<String>,
+        presented: bool,
+    ) -> Self {
         RequestInner {
             engine,
             path,
             candidates,
+            presented,
             state: tokio::sync::Mutex::new(ReqState::default()),
         }
     }
@@ -315,9 +323,7 @@ impl SessionRequest {
             Some(_) => {}
             None => {
                 engine.stats.requests_without_session.fetch_add(1, Relaxed);
-                if !st.load_failed
-                    && st.loaded
-                    && (st.presented.is_some() || !self.inner.candidates.is_empty())
+                if !st.load_failed && st.loaded && (st.presented.is_some() || self.inner.presented)
                 {
                     outcome.cookie = CookieDecision::Remove;
                 }

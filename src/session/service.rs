@@ -1,7 +1,6 @@
 //! The service facade: one per application instance; builds the store, the engine and
 //! the async writer, and hands out per-request handles.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -9,17 +8,13 @@ use std::time::Duration;
 use crate::Client;
 
 use super::config::{Mode, SessionConfig};
-use super::cookie::{strip_url_session_id, CookieDecision};
+use super::cookie::{strip_url_session_id, CookieDecision, SessionIdCandidates};
 use super::engine::Engine;
 use super::request::{RequestInner, SessionRequest};
 use super::stats::{SessionStats, StatsSnapshot};
 use super::store::Store;
 use super::writer::AsyncWriter;
 use super::SessionError;
-
-/// The most distinct candidate ids one request looks at (a `Cookie` header may carry
-/// the cookie several times; thousands of them must not cost thousands of reads).
-pub const MAX_SESSION_ID_CANDIDATES: usize = 4;
 
 /// What the service needs to know about a request.
 #[derive(Clone, Debug, Default)]
@@ -135,36 +130,33 @@ impl BackupSessionService {
     /// Starts handling one request. Call [`SessionRequest::finish`] at its end.
     pub fn request(&self, info: RequestInfo) -> SessionRequest {
         // The URL id is stripped from the path here and only here (the tower layer
-        // passes the path on as it got it).
+        // routes on the request's `path()`).
         let (path, url_id) = strip_url_session_id(&info.path);
-        let url_id = url_id
-            .filter(|_| self.inner.config.url_rewriting)
-            .map(str::to_owned);
-        let mut seen = HashSet::new();
-        let mut candidates = Vec::new();
-        let mut ignored = 0u64;
-        for id in info.session_ids.into_iter().chain(url_id) {
-            if seen.contains(&id) {
-                continue;
+        let url_id = url_id.filter(|_| self.inner.config.url_rewriting);
+        let mut candidates = SessionIdCandidates::new();
+        let mut presented = false;
+        for id in info.session_ids.iter().map(String::as_str).chain(url_id) {
+            presented = true;
+            let seen = candidates.ids().iter().any(|c| c == id);
+            if !candidates.push(id) && !seen && !candidates.is_truncated() {
+                // Not even a cookie value: cannot be an id.
+                self.inner.stats.invalid_ids.fetch_add(1, Relaxed);
             }
-            if candidates.len() == MAX_SESSION_ID_CANDIDATES {
-                ignored += 1;
-                continue;
-            }
-            seen.insert(id.clone());
-            candidates.push(id);
         }
-        if ignored > 0 {
-            self.inner
-                .stats
-                .candidates_ignored
-                .fetch_add(ignored, Relaxed);
+        if candidates.is_truncated() {
+            self.inner.stats.candidates_ignored.fetch_add(1, Relaxed);
             tracing::warn!(
-                ignored,
+                kept = candidates.len(),
                 "request presented more distinct session ids than are looked at; the rest are ignored"
             );
         }
-        SessionRequest::new(RequestInner::new(Arc::clone(&self.inner), path, candidates))
+        let candidates = candidates.into_ids();
+        SessionRequest::new(RequestInner::new(
+            Arc::clone(&self.inner),
+            path,
+            candidates,
+            presented,
+        ))
     }
 
     /// The candidate ids in a `Cookie` header (the configured cookie name).

@@ -2,11 +2,16 @@
 //! the inner service answered (feature `tower`), and an axum extractor for it (feature
 //! `axum`).
 //!
-//! The layer reads the session id from the configured cookie (every occurrence) and,
-//! with URL rewriting on, from a `;jsessionid=` path parameter, which it strips from the
-//! URI so routing sees the plain path. To have that stripping happen before routing,
-//! wrap the whole router (`SessionLayer::new(service).layer(router)`) rather than
-//! adding the layer with `Router::layer`.
+//! The layer reads the session id candidates from the configured cookie in every
+//! `Cookie` header, read as bytes (another cookie holding non-ASCII bytes does not hide
+//! the session cookie), and, with `url_rewriting` on (off by default), from a
+//! `;jsessionid=` path parameter; at most
+//! [`MAX_SESSION_ID_CANDIDATES`](super::cookie::MAX_SESSION_ID_CANDIDATES) distinct
+//! candidates, in that order. A `;jsessionid=` parameter is always stripped from the URI
+//! so routing sees the plain path (with `url_rewriting` off its id is ignored). To have
+//! that stripping happen before routing, wrap the whole router
+//! (`SessionLayer::new(service).layer(router)`) rather than adding the layer with
+//! `Router::layer`.
 //!
 //! When finishing fails (the session could not be written: memcached down, too large,
 //! a lost lock), the response is replaced by a `500` (`503` for a lock timeout) and the
@@ -19,7 +24,7 @@ use std::task::{Context, Poll};
 use http::header::{HeaderValue, COOKIE, SET_COOKIE};
 use http::{Request, Response, StatusCode, Uri};
 
-use super::cookie::strip_url_session_id;
+use super::cookie::SessionIdCandidates;
 use super::{BackupSessionService, RequestInfo, SessionError, SessionRequest};
 
 /// The layer. Cheap to clone.
@@ -82,30 +87,29 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let mut ids: Vec<String> = Vec::new();
+        let config = self.service.config();
+        let mut ids = SessionIdCandidates::new();
         for value in req.headers().get_all(COOKIE) {
-            if let Ok(text) = value.to_str() {
-                ids.extend(
-                    self.service
-                        .ids_from_cookie_header(text)
-                        .into_iter()
-                        .map(str::to_owned),
-                );
-            }
+            config
+                .cookie()
+                .collect_session_ids(value.as_bytes(), &mut ids);
         }
-        let path = req.uri().path().to_owned();
-        if self.service.config().url_rewriting() {
-            let (clean, id) = strip_url_session_id(&path);
-            if let Some(id) = id {
-                ids.push(id.to_owned());
-                if let Some(uri) = rewrite_path(req.uri(), &clean) {
-                    *req.uri_mut() = uri;
-                }
-            }
+        if ids.is_truncated() {
+            tracing::debug!(
+                kept = ids.len(),
+                "more session id candidates than the bound; the rest were ignored"
+            );
         }
+        // The service strips a `;jsessionid=` parameter (and takes it as a candidate when
+        // `url_rewriting` is on); the router sees the path without it either way.
         let session_request = self
             .service
-            .request(RequestInfo::new(strip_url_session_id(&path).0).session_ids(ids));
+            .request(RequestInfo::new(req.uri().path()).session_ids(ids.into_ids()));
+        if session_request.path() != req.uri().path() {
+            if let Some(uri) = rewrite_path(req.uri(), session_request.path()) {
+                *req.uri_mut() = uri;
+            }
+        }
         req.extensions_mut().insert(session_request.clone());
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

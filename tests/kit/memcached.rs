@@ -424,10 +424,16 @@ pub mod raw {
 
     /// Number of items currently stored (`stats` `curr_items`).
     pub fn curr_items(addr: &str) -> u64 {
+        stat(addr, "curr_items")
+    }
+
+    /// One numeric counter of the general `stats` (e.g. `cmd_get`, `curr_items`).
+    pub fn stat(addr: &str, name: &str) -> u64 {
+        let prefix = format!("STAT {name} ");
         exchange(addr, b"stats\r\n", &["END"])
             .iter()
-            .find_map(|l| l.strip_prefix("STAT curr_items "))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.parse().ok())
-            .expect("STAT curr_items in stats")
+            .unwrap_or_else(|| panic!("STAT {name} in stats"))
     }
 }

@@ -38,14 +38,19 @@ pub fn sticky(cluster: &Cluster, route: &str) -> BackupSessionService {
 
 /// A non-sticky instance with a locking mode (`none`, `all`, `auto`, `uriPattern:...`).
 pub fn non_sticky(cluster: &Cluster, locking: &str) -> BackupSessionService {
-    BackupSessionService::new(
-        config(cluster, Mode::NonSticky)
-            .locking_str(locking)
-            .lock_wait(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    )
-    .unwrap()
+    non_sticky_with(cluster, locking, |b| b)
+}
+
+/// [`non_sticky`] with more settings applied by `tune`.
+pub fn non_sticky_with(
+    cluster: &Cluster,
+    locking: &str,
+    tune: impl FnOnce(SessionConfigBuilder) -> SessionConfigBuilder,
+) -> BackupSessionService {
+    let builder = config(cluster, Mode::NonSticky)
+        .locking_str(locking)
+        .lock_wait(Duration::from_secs(10));
+    BackupSessionService::new(tune(builder).build().unwrap()).unwrap()
 }
 
 /// A client of its own for looking at what the servers hold.
