@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use demo_kit::balancer::Kind;
-use demo_kit::{process_alive, route_of, DemoCluster, Stack, Visitor};
+use demo_kit::{eventually, process_alive, route_of, DemoCluster, Stack, Visitor};
 use kit::{History, Outcome};
 
 /// Requests each visitor makes in the stickiness tests.
@@ -244,20 +244,6 @@ fn failover_without_loss(kind: Kind, instance_flags: &[&str]) {
     println!("{}", stack.balancer.logs());
     assert!(reads > 0, "reads were checked");
     history.assert_clean();
-}
-
-/// Polls `cond` every 100 ms until it holds; false after `limit`.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The balancer's active health check finds a killed instance (its log says so), new

@@ -46,6 +46,8 @@ pub struct InstanceOptions {
     pub locking: String,
     /// Memcached operation timeout.
     pub operation_timeout: Duration,
+    /// Simulated application work per page request, with the session loaded.
+    pub work: Duration,
     /// Other instances: `(route, host:port)`.
     pub peers: Vec<(String, String)>,
     /// Show the demo's kill / restart buttons (served by the demo launcher).
@@ -310,6 +312,9 @@ async fn render(
     let created = session.is_new();
     if let Some(name) = param("dataName").filter(|n| !n.is_empty()) {
         session.insert(name, param("dataValue").unwrap_or(""))?;
+    }
+    if !app.options.work.is_zero() {
+        tokio::time::sleep(app.options.work).await;
     }
     let mut attributes = BTreeMap::new();
     for name in session.attribute_names() {

@@ -135,6 +135,10 @@ struct InstanceArgs {
     /// Memcached operation timeout, milliseconds.
     #[arg(long, default_value_t = 500, value_name = "MS")]
     operation_timeout_ms: u64,
+    /// Simulated application work per page request, milliseconds: the page waits this
+    /// long with the session loaded (and, with locking, its lock held) before saving it.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    work_ms: u64,
     /// Another instance, shown (up or down) in the cluster panel; repeatable.
     #[arg(long = "peer", value_name = "ROUTE=HOST:PORT", value_parser = parse_peer)]
     peers: Vec<(String, String)>,
@@ -180,6 +184,7 @@ async fn main() {
                 codec: a.codec,
                 locking: a.locking,
                 operation_timeout: Duration::from_millis(a.operation_timeout_ms.max(1)),
+                work: Duration::from_millis(a.work_ms),
                 peers: a.peers,
                 demo_controls: a.demo_controls,
                 balancer_label: a.balancer_label,

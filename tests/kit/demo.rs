@@ -9,6 +9,8 @@
 //! - [`Stack`]: 2 memcached + 2 instances (routes `web1`, `web2`) + a real balancer
 //!   started from the `deploy/` configuration ([`balancer`], shared with the demo).
 //! - [`DemoCluster`]: the README's `demo cluster` command as a process.
+//! - [`FormVisitor`], [`FormLoad`]: browser-like visitors posting the page's form through
+//!   the balancer, each checking every write it saw acknowledged ([`FormReport`]).
 #![allow(dead_code, unreachable_pub)]
 
 #[path = "../../examples/demo/balancer.rs"]
@@ -19,7 +21,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -765,5 +768,467 @@ pub fn process_alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.trim_start().chars().next())
             .is_some_and(|state| state != 'Z' && state != 'X'),
         Err(_) => false,
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds; false after `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Stack {
+    /// Waits until a cookie-less `GET /healthz` through the balancer is answered by the
+    /// instance `route` (the balancer routes to it: started, or taken back after a
+    /// restart). No session is touched. Bounded by `limit`.
+    pub fn wait_routed(&self, route: &str, limit: Duration) -> bool {
+        let want = format!("ok {route}");
+        eventually(limit, || {
+            http(self.front(), "GET", "/healthz", &[], None)
+                .is_ok_and(|r| r.status == 200 && r.body.trim() == want)
+        })
+    }
+}
+
+/// The random part of a session id (before the first `-`): it never changes while the
+/// session lives (node, backup and route may).
+pub fn random_part(id: &str) -> &str {
+    id.split_once('-').map_or(id, |(r, _)| r)
+}
+
+/// True when one of the response's `Set-Cookie` headers tells the browser to forget
+/// `JSESSIONID` (`Max-Age=0`, or an empty value).
+pub fn removes_session_cookie(r: &Response) -> bool {
+    r.headers_named("set-cookie").iter().any(|c| {
+        c.split(';')
+            .next()
+            .and_then(|p| p.trim().strip_prefix("JSESSIONID="))
+            .is_some_and(|v| {
+                v.is_empty()
+                    || c.split(';')
+                        .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"))
+            })
+    })
+}
+
+/// What one [`FormVisitor`] observed.
+#[derive(Debug, Default, Clone)]
+pub struct FormTally {
+    /// Writes acknowledged: a 200 page showing the attribute just posted.
+    pub acked: u64,
+    /// 200 pages checked against the acknowledged writes.
+    pub pages: u64,
+    /// Failed requests by kind (`io`, `502`, `503`, `409`, ...): never acknowledged.
+    pub failed: BTreeMap<String, u64>,
+    /// Failed responses that told the browser to forget the session cookie (the session
+    /// was never invalidated: always a defect).
+    pub removals_on_failure: u64,
+    /// 200 responses that did the same (also a defect: nothing is invalidated).
+    pub removals_on_success: u64,
+    /// Times the session's random part changed: the session was lost.
+    pub lost_sessions: u64,
+    /// Of those, how many followed a cookie removal this visitor was sent.
+    pub lost_after_removal: u64,
+    /// Acknowledged attributes later missing or with another value.
+    pub lost_writes: u64,
+    /// 200 pages to a write that did not show it.
+    pub unshown_writes: u64,
+    /// The final check never got a 200 page.
+    pub unverified: bool,
+    /// What went wrong, with the visitor's last requests.
+    pub incidents: Vec<String>,
+}
+
+/// Requests remembered per visitor for incident reports.
+const TRACE_LEN: usize = 8;
+
+/// A browser-like client submitting the page's form (POST `dataName`/`dataValue`) through
+/// the balancer, one new attribute per request, with its session in a cookie. It keeps
+/// every write the server acknowledged (a 200 page showing it) and checks, on every later
+/// 200 page and at the end, that they are all there and that the session id's random
+/// part never changed.
+#[derive(Debug)]
+pub struct FormVisitor {
+    /// Visitor number (in attribute values and reports).
+    pub n: usize,
+    browser: Visitor,
+    /// Bytes of the `pad` attribute set first in each session (0: none).
+    pad: usize,
+    seq: u64,
+    random: Option<String>,
+    acked: BTreeMap<String, String>,
+    /// A cookie removal arrived since the last 200 page.
+    removal_pending: bool,
+    trace: std::collections::VecDeque<String>,
+    started: Instant,
+    /// What it observed so far.
+    pub tally: FormTally,
+}
+
+/// What one [`FormVisitor::step`] gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A 200 page, checked (and showing the write, if one was sent).
+    Page,
+    /// No 200 page (I/O error or error status).
+    Failed,
+}
+
+impl FormVisitor {
+    /// A visitor without a session, sending to `front`; `pad` bytes of padding make each
+    /// of its sessions that large.
+    pub fn new(n: usize, front: SocketAddr, pad: usize) -> FormVisitor {
+        FormVisitor {
+            n,
+            browser: Visitor::new(front, true),
+            pad,
+            seq: 0,
+            random: None,
+            acked: BTreeMap::new(),
+            removal_pending: false,
+            trace: std::collections::VecDeque::new(),
+            started: Instant::now(),
+            tally: FormTally::default(),
+        }
+    }
+
+    fn incident(&mut self, what: String) {
+        let trace: Vec<&str> = self.trace.iter().map(String::as_str).collect();
+        self.tally.incidents.push(format!(
+            "visitor {}: {what}\n      last requests:\n        {}",
+            self.n,
+            trace.join("\n        ")
+        ));
+    }
+
+    /// One request: with `write`, POSTs the next attribute (`pad` first in a session);
+    /// else GETs the page. Checks the answer.
+    pub fn step(&mut self, write: bool) -> Step {
+        let write = write.then(|| {
+            self.seq += 1;
+            if self.acked.is_empty() && self.pad > 0 {
+                (
+                    "pad".to_owned(),
+                    format!("{}:{}", self.n, "x".repeat(self.pad)),
+                )
+            } else {
+                (
+                    format!("a{}", self.seq),
+                    format!("v{}-{}", self.n, self.seq),
+                )
+            }
+        });
+        let sent = self.browser.id.clone();
+        let result = match &write {
+            Some((k, v)) => self.browser.request(
+                "POST",
+                "/",
+                "format=json",
+                Some(&form(&[("dataName", k), ("dataValue", v)])),
+            ),
+            None => self.browser.request("GET", "/", "format=json", None),
+        };
+        let at = self.started.elapsed().as_millis();
+        let what = write
+            .as_ref()
+            .map_or("GET".to_owned(), |(k, _)| format!("POST {k}"));
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                *self.tally.failed.entry("io".into()).or_default() += 1;
+                self.push_trace(format!("{at} ms {what} cookie {sent:?}: I/O error {e}"));
+                return Step::Failed;
+            }
+        };
+        let removal = removes_session_cookie(&r);
+        let cookies = r.headers_named("set-cookie").join(" | ");
+        if r.status != 200 {
+            *self.tally.failed.entry(r.status.to_string()).or_default() += 1;
+            self.push_trace(format!(
+                "{at} ms {what} cookie {sent:?}: status {} set-cookie [{cookies}] body {:?}",
+                r.status,
+                r.body.chars().take(60).collect::<String>()
+            ));
+            if removal {
+                self.tally.removals_on_failure += 1;
+                self.removal_pending = true;
+                if self.tally.removals_on_failure <= 3 {
+                    self.incident(format!(
+                        "a failed request (status {}) told the browser to forget its session, which was never invalidated",
+                        r.status
+                    ));
+                }
+            }
+            return Step::Failed;
+        }
+        let page = match Page::parse(&r.body) {
+            Ok(p) => p,
+            Err(e) => {
+                *self
+                    .tally
+                    .failed
+                    .entry("200 without a page".into())
+                    .or_default() += 1;
+                self.push_trace(format!("{at} ms {what}: 200 but {e}"));
+                return Step::Failed;
+            }
+        };
+        self.push_trace(format!(
+            "{at} ms {what} cookie {sent:?}: 200 from {} id {} set-cookie [{cookies}] {}",
+            page.route, page.session_id, page.event
+        ));
+        if removal {
+            self.tally.removals_on_success += 1;
+            self.removal_pending = true;
+            self.incident("a 200 page told the browser to forget its session".into());
+        }
+        self.tally.pages += 1;
+        let random = random_part(&page.session_id).to_owned();
+        if self.random.as_ref().is_some_and(|r| *r != random) {
+            self.tally.lost_sessions += 1;
+            let cause = if self.removal_pending {
+                self.tally.lost_after_removal += 1;
+                "after a cookie removal it was sent"
+            } else {
+                "without a cookie removal"
+            };
+            let lost = self.acked.len() as u64;
+            self.tally.lost_writes += lost;
+            self.incident(format!(
+                "session {} lost ({cause}): now {}, {lost} acknowledged attributes gone",
+                self.random.clone().unwrap_or_default(),
+                page.session_id
+            ));
+            self.acked.clear();
+        } else {
+            let missing: Vec<String> = self
+                .acked
+                .iter()
+                .filter(|(k, v)| page.attributes.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !missing.is_empty() {
+                self.tally.lost_writes += missing.len() as u64;
+                self.incident(format!(
+                    "session {} kept, but acknowledged attributes missing or changed: {missing:?}",
+                    page.session_id
+                ));
+                for k in &missing {
+                    self.acked.remove(k);
+                }
+            }
+        }
+        self.random = Some(random);
+        self.removal_pending = false;
+        if let Some((k, v)) = write {
+            if page.attributes.get(&k) == Some(&v) {
+                self.acked.insert(k, v);
+                self.tally.acked += 1;
+            } else {
+                self.tally.unshown_writes += 1;
+                self.incident(format!("a 200 page to POST {k} does not show it"));
+            }
+        }
+        Step::Page
+    }
+
+    fn push_trace(&mut self, line: String) {
+        if self.trace.len() == TRACE_LEN {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(line);
+    }
+
+    /// The final check: GETs the page until one 200 answer (bounded by `limit`, every
+    /// 200 ms) and checks it like every other page.
+    pub fn verify(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.step(false) != Step::Page {
+            if Instant::now() >= deadline {
+                self.tally.unverified = true;
+                self.incident(format!("no 200 page within {limit:?} for the final check"));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// [`FormVisitor`]s posting concurrently until stopped.
+#[derive(Debug)]
+pub struct FormLoad {
+    stop: Arc<AtomicBool>,
+    acked: Vec<Arc<AtomicU64>>,
+    handles: Vec<std::thread::JoinHandle<FormVisitor>>,
+}
+
+impl FormLoad {
+    /// Starts `visitors` visitors against `front`, each pausing `think` between
+    /// requests (and 100 ms after a failed one).
+    pub fn start(front: SocketAddr, visitors: usize, pad: usize, think: Duration) -> FormLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut acked = Vec::new();
+        let mut handles = Vec::new();
+        for n in 0..visitors {
+            let count = Arc::new(AtomicU64::new(0));
+            acked.push(Arc::clone(&count));
+            let stop = Arc::clone(&stop);
+            handles.push(std::thread::spawn(move || {
+                let mut v = FormVisitor::new(n, front, pad);
+                while !stop.load(Ordering::Relaxed) {
+                    let pause = match v.step(true) {
+                        Step::Page => think,
+                        Step::Failed => Duration::from_millis(100),
+                    };
+                    count.store(v.tally.acked, Ordering::Relaxed);
+                    std::thread::sleep(pause);
+                }
+                v
+            }));
+        }
+        FormLoad {
+            stop,
+            acked,
+            handles,
+        }
+    }
+
+    /// Acknowledged writes per visitor so far.
+    pub fn counts(&self) -> Vec<u64> {
+        self.acked
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Waits until every visitor has `n` more acknowledged writes than in `since`;
+    /// false after `limit`.
+    pub fn wait_progress(&self, since: &[u64], n: u64, limit: Duration) -> bool {
+        eventually(limit, || {
+            self.counts().iter().zip(since).all(|(a, b)| *a >= b + n)
+        })
+    }
+
+    /// Stops the visitors, runs each one's final check (up to `verify_limit` each), and
+    /// sums what they saw.
+    pub fn finish(mut self, verify_limit: Duration) -> FormReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut visitors: Vec<FormVisitor> = self
+            .handles
+            .drain(..)
+            .map(|h| h.join().expect("visitor thread panicked"))
+            .collect();
+        for v in &mut visitors {
+            v.verify(verify_limit);
+        }
+        FormReport {
+            tallies: visitors.into_iter().map(|v| v.tally).collect(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+impl Drop for FormLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The sum of a [`FormLoad`]'s tallies.
+#[derive(Debug, Clone)]
+pub struct FormReport {
+    /// One per visitor.
+    pub tallies: Vec<FormTally>,
+    /// Remarks of the scenario (e.g. visitors that made no progress after a fault).
+    pub notes: Vec<String>,
+}
+
+impl FormReport {
+    fn sum(&self, f: impl Fn(&FormTally) -> u64) -> u64 {
+        self.tallies.iter().map(f).sum()
+    }
+
+    /// Acknowledged writes.
+    pub fn acked(&self) -> u64 {
+        self.sum(|t| t.acked)
+    }
+
+    /// Lost sessions.
+    pub fn lost_sessions(&self) -> u64 {
+        self.sum(|t| t.lost_sessions)
+    }
+
+    /// Lost acknowledged writes.
+    pub fn lost_writes(&self) -> u64 {
+        self.sum(|t| t.lost_writes)
+    }
+
+    /// Failed responses that removed the session cookie.
+    pub fn removals_on_failure(&self) -> u64 {
+        self.sum(|t| t.removals_on_failure)
+    }
+
+    /// Failed requests by kind.
+    pub fn failed(&self) -> BTreeMap<String, u64> {
+        let mut all = BTreeMap::new();
+        for t in &self.tallies {
+            for (k, n) in &t.failed {
+                *all.entry(k.clone()).or_default() += n;
+            }
+        }
+        all
+    }
+
+    /// One line: the numbers the scenario is judged on.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} visitors, {} acknowledged writes, {} pages checked; lost sessions {} ({} after a cookie removal); lost acknowledged writes {}; failed requests {:?}; cookie removals on failed requests {}, on 200 pages {}; 200 pages not showing their write {}; visitors without a final page {}",
+            self.tallies.len(),
+            self.acked(),
+            self.sum(|t| t.pages),
+            self.lost_sessions(),
+            self.sum(|t| t.lost_after_removal),
+            self.lost_writes(),
+            self.failed(),
+            self.removals_on_failure(),
+            self.sum(|t| t.removals_on_success),
+            self.sum(|t| t.unshown_writes),
+            self.tallies.iter().filter(|t| t.unverified).count(),
+        )
+    }
+
+    /// Panics, with every incident, unless nothing was lost, no response removed the
+    /// cookie, every write shown was acknowledged, every visitor passed its final check
+    /// and the scenario has no note.
+    pub fn assert_clean(&self, scenario: &str) {
+        let clean = self.lost_sessions() == 0
+            && self.lost_writes() == 0
+            && self.removals_on_failure() == 0
+            && self.sum(|t| t.removals_on_success) == 0
+            && self.sum(|t| t.unshown_writes) == 0
+            && self.tallies.iter().all(|t| !t.unverified)
+            && self.notes.is_empty();
+        if !clean {
+            let incidents: Vec<&str> = self
+                .tallies
+                .iter()
+                .flat_map(|t| t.incidents.iter().take(4))
+                .map(String::as_str)
+                .collect();
+            panic!(
+                "{scenario}: {}\nnotes: {:?}\nincidents (first 4 per visitor):\n  {}",
+                self.summary(),
+                self.notes,
+                incidents.join("\n  ")
+            );
+        }
     }
 }
