@@ -278,9 +278,9 @@ impl Store {
     }
 
     /// Reads a session: every node the id names (`hints`) and the first two nodes of
-    /// the key's order that answer; the latest copy wins. `Err` when no node that could
-    /// hold a copy answered, or when nothing was found while a node that could hold the
-    /// session did not answer: a session that can't be read is not reported absent.
+    /// the key's order that answer; the latest copy wins. `Err` when no node answered,
+    /// or when nothing was found while every node the id names failed: a session that
+    /// can't be read is not reported absent.
     pub(crate) async fn fetch(
         &self,
         key: &SessionKey,
@@ -367,8 +367,17 @@ impl Store {
             l
         });
         if latest.is_none() {
-            let hint_failed = failed.iter().any(|(n, _)| hints.contains(n));
-            if answered.is_empty() || hint_failed {
+            // Every node the id names failed: its copies may be there. (One of them
+            // answering "missing" means the session is gone: a copy is lost only when
+            // its node fails, and the guarantee covers one node fault at a time.)
+            let hints_failed = hints
+                .iter()
+                .any(|h| self.placement.knows(h))
+                && hints
+                    .iter()
+                    .filter(|h| self.placement.knows(h))
+                    .all(|h| failed.iter().any(|(n, _)| n == h));
+            if answered.is_empty() || hints_failed {
                 self.stats.load_failures.fetch_add(1, Relaxed);
                 let (node, error) = failed
                     .into_iter()
