@@ -3,26 +3,21 @@
 //! with an error instead of a silent success.
 
 mod kit;
+#[path = "kit/session_http.rs"]
+mod session_http;
 #[path = "kit/session.rs"]
 mod session_kit;
 
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use http_body_util::BodyExt;
-use hyper::header::{COOKIE, SET_COOKIE};
+use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use kit::Cluster;
 use memkeep::session::tower::SessionLayer;
 use memkeep::session::{BackupSessionService, SessionError, SessionRequest};
-use tower::{Layer, ServiceExt};
-
-async fn hits(session: SessionRequest) -> Result<String, SessionError> {
-    let s = session.get_or_create().await?;
-    let n = s.get::<u64>("hits")?.unwrap_or(0) + 1;
-    s.insert("hits", &n)?;
-    Ok(n.to_string())
-}
+use session_http::{cookie_value, hits};
+use tower::Layer;
 
 async fn big(session: SessionRequest) -> Result<&'static str, SessionError> {
     let s = session.get_or_create().await?;
@@ -47,26 +42,9 @@ async fn send(
     uri: &str,
     cookie: Option<&str>,
 ) -> (StatusCode, String, Option<String>) {
-    let mut req = Request::builder().uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(COOKIE, format!("other=1; JSESSIONID={c}"));
-    }
-    let resp = app(svc.clone())
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let set = resp
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap(), set)
-}
-
-fn cookie_value(set_cookie: &str) -> String {
-    let first = set_cookie.split(';').next().unwrap();
-    first.strip_prefix("JSESSIONID=").unwrap().to_owned()
+    let cookie =
+        cookie.map(|c| HeaderValue::from_str(&format!("other=1; JSESSIONID={c}")).unwrap());
+    session_http::send(app(svc.clone()), uri, cookie).await
 }
 
 #[tokio::test]
