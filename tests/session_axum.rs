@@ -4,14 +4,15 @@
 //! cookie defaults, and a failed save answered with an error instead of a silent success.
 
 mod kit;
+#[path = "kit/session_http.rs"]
+mod session_http;
 #[path = "kit/session.rs"]
 mod session_kit;
 
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use http_body_util::BodyExt;
-use hyper::header::{HeaderValue, COOKIE, SET_COOKIE};
+use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use kit::memcached::raw;
 use kit::Cluster;
@@ -19,14 +20,8 @@ use memkeep::session::tower::SessionLayer;
 use memkeep::session::{
     BackupSessionService, SessionError, SessionKey, SessionRequest, MAX_SESSION_ID_CANDIDATES,
 };
-use tower::{Layer, ServiceExt};
-
-async fn hits(session: SessionRequest) -> Result<String, SessionError> {
-    let s = session.get_or_create().await?;
-    let n = s.get::<u64>("hits")?.unwrap_or(0) + 1;
-    s.insert("hits", &n)?;
-    Ok(n.to_string())
-}
+use session_http::{cookie_value, hits};
+use tower::Layer;
 
 async fn big(session: SessionRequest) -> Result<&'static str, SessionError> {
     let s = session.get_or_create().await?;
@@ -61,26 +56,8 @@ async fn send_header(
     uri: &str,
     cookie_header: Option<&[u8]>,
 ) -> (StatusCode, String, Option<String>) {
-    let mut req = Request::builder().uri(uri);
-    if let Some(c) = cookie_header {
-        req = req.header(COOKIE, HeaderValue::from_bytes(c).unwrap());
-    }
-    let resp = app(svc.clone())
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let set = resp
-        .headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap(), set)
-}
-
-fn cookie_value(set_cookie: &str) -> String {
-    let first = set_cookie.split(';').next().unwrap();
-    first.strip_prefix("JSESSIONID=").unwrap().to_owned()
+    let cookie = cookie_header.map(|c| HeaderValue::from_bytes(c).unwrap());
+    session_http::send(app(svc.clone()), uri, cookie).await
 }
 
 /// A first visit without a cookie: the id of the session it creates (hits = 1).

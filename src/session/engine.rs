@@ -161,31 +161,24 @@ impl Engine {
 
     // ----- load ------------------------------------------------------------------
 
-    /// Loads the session of `id` into `slot` (joined by the caller). `shared`: other
-    /// requests of the session are in flight on this instance, and the slot holds their
-    /// view, which this request shares. `Err` when the session could not be read: the
-    /// caller must not tell the client to forget it.
+    /// Loads the session of `id` into `slot` (joined by the caller; other requests of the
+    /// session in flight on this instance share it). `Err` when the session could not be
+    /// read: the caller must not tell the client to forget it.
     pub(crate) async fn load(
         &self,
         id: &SessionId,
         slot: &Arc<Slot>,
-        shared: bool,
         needs_lock: bool,
     ) -> Result<Option<Session>, SessionError> {
         let mut s = slot.state.lock().await;
         let key = id.key();
-        // Under the lock the in-flight view is current (every writer and invalidator
-        // of the session takes the same lock); otherwise the stored version is checked,
-        // so a session invalidated or rewritten elsewhere is never served from memory.
-        if shared && s.loaded && s.lock.is_some() {
-            if let Some(sess) = &s.session {
-                let mut d = sess.lock();
-                d.record_access(self.config.clock.now());
-                d.mark_not_new();
+        // Every load reads the stored version, also when other requests of the session
+        // are in flight here (their view is reused when it is current): a session
+        // invalidated or rewritten elsewhere is never served from memory.
+        if needs_lock && s.lock.as_ref().is_none_or(HeldLock::is_lost) {
+            if let Some(mut old) = s.lock.take() {
+                old.stop_renewal();
             }
-            return Ok(s.session.clone().filter(|x| !x.is_invalidated()));
-        }
-        if needs_lock && s.lock.is_none() {
             s.lock = self.take_lock(&key).await?;
         }
         let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
@@ -218,16 +211,10 @@ impl Engine {
                 validity,
             }) => (version, stored, validity),
             Some(Latest::Tombstone) => return None,
-            None => {
-                // No copy anywhere it could be (every node that may hold it answered):
-                // a sticky memory copy is the survivor, written back by the save.
-                let m = memory?;
-                tracing::warn!(
-                    "session missing from every node; writing back this instance's memory copy"
-                );
-                m.lock().force_dirty();
-                return Some(m);
-            }
+            // No copy where one could be: gone. A memory copy is not written back: it
+            // may be stale, or the session invalidated and its tombstones lost with the
+            // nodes that held them.
+            None => return None,
         };
         if validity.is_expired_at(super::clock::unix_millis(now)) {
             self.stats.expired.fetch_add(1, Relaxed);
@@ -376,9 +363,12 @@ impl Engine {
                 Replicated::Written { copies, version } => {
                     self.stats.write_us.record_duration(started.elapsed());
                     self.stats.writes.fetch_add(1, Relaxed);
-                    let mut d = session.lock();
-                    d.mark_written(&snapshot, version);
-                    self.place_id(&mut d, &copies);
+                    {
+                        let mut d = session.lock();
+                        d.mark_written(&snapshot, version);
+                        self.place_id(&mut d, &copies);
+                    }
+                    self.store.remove_stale(&key, &copies, version, known).await;
                     return Ok(Saved {
                         written: true,
                         gone: false,
@@ -464,6 +454,7 @@ impl Engine {
                 Replicated::Gone => return Ok(self.gone()),
             }
         };
+        self.store.remove_stale(&key, &copies, base, &s.known).await;
         self.store
             .refresh(&key, &copies, &validity, max_inactive)
             .await;

@@ -79,9 +79,8 @@ impl LocalSessions {
         }
     }
 
-    /// Joins the slot of `key` (made if missing). Returns the slot and whether other
-    /// requests were already using it.
-    pub(crate) fn join(&self, key: SessionKey) -> (Arc<Slot>, bool) {
+    /// Joins the slot of `key` (made if missing).
+    pub(crate) fn join(&self, key: SessionKey) -> Arc<Slot> {
         let tick = self.tick.fetch_add(1, Relaxed);
         let mut map = lock_std(&self.map);
         let entry = map.entry(key).or_insert_with(|| Entry {
@@ -89,10 +88,9 @@ impl LocalSessions {
             refs: 0,
             last_used: tick,
         });
-        let shared = entry.refs > 0;
         entry.refs += 1;
         entry.last_used = tick;
-        (Arc::clone(&entry.slot), shared)
+        Arc::clone(&entry.slot)
     }
 
     /// Leaves the slot; true when this was its last request. Non-sticky: the slot is
@@ -200,10 +198,9 @@ mod tests {
     #[test]
     fn non_sticky_slots_live_while_requests_use_them() {
         let local = LocalSessions::new(false, 10);
-        let (a, shared) = local.join(key(1));
-        assert!(!shared);
-        let (b, shared) = local.join(key(1));
-        assert!(shared && Arc::ptr_eq(&a, &b));
+        let a = local.join(key(1));
+        let b = local.join(key(1));
+        assert!(Arc::ptr_eq(&a, &b));
         assert!(!local.leave(&key(1), &a));
         assert!(local.leave(&key(1), &b));
         assert_eq!(local.len(), 0);
@@ -213,14 +210,14 @@ mod tests {
     fn sticky_slots_stay_within_the_bound_least_recently_used_first() {
         let local = LocalSessions::new(true, 8);
         for i in 0..8 {
-            let (s, _) = local.join(key(i));
+            let s = local.join(key(i));
             local.leave(&key(i), &s);
         }
         // Key 0 is used again: the oldest is now key 1.
-        let (s0, _) = local.join(key(0));
+        let s0 = local.join(key(0));
         local.leave(&key(0), &s0);
-        let (held, _) = local.join(key(100));
-        let (s9, _) = local.join(key(9));
+        let held = local.join(key(100));
+        let s9 = local.join(key(9));
         local.leave(&key(9), &s9);
         assert!(local.len() <= 8 + 1, "{}", local.len());
         assert!(local.evictions() >= 1);

@@ -13,7 +13,8 @@
 //! `engine::WritePolicy::Refuse`), so a holder whose lock expired anyway (a stalled
 //! instance) never overwrites a write made under a newer lock.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::clock::Clock;
@@ -27,9 +28,16 @@ pub(crate) struct HeldLock {
     pub(crate) node: String,
     pub(crate) token: String,
     renewal: Option<tokio::task::JoinHandle<()>>,
+    /// Set by the renewal when the lock turned out to be no longer this holder's.
+    lost: Arc<AtomicBool>,
 }
 
 impl HeldLock {
+    /// True once the renewal found the lock expired or taken by another request.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Relaxed)
+    }
+
     /// Stops renewing (before the lock is released).
     pub(crate) fn stop_renewal(&mut self) {
         if let Some(r) = self.renewal.take() {
@@ -81,11 +89,19 @@ pub(crate) async fn acquire(
                     if waited_once {
                         stats.lock_waits.fetch_add(1, Relaxed);
                     }
-                    let renewal = tokio::spawn(store.lock_renewal(&node, key, &token, expiry));
+                    let lost = Arc::new(AtomicBool::new(false));
+                    let renewal = tokio::spawn(store.lock_renewal(
+                        &node,
+                        key,
+                        &token,
+                        expiry,
+                        Arc::clone(&lost),
+                    ));
                     return LockOutcome::Acquired(HeldLock {
                         node,
                         token,
                         renewal: Some(renewal),
+                        lost,
                     });
                 }
                 Ok(false) => {

@@ -510,11 +510,6 @@ impl SessionData {
         self.mark_written(&snapshot, version);
         Ok(snapshot.bytes)
     }
-
-    /// Forces the next save to write (used after a relocation).
-    pub(crate) fn force_dirty(&mut self) {
-        self.written_gen = None;
-    }
 }
 
 impl std::fmt::Debug for SessionData {

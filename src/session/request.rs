@@ -152,10 +152,10 @@ impl SessionRequest {
             self.leave_slot(st).await;
             let needs_lock = engine.decide_lock(&self.inner.path);
             let key = id.key();
-            let (slot, shared) = engine.local.join(key);
+            let slot = engine.local.join(key);
             st.slot = Some((key, Arc::clone(&slot)));
             st.locked_request = needs_lock;
-            match engine.load(&id, &slot, shared, needs_lock).await {
+            match engine.load(&id, &slot, needs_lock).await {
                 Ok(Some(sess)) => {
                     st.session = Some(sess.clone());
                     return Ok(Some(sess));
@@ -221,7 +221,7 @@ impl SessionRequest {
         self.leave_slot(st).await;
         let session = engine.new_session()?;
         let key = session.lock().id().key();
-        let (slot, _) = engine.local.join(key);
+        let slot = engine.local.join(key);
         {
             let mut s = slot.state.lock().await;
             s.loaded = true;

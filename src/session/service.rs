@@ -124,6 +124,7 @@ impl BackupSessionService {
         if inner.config.mode == Mode::Sticky {
             tokio::spawn(sweeper(Arc::downgrade(&inner)));
         }
+        tokio::spawn(hint_deliverer(Arc::downgrade(&inner)));
         Ok(BackupSessionService { inner })
     }
 
@@ -200,6 +201,12 @@ impl BackupSessionService {
         }
     }
 
+    /// Tombstones of invalidated sessions that a node missed (it was down or failing),
+    /// re-sent by a background task when the node is up again.
+    pub fn pending_tombstones(&self) -> usize {
+        self.inner.store.pending_tombstones()
+    }
+
     /// Async mode: writes queued and not yet acknowledged (the current loss window).
     pub fn pending_writes(&self) -> usize {
         self.inner.writer.as_ref().map_or(0, AsyncWriter::pending)
@@ -217,6 +224,21 @@ async fn sweeper(engine: Weak<Engine>) {
         match engine.upgrade() {
             Some(me) => {
                 me.purge_expired();
+            }
+            None => return,
+        }
+    }
+}
+
+/// How often tombstones a node missed are re-sent to the nodes that are up again.
+const HINT_PERIOD: Duration = Duration::from_millis(500);
+
+async fn hint_deliverer(engine: Weak<Engine>) {
+    loop {
+        tokio::time::sleep(HINT_PERIOD).await;
+        match engine.upgrade() {
+            Some(me) => {
+                me.store.deliver_hints().await;
             }
             None => return,
         }

@@ -156,6 +156,60 @@ enum CopyWrite {
     },
 }
 
+/// A tombstone a node missed.
+#[derive(Debug)]
+struct TombstoneHint {
+    node: String,
+    key: SessionKey,
+    invalidated_ms: u64,
+    /// After this, every copy the tombstone hides has expired.
+    deadline: std::time::Instant,
+}
+
+/// The tombstones nodes missed, kept in memory until the node is up again (hinted
+/// handoff). Bounded: past `MAX_HINTS` the oldest are dropped (counted in the log); the
+/// tombstones on the other nodes and read repair still hide the session.
+#[derive(Debug, Default)]
+struct Hints {
+    pending: std::sync::Mutex<std::collections::VecDeque<TombstoneHint>>,
+}
+
+/// Most tombstone hints kept.
+const MAX_HINTS: usize = 100_000;
+
+impl Hints {
+    fn add(&self, hint: TombstoneHint) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.push_back(hint);
+        if p.len() > MAX_HINTS {
+            p.pop_front();
+            tracing::warn!("too many pending tombstone hints; the oldest was dropped");
+        }
+    }
+
+    /// Removes and returns the hints whose node is up; drops expired ones.
+    fn take_due(&self, up: impl Fn(&str) -> bool) -> Vec<TombstoneHint> {
+        let now = std::time::Instant::now();
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = Vec::new();
+        p.retain_mut(|h| h.deadline > now);
+        let mut kept = std::collections::VecDeque::with_capacity(p.len());
+        for h in p.drain(..) {
+            if up(&h.node) {
+                due.push(h);
+            } else {
+                kept.push_back(h);
+            }
+        }
+        *p = kept;
+        due
+    }
+
+    fn len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 /// The replicated store of one service.
 pub(crate) struct Store {
     client: Client,
@@ -163,6 +217,7 @@ pub(crate) struct Store {
     placement: Placement,
     prefix: String,
     stats: Arc<SessionStats>,
+    hints: Hints,
 }
 
 /// memcached's TTL for a duration: 1 s resolution, rounded up so an item never dies
@@ -170,6 +225,13 @@ pub(crate) struct Store {
 pub(crate) fn ttl(d: Duration) -> Expiry {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     Expiry::In(Duration::from_secs(secs.max(1)))
+}
+
+/// A lock's memcached TTL: memcached counts expiry in whole seconds of its own clock, so
+/// an item set with a TTL of `n` s lives between `n - 1` and `n` s; one second more makes
+/// a lock live at least `expiry`.
+fn lock_ttl(expiry: Duration) -> Expiry {
+    ttl(expiry.saturating_add(Duration::from_secs(1)))
 }
 
 /// The client flags of a record: the low 32 bits of its write version (for tools
@@ -213,11 +275,17 @@ impl Store {
             per_node,
             prefix,
             stats,
+            hints: Hints::default(),
         })
     }
 
     pub(crate) fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Tombstones waiting for their node to come back.
+    pub(crate) fn pending_tombstones(&self) -> usize {
+        self.hints.len()
     }
 
     pub(crate) fn knows(&self, node: &str) -> bool {
@@ -366,13 +434,14 @@ impl Store {
             }
             l
         });
+        if matches!(latest, Some(Latest::Tombstone)) {
+            self.spread_tombstone(key, &answered, &known).await;
+        }
         if latest.is_none() {
             // Every node the id names failed: its copies may be there. (One of them
             // answering "missing" means the session is gone: a copy is lost only when
             // its node fails, and the guarantee covers one node fault at a time.)
-            let hints_failed = hints
-                .iter()
-                .any(|h| self.placement.knows(h))
+            let hints_failed = hints.iter().any(|h| self.placement.knows(h))
                 && hints
                     .iter()
                     .filter(|h| self.placement.knows(h))
@@ -632,8 +701,16 @@ impl Store {
                 t.map(|_| node)
             }
         };
+        // Every usable node gets the tombstone, not only the copies' nodes: a copy the
+        // session left on a node it moved off must not outlive the tombstones.
         let mut targets: Vec<String> = nodes.to_vec();
+        for n in self.client.node_ids() {
+            if self.usable(&n) && !targets.contains(&n) {
+                targets.push(n);
+            }
+        }
         let mut last_error = None;
+        let mut outcome = None;
         for _ in 0..PLACEMENT_ATTEMPTS {
             let copies = self.copies(key, &exclude);
             if let Some(c) = &copies {
@@ -663,13 +740,165 @@ impl Store {
                 }
             }
             match copies {
-                Some(c) if c.nodes().all(|n| done.iter().any(|d| d == n)) => return Ok(()),
+                Some(c) if c.nodes().all(|n| done.iter().any(|d| d == n)) => {
+                    outcome = Some(Ok(()));
+                    break;
+                }
                 Some(_) => continue,
-                None if !done.is_empty() => return Ok(()),
+                None if !done.is_empty() => {
+                    outcome = Some(Ok(()));
+                    break;
+                }
                 None => break,
             }
         }
-        Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
+        // A node that missed the tombstone (down, stopped, failing) may come back with
+        // a copy: the tombstone is re-sent when it is up again.
+        let deadline = std::time::Instant::now() + max_inactive.saturating_add(TOMBSTONE_MARGIN);
+        for node in self.client.node_ids() {
+            if !done.contains(&node) {
+                self.hints.add(TombstoneHint {
+                    node,
+                    key: *key,
+                    invalidated_ms,
+                    deadline,
+                });
+            }
+        }
+        outcome.unwrap_or_else(|| {
+            Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
+        })
+    }
+
+    /// Re-sends the tombstones nodes missed (hinted handoff): for each pending hint whose
+    /// node is up again, `set` the tombstone there; hints past their deadline (the
+    /// session would have expired anyway) are dropped. Returns the tombstones delivered.
+    pub(crate) async fn deliver_hints(&self) -> usize {
+        let due = self
+            .hints
+            .take_due(|node| self.client.node_state(node) == Some(NodeState::Up));
+        let mut delivered = 0;
+        for hint in due {
+            let remaining = hint
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            let tombstone =
+                format::encode_tombstone(&hint.key, TOMBSTONE_VERSION, hint.invalidated_ms);
+            let options = StoreOptions {
+                flags: flags_of(TOMBSTONE_VERSION),
+                expiry: ttl(remaining),
+                cas: None,
+            };
+            let result = match self.node(&hint.node) {
+                Ok(c) => {
+                    c.store(
+                        StoreMode::Set,
+                        self.data_key(&hint.key),
+                        &tombstone,
+                        options,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(_) => delivered += 1,
+                Err(e) => {
+                    tracing::debug!(node = %hint.node, error = %e, "tombstone hint not delivered yet");
+                    self.hints.add(hint);
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Read repair of an invalidation: a read found the tombstone as the latest copy and
+    /// some node it read holds an older copy or nothing; the tombstone is set there too,
+    /// so the tombstone does not thin out as nodes are replaced.
+    async fn spread_tombstone(&self, key: &SessionKey, answered: &[&str], known: &KnownCopies) {
+        let behind: Vec<&str> = answered
+            .iter()
+            .copied()
+            .filter(|n| !known.holds(n, TOMBSTONE_VERSION))
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        let tombstone = format::encode_tombstone(key, TOMBSTONE_VERSION, 0);
+        let options = StoreOptions {
+            flags: flags_of(TOMBSTONE_VERSION),
+            expiry: ttl(TOMBSTONE_MARGIN),
+            cas: None,
+        };
+        let writes = behind.iter().map(|n| {
+            let tombstone = &tombstone;
+            async move {
+                let client = self.node(n)?;
+                client
+                    .store(StoreMode::Add, self.data_key(key), tombstone, options)
+                    .await
+            }
+        });
+        for result in futures::future::join_all(writes).await {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "tombstone read repair failed on a node");
+            }
+        }
+        // Nodes holding an older session copy: overwrite it under its CAS token.
+        for n in behind {
+            if let Some(CopyState::Present { version, cas }) = known.get(n) {
+                if version < TOMBSTONE_VERSION {
+                    if let Ok(client) = self.node(n) {
+                        let options = StoreOptions {
+                            cas: Some(cas),
+                            ..options
+                        };
+                        let _ = client
+                            .store(StoreMode::Set, self.data_key(key), &tombstone, options)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes the copies a relocation left behind: on each node of `known` outside
+    /// `copies` that holds a version up to `version`, the copy is made to expire at once
+    /// under the CAS token it was read with (so a copy written meanwhile is left alone).
+    /// Best effort: a copy left behind holds an older version and expires with its TTL,
+    /// but removing it keeps it from outliving a later invalidation's tombstones.
+    pub(crate) async fn remove_stale(
+        &self,
+        key: &SessionKey,
+        copies: &Copies,
+        version: u64,
+        known: &KnownCopies,
+    ) {
+        let stale: Vec<(&str, u64)> = known
+            .states
+            .iter()
+            .filter(|(n, _)| !copies.nodes().any(|c| c == n.as_str()))
+            .filter_map(|(n, s)| match s {
+                CopyState::Present { version: v, cas } if *v <= version => Some((n.as_str(), *cas)),
+                _ => None,
+            })
+            .collect();
+        let removals = stale.into_iter().map(|(node, cas)| async move {
+            let client = self.node(node)?;
+            let options = StoreOptions {
+                flags: 0,
+                expiry: Expiry::In(Duration::ZERO),
+                cas: Some(cas),
+            };
+            client
+                .store(StoreMode::Set, self.data_key(key), b"", options)
+                .await
+        });
+        for result in futures::future::join_all(removals).await {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "stale session copy not removed; it expires with its TTL");
+            }
+        }
     }
 
     // ----- locks -------------------------------------------------------------------
@@ -688,7 +917,7 @@ impl Store {
         expiry: Duration,
     ) -> Result<bool, crate::Error> {
         self.node(node)?
-            .add(self.lock_key(key), token, ttl(expiry))
+            .add(self.lock_key(key), token, lock_ttl(expiry))
             .await
     }
 
@@ -701,6 +930,7 @@ impl Store {
         key: &SessionKey,
         token: &str,
         expiry: Duration,
+        lost: Arc<std::sync::atomic::AtomicBool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let client = self.per_node.get(node).cloned();
         let lock_key = self.lock_key(key);
@@ -715,7 +945,7 @@ impl Store {
                         Some(item) if item.value.as_ref() == token.as_bytes() => {
                             let options = StoreOptions {
                                 flags: 0,
-                                expiry: ttl(expiry),
+                                expiry: lock_ttl(expiry),
                                 cas: item.cas,
                             };
                             let outcome = client
@@ -729,6 +959,7 @@ impl Store {
                 match renewed.await {
                     Ok(true) => {}
                     Ok(false) => {
+                        lost.store(true, Relaxed);
                         tracing::warn!(
                             "session lock lost before its request ended; the request's write will be refused if another request wrote meanwhile"
                         );

@@ -422,18 +422,28 @@ pub mod raw {
         assert_eq!(lines, vec!["STORED".to_string()], "raw set {key}");
     }
 
-    /// Number of items currently stored (`stats` `curr_items`).
-    pub fn curr_items(addr: &str) -> u64 {
-        stat(addr, "curr_items")
+    /// `delete key` straight on the server: true when the key existed.
+    pub fn delete(addr: &str, key: &str) -> bool {
+        let lines = exchange(
+            addr,
+            format!("delete {key}\r\n").as_bytes(),
+            &["DELETED", "NOT_FOUND"],
+        );
+        lines == vec!["DELETED".to_string()]
     }
 
-    /// One numeric counter of the general `stats` (e.g. `cmd_get`, `curr_items`).
+    /// One numeric general statistic (`stats`), e.g. `cmd_get`, `curr_items`.
     pub fn stat(addr: &str, name: &str) -> u64 {
         let prefix = format!("STAT {name} ");
         exchange(addr, b"stats\r\n", &["END"])
             .iter()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("STAT {name} in stats"))
+            .unwrap_or_else(|| panic!("STAT {name} in stats of {addr}"))
+    }
+
+    /// Number of items currently stored (`stats` `curr_items`).
+    pub fn curr_items(addr: &str) -> u64 {
+        stat(addr, "curr_items")
     }
 }

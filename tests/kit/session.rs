@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use memkeep::session::{
     BackupSessionService, CookieDecision, Mode, RequestInfo, SaveOutcome, Session, SessionConfig,
-    SessionConfigBuilder, SessionError, SessionId,
+    SessionConfigBuilder, SessionError, SessionId, SessionKey,
 };
-use memkeep::Client;
+use memkeep::{Client, NodeState, Protocol};
 
 use crate::kit::Cluster;
 
@@ -164,4 +164,74 @@ impl Browser {
 /// Node index of a kit node id (`n2` -> 2).
 pub fn index_of(node: &str) -> usize {
     node.trim_start_matches('n').parse().unwrap()
+}
+
+/// A client for a session service under fault tests: `op_timeout`, quick reconnects
+/// (50 ms to 500 ms) and a low timeout threshold (3), so a stopped or restarted node is
+/// noticed, and seen up again, within about a second.
+pub fn fast_client(cluster: &Cluster, op_timeout: Duration) -> Client {
+    crate::kit::builder(cluster, Protocol::Meta)
+        .operation_timeout(op_timeout)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .timeout_threshold(3)
+        .build()
+        .unwrap()
+}
+
+/// A service built from `builder` on a [`fast_client`] with a 300 ms operation timeout.
+pub fn service(cluster: &Cluster, builder: SessionConfigBuilder) -> BackupSessionService {
+    let config = builder.build().unwrap();
+    BackupSessionService::with_client(config, fast_client(cluster, Duration::from_millis(300)))
+        .unwrap()
+}
+
+/// Every id a client could forge for session `key`: each configured node as the
+/// primary, each node (or none) as the backup, each route (or none).
+pub fn id_variants(key: SessionKey, nodes: &[String], routes: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in nodes {
+        for backup in std::iter::once(None).chain(nodes.iter().map(Some)) {
+            for route in std::iter::once(None).chain(routes.iter().copied().map(Some)) {
+                let id =
+                    SessionId::new(key, node.clone(), backup.cloned(), route.map(str::to_owned))
+                        .unwrap();
+                out.push(id.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until every service's client sees every node up.
+pub async fn wait_nodes_up(services: &[&BackupSessionService], limit: Duration) -> bool {
+    crate::kit::eventually(limit, || {
+        services.iter().all(|svc| {
+            svc.client()
+                .node_ids()
+                .iter()
+                .all(|id| svc.client().is_up(id) == Some(true))
+        })
+    })
+    .await
+}
+
+/// Sends requests to the stopped node `node` through `svc`'s client until the client
+/// marks it down (each times out; the client's timeout threshold then drops the
+/// connection), so that later operations fail at once instead of waiting in the stopped
+/// server's socket (and running when it resumes). Returns whether it got there.
+pub async fn drive_down(svc: &BackupSessionService, node: &str, limit: Duration) -> bool {
+    let client = svc.client().on_node(node).unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let down = svc
+            .client()
+            .nodes()
+            .iter()
+            .any(|n| n.id == node && n.state == NodeState::Down);
+        if down {
+            return true;
+        }
+        let _ = client.get("memkeep-test-probe").await;
+    }
+    false
 }
