@@ -392,3 +392,35 @@ async fn sticky_mode_without_a_route_is_refused_naming_the_field() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn memory_stays_within_max_local_sessions_and_dropped_sessions_read_back() {
+    let cluster = Cluster::start(2);
+    let svc = BackupSessionService::new(
+        config(&cluster, Mode::Sticky)
+            .route("a")
+            .max_local_sessions(10)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut browsers = Vec::new();
+    for i in 0..50u64 {
+        let mut b = Browser::new();
+        b.call(&svc, "/add", move |s| s.insert("i", &i).unwrap())
+            .await
+            .unwrap();
+        browsers.push(b);
+        assert!(
+            svc.local_sessions() <= 10,
+            "{} sessions in memory after {} created",
+            svc.local_sessions(),
+            i + 1
+        );
+    }
+    assert!(svc.stats().local_evictions >= 40);
+    // Every session, dropped from memory or not, is read back from memcached.
+    for (i, b) in browsers.iter_mut().enumerate() {
+        assert_eq!(b.read_u64(&svc, "i").await.unwrap(), Some(i as u64));
+    }
+}
