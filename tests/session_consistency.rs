@@ -358,6 +358,53 @@ async fn sticky_a_primary_node_stopped_during_logout_never_brings_the_session_ba
     node_stopped_during_logout(Mode::Sticky, Role::Primary).await;
 }
 
+/// The node that missed the tombstone gets it from another instance (hinted handoff in
+/// memcached), even though the invalidating instance is gone; after that the two nodes
+/// that held the tombstone can be lost, one after the other, and the old copy on the
+/// returning node still never comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_missed_by_a_stopped_node_is_handed_off_after_the_invalidating_instance_died(
+) {
+    let mut cluster = Cluster::start(3);
+    let a = instance(&cluster, Mode::NonSticky, "a");
+    let b = instance(&cluster, Mode::NonSticky, "b");
+    let browser = logged_in(&a).await;
+    let id = browser.id().unwrap();
+    let cookie = browser.cookie.clone().unwrap();
+    let node = id.node().to_owned();
+    let stopped = index_of(&node);
+    cluster[stopped].pause();
+    assert!(drive_down(&a, &node, Duration::from_secs(10)).await);
+    logout(&a, &cookie).await;
+    drop(a); // the invalidating instance dies before the node comes back
+    cluster[stopped].resume();
+    assert!(wait_nodes_up(&[&b], Duration::from_secs(15)).await);
+    let key = id.key().to_string();
+    let on_node = session_kit::observer(&cluster).on_node(&node).unwrap();
+    // A tombstone's client flags are the low 32 bits of its write version, u64::MAX.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut handed_off = false;
+    while !handed_off && Instant::now() < deadline {
+        handed_off = matches!(on_node.get(&key).await, Ok(Some(item)) if item.flags == u32::MAX);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(handed_off, "the stopped node {node} got the tombstone");
+    for other in (0..cluster.len()).filter(|i| *i != stopped) {
+        cluster[other].restart(); // loses its tombstone
+        assert!(wait_nodes_up(&[&b], Duration::from_secs(15)).await);
+    }
+    let c = instance(&cluster, Mode::NonSticky, "c");
+    let found = still_found(
+        &[("b", &b), ("c (new)", &c)],
+        &[cookie],
+        id.key(),
+        &cluster,
+        &["a", "b"],
+    )
+    .await;
+    assert!(found.is_empty(), "{}", report(&found));
+}
+
 // ---------------------------------------------------------------------------------------
 // I2: a refused write never reaches a copy.
 

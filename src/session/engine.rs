@@ -319,7 +319,13 @@ impl Engine {
         if let Some(writer) = &self.writer {
             slot.pending_writes.fetch_add(1, Relaxed);
             if let Err(e) = writer
-                .enqueue(session.clone(), Arc::clone(slot), snapshot, &self.stats)
+                .enqueue(
+                    session.clone(),
+                    Arc::clone(slot),
+                    snapshot,
+                    s.known.clone(),
+                    &self.stats,
+                )
                 .await
             {
                 slot.pending_writes.fetch_sub(1, Relaxed);
@@ -368,7 +374,6 @@ impl Engine {
                         d.mark_written(&snapshot, version);
                         self.place_id(&mut d, &copies);
                     }
-                    self.store.remove_stale(&key, &copies, version, known).await;
                     return Ok(Saved {
                         written: true,
                         gone: false,
@@ -437,6 +442,7 @@ impl Engine {
             .copies(&key, &[])
             .ok_or(SessionError::NoNodeAvailable)?;
         let copies = if copies.nodes().all(|n| s.known.holds(n, base)) {
+            self.store.remove_stale(&key, &copies, base, &s.known).await;
             copies
         } else {
             match self
@@ -454,7 +460,6 @@ impl Engine {
                 Replicated::Gone => return Ok(self.gone()),
             }
         };
-        self.store.remove_stale(&key, &copies, base, &s.known).await;
         self.store
             .refresh(&key, &copies, &validity, max_inactive)
             .await;
@@ -532,9 +537,9 @@ impl Engine {
         &self,
         session: &Session,
         snapshot: WriteSnapshot,
+        known: &mut KnownCopies,
     ) -> Result<Saved, SessionError> {
-        let mut known = KnownCopies::default();
-        self.write(session, &mut known, snapshot, WritePolicy::Merge)
+        self.write(session, known, snapshot, WritePolicy::Merge)
             .await
     }
 }

@@ -68,21 +68,30 @@ impl RequestInner {
 
 impl Drop for RequestInner {
     fn drop(&mut self) {
+        // Dropped without finish (handler panicked, future cancelled), or `finish` itself
+        // cancelled before it left the slot: leave it now (synchronously, so the slot's
+        // count never leaks) and release the lock without saving.
         let st = self.state.get_mut();
-        if st.finished {
+        let Some((key, slot)) = st.slot.take() else {
+            return;
+        };
+        if !self.engine.local.leave(&key, &slot) {
             return;
         }
-        // Dropped without finish (handler panicked, future cancelled): leave the slot
-        // and release the lock, without saving.
-        if let (Some((key, slot)), Ok(handle)) =
-            (st.slot.take(), tokio::runtime::Handle::try_current())
-        {
-            let engine = Arc::clone(&self.engine);
-            handle.spawn(async move {
-                if engine.local.leave(&key, &slot) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let engine = Arc::clone(&self.engine);
+                handle.spawn(async move {
                     engine.release_lock(&key, &slot).await;
+                });
+            }
+            // No runtime to release it on: dropping the lock stops its renewal, so it
+            // expires after `lock_expiry`.
+            Err(_) => {
+                if let Ok(mut s) = slot.state.try_lock() {
+                    s.lock = None;
                 }
-            });
+            }
         }
     }
 }
@@ -302,12 +311,12 @@ impl SessionRequest {
         }
         if let Some((key, slot)) = st.slot.take() {
             let last = engine.local.leave(&key, &slot);
-            if last {
-                engine.release_lock(&key, &slot).await;
-            }
             let forget = gone || result.is_err() || engine.config.mode == Mode::NonSticky;
             if forget {
                 engine.local.forget(&key, &slot);
+            }
+            if last {
+                engine.release_lock(&key, &slot).await;
             }
         }
         let live = session.filter(|s| !gone && !s.is_invalidated());

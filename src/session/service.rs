@@ -12,7 +12,7 @@ use super::cookie::{strip_url_session_id, CookieDecision, SessionIdCandidates};
 use super::engine::Engine;
 use super::request::{RequestInner, SessionRequest};
 use super::stats::{SessionStats, StatsSnapshot};
-use super::store::Store;
+use super::store::{Store, HANDOFF_PERIOD};
 use super::writer::AsyncWriter;
 use super::SessionError;
 
@@ -201,12 +201,6 @@ impl BackupSessionService {
         }
     }
 
-    /// Tombstones of invalidated sessions that a node missed (it was down or failing),
-    /// re-sent by a background task when the node is up again.
-    pub fn pending_tombstones(&self) -> usize {
-        self.inner.store.pending_tombstones()
-    }
-
     /// Async mode: writes queued and not yet acknowledged (the current loss window).
     pub fn pending_writes(&self) -> usize {
         self.inner.writer.as_ref().map_or(0, AsyncWriter::pending)
@@ -230,15 +224,13 @@ async fn sweeper(engine: Weak<Engine>) {
     }
 }
 
-/// How often tombstones a node missed are re-sent to the nodes that are up again.
-const HINT_PERIOD: Duration = Duration::from_millis(500);
-
 async fn hint_deliverer(engine: Weak<Engine>) {
     loop {
-        tokio::time::sleep(HINT_PERIOD).await;
+        tokio::time::sleep(HANDOFF_PERIOD).await;
         match engine.upgrade() {
             Some(me) => {
-                me.store.deliver_hints().await;
+                let now = super::clock::unix_millis(me.config.clock.now());
+                me.store.deliver_hints(now).await;
             }
             None => return,
         }

@@ -20,6 +20,7 @@ use super::engine::Engine;
 use super::id::SessionKey;
 use super::local::Slot;
 use super::model::{Session, WriteSnapshot};
+use super::store::KnownCopies;
 use super::stats::SessionStats;
 use super::SessionError;
 
@@ -30,6 +31,9 @@ struct AsyncJob {
     session: Session,
     slot: Arc<Slot>,
     snapshot: WriteSnapshot,
+    /// What the request's read found on each node (saves a read before the write when
+    /// nobody wrote meanwhile; a stale CAS token only costs a re-read).
+    known: KnownCopies,
     queued: Instant,
 }
 
@@ -74,6 +78,7 @@ impl AsyncWriter {
         session: Session,
         slot: Arc<Slot>,
         snapshot: WriteSnapshot,
+        known: KnownCopies,
         stats: &SessionStats,
     ) -> Result<(), SessionError> {
         self.pending.fetch_add(1, Relaxed);
@@ -82,6 +87,7 @@ impl AsyncWriter {
             session,
             slot,
             snapshot,
+            known,
             queued: Instant::now(),
         };
         let job = match self.tx.try_send(job) {
@@ -154,7 +160,8 @@ async fn run(
             if latest.get(&key) == Some(&i) {
                 let me = Arc::clone(&me);
                 writes.push(async move {
-                    let result = me.write_queued(&job.session, job.snapshot).await;
+                    let mut known = job.known;
+                    let result = me.write_queued(&job.session, job.snapshot, &mut known).await;
                     (job.session, result)
                 });
             }

@@ -51,22 +51,12 @@ pub async fn wait_all_up(client: &Client, limit: Duration) -> bool {
 
 /// Waits (bounded) until node `id` is in `state`; returns whether it got there.
 pub async fn wait_state(client: &Client, id: &str, state: NodeState, limit: Duration) -> bool {
-    super::eventually(limit, || {
-        client
-            .nodes()
-            .iter()
-            .any(|n| n.id == id && n.state == state)
-    })
-    .await
+    super::eventually(limit, || client.node_state(id) == Some(state)).await
 }
 
 /// The state the client reports for node `id`.
 pub fn state_of(client: &Client, id: &str) -> Option<NodeState> {
-    client
-        .nodes()
-        .into_iter()
-        .find(|n| n.id == id)
-        .map(|n| n.state)
+    client.node_state(id)
 }
 
 /// Samples `client.nodes()` every 5 ms in the background and remembers, per node, the

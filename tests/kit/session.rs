@@ -223,11 +223,7 @@ pub async fn drive_down(svc: &BackupSessionService, node: &str, limit: Duration)
     let client = svc.client().on_node(node).unwrap();
     let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
-        let down = svc
-            .client()
-            .nodes()
-            .iter()
-            .any(|n| n.id == node && n.state == NodeState::Down);
+        let down = svc.client().node_state(node) == Some(NodeState::Down);
         if down {
             return true;
         }

@@ -31,6 +31,11 @@ use bytes::Bytes;
 
 use crate::{Client, Expiry, NodeState, StoreMode, StoreOptions, StoreOutcome};
 
+mod handoff;
+mod locks;
+
+pub(crate) use handoff::HANDOFF_PERIOD;
+
 use super::format::{self, Record, StoredSession, Validity};
 use super::id::SessionKey;
 use super::placement::{Copies, Placement};
@@ -156,60 +161,6 @@ enum CopyWrite {
     },
 }
 
-/// A tombstone a node missed.
-#[derive(Debug)]
-struct TombstoneHint {
-    node: String,
-    key: SessionKey,
-    invalidated_ms: u64,
-    /// After this, every copy the tombstone hides has expired.
-    deadline: std::time::Instant,
-}
-
-/// The tombstones nodes missed, kept in memory until the node is up again (hinted
-/// handoff). Bounded: past `MAX_HINTS` the oldest are dropped (counted in the log); the
-/// tombstones on the other nodes and read repair still hide the session.
-#[derive(Debug, Default)]
-struct Hints {
-    pending: std::sync::Mutex<std::collections::VecDeque<TombstoneHint>>,
-}
-
-/// Most tombstone hints kept.
-const MAX_HINTS: usize = 100_000;
-
-impl Hints {
-    fn add(&self, hint: TombstoneHint) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.push_back(hint);
-        if p.len() > MAX_HINTS {
-            p.pop_front();
-            tracing::warn!("too many pending tombstone hints; the oldest was dropped");
-        }
-    }
-
-    /// Removes and returns the hints whose node is up; drops expired ones.
-    fn take_due(&self, up: impl Fn(&str) -> bool) -> Vec<TombstoneHint> {
-        let now = std::time::Instant::now();
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mut due = Vec::new();
-        p.retain_mut(|h| h.deadline > now);
-        let mut kept = std::collections::VecDeque::with_capacity(p.len());
-        for h in p.drain(..) {
-            if up(&h.node) {
-                due.push(h);
-            } else {
-                kept.push_back(h);
-            }
-        }
-        *p = kept;
-        due
-    }
-
-    fn len(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
 /// The replicated store of one service.
 pub(crate) struct Store {
     client: Client,
@@ -217,7 +168,6 @@ pub(crate) struct Store {
     placement: Placement,
     prefix: String,
     stats: Arc<SessionStats>,
-    hints: Hints,
 }
 
 /// memcached's TTL for a duration: 1 s resolution, rounded up so an item never dies
@@ -227,16 +177,9 @@ pub(crate) fn ttl(d: Duration) -> Expiry {
     Expiry::In(Duration::from_secs(secs.max(1)))
 }
 
-/// A lock's memcached TTL: memcached counts expiry in whole seconds of its own clock, so
-/// an item set with a TTL of `n` s lives between `n - 1` and `n` s; one second more makes
-/// a lock live at least `expiry`.
-fn lock_ttl(expiry: Duration) -> Expiry {
-    ttl(expiry.saturating_add(Duration::from_secs(1)))
-}
-
 /// The client flags of a record: the low 32 bits of its write version (for tools
 /// looking at the servers; readers use the version in the record).
-fn flags_of(version: u64) -> u32 {
+pub(super) fn flags_of(version: u64) -> u32 {
     (version & u64::from(u32::MAX)) as u32
 }
 
@@ -275,7 +218,6 @@ impl Store {
             per_node,
             prefix,
             stats,
-            hints: Hints::default(),
         })
     }
 
@@ -283,10 +225,6 @@ impl Store {
         &self.client
     }
 
-    /// Tombstones waiting for their node to come back.
-    pub(crate) fn pending_tombstones(&self) -> usize {
-        self.hints.len()
-    }
 
     pub(crate) fn knows(&self, node: &str) -> bool {
         self.per_node.contains_key(node)
@@ -312,10 +250,6 @@ impl Store {
 
     fn validity_key(&self, key: &SessionKey) -> String {
         format!("{}validity:{key}", self.prefix)
-    }
-
-    fn lock_key(&self, key: &SessionKey) -> String {
-        format!("{}lock:{key}", self.prefix)
     }
 
     fn node(&self, id: &str) -> Result<&Client, crate::Error> {
@@ -535,7 +469,8 @@ impl Store {
     }
 
     /// Writes `record` as version `base + 1` to every copy of the placement, primary
-    /// first, relocating away from nodes that fail. See the module's rules.
+    /// first, relocating away from nodes that fail, then removes the copies a relocation
+    /// left behind. See the module's rules. Returns where the copies are now.
     pub(crate) async fn replicate(
         &self,
         key: &SessionKey,
@@ -634,6 +569,7 @@ impl Store {
                     Err(e) => return Err(e.into()),
                 }
             }
+            self.remove_stale(key, &copies, new_version, known).await;
             return Ok(Replicated::Written {
                 copies,
                 version: new_version,
@@ -753,63 +689,21 @@ impl Store {
             }
         }
         // A node that missed the tombstone (down, stopped, failing) may come back with
-        // a copy: the tombstone is re-sent when it is up again.
-        let deadline = std::time::Instant::now() + max_inactive.saturating_add(TOMBSTONE_MARGIN);
-        for node in self.client.node_ids() {
-            if !done.contains(&node) {
-                self.hints.add(TombstoneHint {
-                    node,
-                    key: *key,
-                    invalidated_ms,
-                    deadline,
-                });
-            }
+        // a copy: the nodes that hold the tombstone keep a hint for it (handoff.rs).
+        let missed: Vec<String> = self
+            .client
+            .node_ids()
+            .into_iter()
+            .filter(|n| !done.contains(n))
+            .collect();
+        if !missed.is_empty() {
+            let ttl_secs = max_inactive.saturating_add(TOMBSTONE_MARGIN).as_secs();
+            self.record_hints(key, &missed, &done, invalidated_ms, ttl_secs)
+                .await;
         }
         outcome.unwrap_or_else(|| {
             Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
         })
-    }
-
-    /// Re-sends the tombstones nodes missed (hinted handoff): for each pending hint whose
-    /// node is up again, `set` the tombstone there; hints past their deadline (the
-    /// session would have expired anyway) are dropped. Returns the tombstones delivered.
-    pub(crate) async fn deliver_hints(&self) -> usize {
-        let due = self
-            .hints
-            .take_due(|node| self.client.node_state(node) == Some(NodeState::Up));
-        let mut delivered = 0;
-        for hint in due {
-            let remaining = hint
-                .deadline
-                .saturating_duration_since(std::time::Instant::now());
-            let tombstone =
-                format::encode_tombstone(&hint.key, TOMBSTONE_VERSION, hint.invalidated_ms);
-            let options = StoreOptions {
-                flags: flags_of(TOMBSTONE_VERSION),
-                expiry: ttl(remaining),
-                cas: None,
-            };
-            let result = match self.node(&hint.node) {
-                Ok(c) => {
-                    c.store(
-                        StoreMode::Set,
-                        self.data_key(&hint.key),
-                        &tombstone,
-                        options,
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(_) => delivered += 1,
-                Err(e) => {
-                    tracing::debug!(node = %hint.node, error = %e, "tombstone hint not delivered yet");
-                    self.hints.add(hint);
-                }
-            }
-        }
-        delivered
     }
 
     /// Read repair of an invalidation: a read found the tombstone as the latest copy and
@@ -897,115 +791,6 @@ impl Store {
         for result in futures::future::join_all(removals).await {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "stale session copy not removed; it expires with its TTL");
-            }
-        }
-    }
-
-    // ----- locks -------------------------------------------------------------------
-
-    /// The nodes to try for the key's lock, in order.
-    pub(crate) fn lock_nodes(&self, key: &SessionKey) -> Vec<String> {
-        self.placement.lock_nodes(key, |n| self.usable(n))
-    }
-
-    /// `add`s the lock key; true when acquired.
-    pub(crate) async fn try_lock(
-        &self,
-        node: &str,
-        key: &SessionKey,
-        token: &str,
-        expiry: Duration,
-    ) -> Result<bool, crate::Error> {
-        self.node(node)?
-            .add(self.lock_key(key), token, lock_ttl(expiry))
-            .await
-    }
-
-    /// The renewal loop of a held lock: every third of `expiry`, the lock's TTL is reset,
-    /// under its CAS token, while it still holds `token`. Ends when the lock is no
-    /// longer this holder's (or the node fails); the caller aborts it on release.
-    pub(crate) fn lock_renewal(
-        &self,
-        node: &str,
-        key: &SessionKey,
-        token: &str,
-        expiry: Duration,
-        lost: Arc<std::sync::atomic::AtomicBool>,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let client = self.per_node.get(node).cloned();
-        let lock_key = self.lock_key(key);
-        let token = token.to_owned();
-        let period = (expiry / 3).max(Duration::from_millis(100));
-        async move {
-            let Some(client) = client else { return };
-            loop {
-                tokio::time::sleep(period).await;
-                let renewed = async {
-                    match client.gets(&lock_key).await? {
-                        Some(item) if item.value.as_ref() == token.as_bytes() => {
-                            let options = StoreOptions {
-                                flags: 0,
-                                expiry: lock_ttl(expiry),
-                                cas: item.cas,
-                            };
-                            let outcome = client
-                                .store(StoreMode::Set, &lock_key, &token, options)
-                                .await?;
-                            Ok::<bool, crate::Error>(outcome == StoreOutcome::Stored)
-                        }
-                        _ => Ok(false),
-                    }
-                };
-                match renewed.await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        lost.store(true, Relaxed);
-                        tracing::warn!(
-                            "session lock lost before its request ended; the request's write will be refused if another request wrote meanwhile"
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "session lock renewal failed");
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Removes the lock key only if it still holds `token`, atomically: the lock is read
-    /// with its CAS token and overwritten, under that token, by an item that expires at
-    /// once (a CAS-guarded delete both protocols can express).
-    pub(crate) async fn unlock(&self, node: &str, key: &SessionKey, token: &str) {
-        let Ok(client) = self.node(node) else {
-            return;
-        };
-        let lock_key = self.lock_key(key);
-        let released = async {
-            match client.gets(&lock_key).await? {
-                Some(item) if item.value.as_ref() == token.as_bytes() => {
-                    let options = StoreOptions {
-                        flags: 0,
-                        expiry: Expiry::In(Duration::ZERO),
-                        cas: item.cas,
-                    };
-                    let outcome = client
-                        .store(StoreMode::Set, &lock_key, token, options)
-                        .await?;
-                    Ok::<bool, crate::Error>(outcome == StoreOutcome::Stored)
-                }
-                _ => Ok(false),
-            }
-        };
-        match released.await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                node,
-                "session lock had expired or was taken by another request before release; left as it is"
-            ),
-            Err(e) => {
-                tracing::warn!(node, error = %e, "session lock not released; it expires on its own")
             }
         }
     }
