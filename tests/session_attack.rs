@@ -531,3 +531,174 @@ async fn sticky_async_the_next_request_finds_a_session_whose_first_write_is_stil
          afterwards {cookie:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Two instances with different views of a node that just came back (SIGCONT): one still
+// has it marked down (its reconnect backoff has not run out), the other uses it. Each
+// computes a different placement (and lock node) for the same session.
+
+/// An instance whose client waits long before reconnecting to a node it marked down, so
+/// that it keeps seeing a resumed node as down for the rest of the test.
+fn slow_to_notice(cluster: &Cluster, locking: &str) -> BackupSessionService {
+    let client = kit::builder(cluster, memkeep::Protocol::Meta)
+        .operation_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .timeout_threshold(3)
+        .build()
+        .unwrap();
+    let cfg = config(cluster, Mode::NonSticky)
+        .locking_str(locking)
+        .lock_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    BackupSessionService::with_client(cfg, client).unwrap()
+}
+
+/// Request `ra` on instance a (which still sees the session's primary node as down)
+/// and `rb` on instance b (which sees it up) load the session, then ra sets x=1 and
+/// finishes, then rb sets y=2 and finishes. Returns (a's outcome, b's outcome, what a
+/// fresh instance reads of x and y with each id the browser was given).
+#[allow(clippy::type_complexity)]
+async fn two_views_of_a_resumed_primary(
+    locking: &str,
+) -> (
+    Result<memkeep::session::SaveOutcome, memkeep::session::SessionError>,
+    Result<memkeep::session::SaveOutcome, memkeep::session::SessionError>,
+    Vec<(String, Option<Option<u64>>, Option<Option<u64>>)>,
+) {
+    let mut cluster = Cluster::start(3);
+    let a = slow_to_notice(&cluster, locking);
+    let b = non_sticky_fast(&cluster, locking);
+    let browser = logged_in(&b).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let id = browser.id().unwrap();
+    let primary = index_of(id.node());
+    cluster[primary].pause();
+    assert!(drive_down(&a, id.node(), Duration::from_secs(10)).await);
+    cluster[primary].resume();
+    assert!(wait_nodes_up(&[&b], Duration::from_secs(15)).await);
+    let ra = a.request(RequestInfo::new("/x").session_id(Some(&cookie)));
+    let rb = b.request(RequestInfo::new("/y").session_id(Some(&cookie)));
+    let sa = ra.session().await.unwrap().unwrap();
+    let sb = rb.session().await.unwrap().unwrap();
+    sa.insert("x", &1u64).unwrap();
+    drop(sa);
+    let out_a = ra.finish().await;
+    sb.insert("y", &2u64).unwrap();
+    drop(sb);
+    let out_b = rb.finish().await;
+    let c = non_sticky_fast(&cluster, locking);
+    let mut ids = vec![cookie];
+    for out in [&out_a, &out_b].into_iter().flatten() {
+        if let CookieDecision::Set(new) = &out.cookie {
+            ids.push(new.clone());
+        }
+    }
+    let mut seen = Vec::new();
+    for i in ids {
+        let x = look(&c, &i, "x").await.unwrap();
+        let y = look(&c, &i, "y").await.unwrap();
+        seen.push((i, x, y));
+    }
+    (out_a, out_b, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_views_of_a_resumed_node_unlocked_writers_both_keep_their_changes() {
+    let (out_a, out_b, seen) = two_views_of_a_resumed_primary("none").await;
+    assert!(matches!(&out_a, Ok(o) if o.written), "a: {out_a:?}");
+    let mut wrong = Vec::new();
+    // b changed y: its finish either fails or writes (merges) it; never "Ok, nothing
+    // written" while its change sits on one copy only.
+    let acked_b = match &out_b {
+        Ok(o) if o.written => true,
+        Ok(o) => {
+            wrong.push(format!(
+                "b changed y but finish said Ok, written=false: {o:?}"
+            ));
+            false
+        }
+        Err(_) => false,
+    };
+    for (i, x, y) in &seen {
+        if *x != Some(Some(1)) {
+            wrong.push(format!("with id {i}: x={x:?}: a's acknowledged write lost"));
+        }
+        if acked_b && *y != Some(Some(2)) {
+            wrong.push(format!("with id {i}: y={y:?}: b's acknowledged write lost"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "I2 (unlocked writers, different attributes; a: {out_a:?}, b: {out_b:?}): {}",
+        report(&wrong)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_views_of_a_resumed_node_locked_a_refused_write_is_never_visible() {
+    let (out_a, out_b, seen) = two_views_of_a_resumed_primary("all").await;
+    let acked_a = matches!(&out_a, Ok(o) if o.written);
+    let acked_b = matches!(&out_b, Ok(o) if o.written);
+    let mut wrong = Vec::new();
+    for (i, x, y) in &seen {
+        if acked_a && *x != Some(Some(1)) {
+            wrong.push(format!("with id {i}: x={x:?}: a's acknowledged write lost"));
+        }
+        if !acked_a && x.is_some_and(|v| v.is_some()) {
+            wrong.push(format!("with id {i}: x={x:?}: a's refused write visible"));
+        }
+        if acked_b && *y != Some(Some(2)) {
+            wrong.push(format!("with id {i}: y={y:?}: b's acknowledged write lost"));
+        }
+        if !acked_b && y.is_some_and(|v| v.is_some()) {
+            wrong.push(format!("with id {i}: y={y:?}: b's refused write visible"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "I2/I3 (a: {out_a:?}, b: {out_b:?}): {}",
+        report(&wrong)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// I4 kind "memory an instance keeps for requests that are over": a finish cancelled
+// mid-save leaves its slot referenced for good.
+
+async fn cancelled_finishes_leave_no_slot(mode: Mode) {
+    let cluster = Cluster::start(2);
+    let mut builder = config(&cluster, mode).max_local_sessions(4);
+    if mode == Mode::Sticky {
+        builder = builder.route("a");
+    }
+    let a = service(&cluster, builder);
+    for i in 0..20u64 {
+        let r = a.request(RequestInfo::new("/new"));
+        r.get_or_create().await.unwrap().insert("i", &i).unwrap();
+        assert!(r.finish().now_or_never().is_none());
+    }
+    // Ordinary traffic afterwards (the bound is enforced when requests end).
+    let mut browser = Browser::new();
+    for _ in 0..5 {
+        browser.increment(&a, "n").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kept = a.local_sessions();
+    let bound = if mode == Mode::Sticky { 4 } else { 0 };
+    assert!(
+        kept <= bound,
+        "I4 ({mode:?}): {kept} sessions kept in memory after 20 requests whose finish was \
+         cancelled (bound {bound})"
+    );
+}
+
+#[tokio::test]
+async fn non_sticky_cancelled_finishes_keep_nothing_in_memory() {
+    cancelled_finishes_leave_no_slot(Mode::NonSticky).await;
+}
+
+#[tokio::test]
+async fn sticky_cancelled_finishes_keep_memory_within_max_local_sessions() {
+    cancelled_finishes_leave_no_slot(Mode::Sticky).await;
+}
