@@ -702,3 +702,32 @@ async fn non_sticky_cancelled_finishes_keep_nothing_in_memory() {
 async fn sticky_cancelled_finishes_keep_memory_within_max_local_sessions() {
     cancelled_finishes_leave_no_slot(Mode::Sticky).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Docs follow the code: docs/session.md (sticky mode, and "Limitations") promises that a
+// sticky session whose copies were all lost (both nodes restarted empty) "survives in its
+// owner's memory and is written back".
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_a_session_whose_copies_were_all_lost_is_written_back_from_memory_as_documented() {
+    let mut cluster = Cluster::start(2);
+    let a = service(&cluster, config(&cluster, Mode::Sticky).route("a"));
+    let mut browser = logged_in(&a).await;
+    cluster[0].restart();
+    cluster[1].restart();
+    assert!(wait_nodes_up(&[&a], Duration::from_secs(15)).await);
+    let mut user = browser.read_u64(&a, "user").await;
+    for _ in 0..20 {
+        if user.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        user = browser.read_u64(&a, "user").await;
+    }
+    assert!(
+        matches!(user, Ok(Some(7))),
+        "docs/session.md: the owner's memory copy is written back when every node answers \
+         it has none; the owner's next request saw user={user:?}, cookie now {:?}",
+        browser.cookie
+    );
+}
