@@ -59,6 +59,24 @@ async fn found_anywhere(
     found
 }
 
+/// Reads attribute `name` as a u64 right after a node fault: a request that fails while
+/// the client notices the fault is retried for about 2 s.
+async fn read_after_fault(
+    browser: &mut Browser,
+    svc: &BackupSessionService,
+    name: &str,
+) -> Result<Option<u64>, memkeep::session::SessionError> {
+    let mut got = browser.read_u64(svc, name).await;
+    for _ in 0..20 {
+        if got.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        got = browser.read_u64(svc, name).await;
+    }
+    got
+}
+
 // ---------------------------------------------------------------------------------------
 // I2 kind "a request whose session could not be LOADED tells the client to forget it":
 // the load is cancelled (a handler's own deadline around `session()`, a client that
@@ -303,14 +321,7 @@ async fn create_on_login_then_failover_keeps_the_new_session_and_the_old_one_gon
     let mut after = Browser {
         cookie: Some(new.clone()),
     };
-    let mut user = after.read_u64(&b, "user").await;
-    for _ in 0..20 {
-        if user.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        user = after.read_u64(&b, "user").await;
-    }
+    let user = read_after_fault(&mut after, &b, "user").await;
     assert_eq!(
         user.unwrap(),
         Some(7),
@@ -716,18 +727,97 @@ async fn sticky_a_session_whose_copies_were_all_lost_is_written_back_from_memory
     cluster[0].restart();
     cluster[1].restart();
     assert!(wait_nodes_up(&[&a], Duration::from_secs(15)).await);
-    let mut user = browser.read_u64(&a, "user").await;
-    for _ in 0..20 {
-        if user.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        user = browser.read_u64(&a, "user").await;
-    }
+    let user = read_after_fault(&mut browser, &a, "user").await;
     assert!(
         matches!(user, Ok(Some(7))),
         "docs/session.md: the owner's memory copy is written back when every node answers \
          it has none; the owner's next request saw user={user:?}, cookie now {:?}",
         browser.cookie
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Sticky async: a queued write must not carry an old snapshot over a newer version. The
+// owner's memory copy is re-based onto another instance's write (by a request that
+// loads it while the write is still queued); the queued snapshot, taken before, must
+// not then be written as the successor of that newer version.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_async_a_queued_snapshot_never_overwrites_a_takeover_write_it_predates() {
+    let mut cluster = Cluster::start(3);
+    let slow_writer_client = kit::builder(&cluster, memkeep::Protocol::Meta)
+        .operation_timeout(Duration::from_secs(3))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .timeout_threshold(3)
+        .build()
+        .unwrap();
+    let a = BackupSessionService::with_client(
+        config(&cluster, Mode::Sticky)
+            .route("a")
+            .write_mode(WriteMode::Async)
+            .build()
+            .unwrap(),
+        slow_writer_client,
+    )
+    .unwrap();
+    let b = service(&cluster, config(&cluster, Mode::Sticky).route("b"));
+    let mut browser = logged_in(&a).await;
+    a.flush().await;
+    let id = browser.id().unwrap();
+    let third = cluster
+        .ids()
+        .into_iter()
+        .find(|n| n != id.node() && Some(n.as_str()) != id.backup())
+        .unwrap();
+    // Another session with a copy on the third node: its queued write will keep the
+    // background writer busy while that node is stopped.
+    let mut other = loop {
+        let mut candidate = Browser::new();
+        candidate.increment(&a, "n").await.unwrap();
+        let oid = candidate.id().unwrap();
+        if oid.node() == third || oid.backup() == Some(third.as_str()) {
+            break candidate;
+        }
+    };
+    a.flush().await;
+    let stopped = index_of(&third);
+    cluster[stopped].pause();
+    other.increment(&a, "n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // the writer takes that batch
+                                                          // a: x=1, queued behind the stuck batch (acknowledged to the handler).
+    let old = browser.cookie.clone().unwrap();
+    browser
+        .call(&a, "/x", |s| s.insert("x", &1u64).unwrap())
+        .await
+        .unwrap();
+    // b takes the session over and writes y=2: acknowledged by both copies.
+    let mut on_b = Browser {
+        cookie: Some(old.clone()),
+    };
+    let (_, out_b) = on_b
+        .call(&b, "/y", |s| s.insert("y", &2u64).unwrap())
+        .await
+        .unwrap();
+    assert!(out_b.written);
+    // A request still routed to a loads the session (a re-bases its memory copy onto
+    // b's version) and goes away without finishing.
+    let r = a.request(RequestInfo::new("/look").session_id(Some(&old)));
+    let seen = r
+        .session()
+        .await
+        .unwrap()
+        .map(|s| s.get::<u64>("y").unwrap());
+    drop(r);
+    cluster[stopped].resume();
+    a.flush().await;
+    let c = service(&cluster, config(&cluster, Mode::Sticky).route("c"));
+    let cookie = on_b.cookie.clone().unwrap();
+    let x = look(&c, &cookie, "x").await.unwrap();
+    let y = look(&c, &cookie, "y").await.unwrap();
+    assert_eq!(
+        y,
+        Some(Some(2)),
+        "I2: b's acknowledged y=2 after a's queued write of x=1 was stored (a's request \
+         saw y={seen:?}; x={x:?})"
     );
 }
