@@ -77,6 +77,21 @@ async fn read_after_fault(
     got
 }
 
+/// Sets attribute `name` to `value` in the browser's session (created if needed).
+async fn set_u64(
+    browser: &mut Browser,
+    svc: &BackupSessionService,
+    name: &str,
+    value: u64,
+) -> memkeep::session::SaveOutcome {
+    let name = name.to_owned();
+    let (_, out) = browser
+        .call(svc, "/set", move |s| s.insert(&name, &value).unwrap())
+        .await
+        .unwrap();
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // I2 kind "a request whose session could not be LOADED tells the client to forget it":
 // the load is cancelled (a handler's own deadline around `session()`, a client that
@@ -433,10 +448,7 @@ async fn async_queued_write_then_takeover_and_logout_elsewhere_stays_logged_out(
     let mut browser = logged_in(&a).await;
     a.flush().await;
     let old = browser.cookie.clone().unwrap();
-    browser
-        .call(&a, "/edit", |s| s.insert("cart", &5u64).unwrap())
-        .await
-        .unwrap();
+    set_u64(&mut browser, &a, "cart", 5).await;
     // b takes it over with the id a handed out, and logs out.
     let mut on_b = Browser {
         cookie: browser.cookie.clone(),
@@ -783,21 +795,16 @@ async fn sticky_async_a_queued_snapshot_never_overwrites_a_takeover_write_it_pre
     let stopped = index_of(&third);
     cluster[stopped].pause();
     other.increment(&a, "n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await; // the writer takes that batch
-                                                          // a: x=1, queued behind the stuck batch (acknowledged to the handler).
+    // The writer takes that batch and waits for the stopped node.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // a: x=1, queued behind the stuck batch (acknowledged to the handler).
     let old = browser.cookie.clone().unwrap();
-    browser
-        .call(&a, "/x", |s| s.insert("x", &1u64).unwrap())
-        .await
-        .unwrap();
+    set_u64(&mut browser, &a, "x", 1).await;
     // b takes the session over and writes y=2: acknowledged by both copies.
     let mut on_b = Browser {
         cookie: Some(old.clone()),
     };
-    let (_, out_b) = on_b
-        .call(&b, "/y", |s| s.insert("y", &2u64).unwrap())
-        .await
-        .unwrap();
+    let out_b = set_u64(&mut on_b, &b, "y", 2).await;
     assert!(out_b.written);
     // A request still routed to a loads the session (a re-bases its memory copy onto
     // b's version) and goes away without finishing.
