@@ -231,3 +231,50 @@ pub async fn drive_down(svc: &BackupSessionService, node: &str, limit: Duration)
     }
     false
 }
+
+/// What a request presenting `id` sees of attribute `name`: `None` when it gets no
+/// session, `Some(value)` when it does.
+pub async fn look(
+    svc: &BackupSessionService,
+    id: &str,
+    name: &str,
+) -> Result<Option<Option<u64>>, SessionError> {
+    let mut b = Browser {
+        cookie: Some(id.to_owned()),
+    };
+    let name = name.to_owned();
+    let (v, _) = b
+        .visit(svc, "/look", move |s| {
+            s.map(|s| s.get::<u64>(&name).unwrap())
+        })
+        .await?;
+    Ok(v)
+}
+
+/// The first dozen of a list of wrong outcomes, with their number.
+pub fn report(wrong: &[String]) -> String {
+    let shown: Vec<&String> = wrong.iter().take(12).collect();
+    format!("{} wrong outcome(s), first ones: {shown:#?}", wrong.len())
+}
+
+/// A browser logged in on `svc`: a session with `user = 7`.
+pub async fn logged_in(svc: &BackupSessionService) -> Browser {
+    let mut browser = Browser::new();
+    browser
+        .call(svc, "/login", |s| s.insert("user", &7u64).unwrap())
+        .await
+        .unwrap();
+    browser
+}
+
+/// Invalidates the browser's session on `svc` and checks the acknowledgement.
+pub async fn logout(svc: &BackupSessionService, cookie: &str) {
+    let r = svc.request(RequestInfo::new("/logout").session_id(Some(cookie)));
+    r.invalidate().await.unwrap();
+    let out = r.finish().await.expect("the logout is acknowledged");
+    assert_eq!(
+        out.cookie,
+        CookieDecision::Remove,
+        "the logout removes the cookie"
+    );
+}
