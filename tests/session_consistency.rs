@@ -317,8 +317,7 @@ async fn sticky_a_primary_node_stopped_during_logout_never_brings_the_session_ba
 /// that held the tombstone can be lost, one after the other, and the old copy on the
 /// returning node still never comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tombstone_missed_by_a_stopped_node_is_handed_off_after_the_invalidating_instance_died(
-) {
+async fn a_tombstone_missed_by_a_stopped_node_is_handed_off_after_the_invalidating_instance_died() {
     let mut cluster = Cluster::start(3);
     let a = instance(&cluster, Mode::NonSticky, "a");
     let b = instance(&cluster, Mode::NonSticky, "b");

@@ -211,10 +211,12 @@ impl Engine {
                 validity,
             }) => (version, stored, validity),
             Some(Latest::Tombstone) => return None,
-            // No copy where one could be: gone. A memory copy is not written back: it
-            // may be stale, or the session invalidated and its tombstones lost with the
-            // nodes that held them.
-            None => return None,
+            // No copy where one could be. A memory copy with a write still queued (async
+            // mode: its first write, or a write after both nodes were replaced) is the
+            // session: the queued write stores it. Any other memory copy is not written
+            // back: it may be stale, or the session invalidated and its tombstones lost
+            // with the nodes that held them (two node faults: out of scope).
+            None => return memory.filter(|_| pending),
         };
         if validity.is_expired_at(super::clock::unix_millis(now)) {
             self.stats.expired.fetch_add(1, Relaxed);
@@ -350,10 +352,10 @@ impl Engine {
     ) -> Result<Saved, SessionError> {
         let key = session.id().key();
         for _ in 0..MERGE_ATTEMPTS {
-            let (base, max_inactive) = {
-                let d = session.lock();
-                (d.base_version(), d.max_inactive_interval())
-            };
+            // The version the snapshot's content is based on (not the live session's:
+            // in async mode it may have moved on since the snapshot was queued).
+            let base = snapshot.base_version;
+            let max_inactive = session.lock().max_inactive_interval();
             let started = Instant::now();
             let outcome = match self
                 .store
@@ -428,14 +430,10 @@ impl Engine {
         s: &mut SlotState,
         mut snapshot: WriteSnapshot,
     ) -> Result<Saved, SessionError> {
-        let (key, base, validity, max_inactive) = {
+        let base = snapshot.base_version;
+        let (key, validity, max_inactive) = {
             let d = session.lock();
-            (
-                d.id().key(),
-                d.base_version(),
-                d.validity(),
-                d.max_inactive_interval(),
-            )
+            (d.id().key(), d.validity(), d.max_inactive_interval())
         };
         let copies = self
             .store

@@ -105,6 +105,8 @@ pub struct SessionData {
 /// memcached acknowledged it.
 pub(crate) struct WriteSnapshot {
     pub(crate) bytes: Vec<u8>,
+    /// The write version the snapshot's content is based on.
+    pub(crate) base_version: u64,
     pub(crate) changed: bool,
     pub(crate) gen: u64,
     pub(crate) hashes: Vec<(String, u64)>,
@@ -418,6 +420,7 @@ impl SessionData {
         )?;
         Ok(WriteSnapshot {
             bytes,
+            base_version: self.base_version,
             changed,
             gen: self.change_gen,
             hashes,

@@ -116,7 +116,7 @@ impl Placement {
 
     /// The nodes a read of `key` looks at first: the id's hints (configured ones only,
     /// deduplicated) and the first two nodes of the order. The store reads further down
-    /// the order while fewer than two nodes of the order answered.
+    /// the order while fewer than two nodes of the order answered with a copy.
     pub(crate) fn read_targets<'a>(
         &'a self,
         key: &SessionKey,
@@ -144,15 +144,17 @@ pub(crate) struct ReadTargets<'a> {
 
 impl<'a> ReadTargets<'a> {
     /// The next node to read: walking the order, the first node not read yet that comes
-    /// before two nodes that answered. `None` when the first two answering nodes of the
-    /// order are known (or the order is exhausted): any write made since the last two
-    /// node faults left a copy on one of them.
-    pub(crate) fn next(&self, read: &[&str], answered: &[&str]) -> Option<&'a str> {
-        let mut answering = 0;
+    /// before two nodes that answered **with a copy** (a record or a tombstone). `None`
+    /// when those two are known, or the order is exhausted. A node that answers "no
+    /// copy" may have lost it (restarted empty), so the read goes on down the order: a
+    /// tombstone or a newer copy further down is never missed because a node in front
+    /// forgot it. (A session that exists nowhere costs one read per node.)
+    pub(crate) fn next(&self, read: &[&str], holding: &[&str]) -> Option<&'a str> {
+        let mut holders = 0;
         for n in self.order.iter().copied() {
-            if answered.contains(&n) {
-                answering += 1;
-                if answering == 2 {
+            if holding.contains(&n) {
+                holders += 1;
+                if holders == 2 {
                     return None;
                 }
             } else if !read.contains(&n) {
@@ -215,13 +217,15 @@ mod tests {
         let order = p.order(&k);
         let t = p.read_targets(&k, &[order[3], "nope", order[3]]);
         assert_eq!(t.first, vec![order[3], order[0], order[1]]);
-        // Both of the order's first two answered: complete.
+        // Both of the order's first two hold a copy: complete.
         assert_eq!(t.next(&t.first, &[order[0], order[1]]), None);
-        // The first did not answer: read the next node of the order not read yet, even
-        // though a hint further down the order answered.
+        // The first did not answer or holds nothing: read the next node of the order not
+        // read yet, even though a hint further down the order holds a copy.
         assert_eq!(t.next(&t.first, &[order[1], order[3]]), Some(order[2]));
         let read = [order[3], order[0], order[1], order[2]];
         assert_eq!(t.next(&read, &[order[1], order[2], order[3]]), None);
+        // Nobody holds a copy: every node is read, then the read is complete.
+        assert_eq!(t.next(&read, &[]), None);
     }
 
     #[test]

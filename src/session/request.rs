@@ -139,8 +139,11 @@ impl SessionRequest {
         if st.loaded {
             return Ok(st.session.clone().filter(|s| !s.is_invalidated()));
         }
-        st.loaded = true;
+        // `loaded` is set only once the load completed: a load cancelled at an await
+        // point (the caller dropped the future) is not taken for "no session", so a later
+        // call loads again and `finish` keeps the cookie.
         let engine = &self.inner.engine;
+        let mut failure = None;
         for candidate in &self.inner.candidates {
             let Some(id) = SessionId::parse(candidate) else {
                 engine.stats.invalid_ids.fetch_add(1, Relaxed);
@@ -157,7 +160,9 @@ impl SessionRequest {
                 );
                 continue;
             }
-            st.presented = Some(candidate.clone());
+            if st.presented.is_none() {
+                st.presented = Some(candidate.clone());
+            }
             self.leave_slot(st).await;
             let needs_lock = engine.decide_lock(&self.inner.path);
             let key = id.key();
@@ -166,18 +171,24 @@ impl SessionRequest {
             st.locked_request = needs_lock;
             match engine.load(&id, &slot, needs_lock).await {
                 Ok(Some(sess)) => {
+                    st.presented = Some(candidate.clone());
                     st.session = Some(sess.clone());
+                    st.loaded = true;
                     return Ok(Some(sess));
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    st.load_failed = true;
-                    self.leave_slot(st).await;
-                    return Err(e);
-                }
+                // Another candidate may still load (a forged first id naming a node that
+                // is down must not hide the real session); the request fails only if none
+                // does.
+                Err(e) => failure = Some(e),
             }
         }
         self.leave_slot(st).await;
+        if let Some(e) = failure {
+            st.load_failed = true;
+            return Err(e);
+        }
+        st.loaded = true;
         if st.presented.is_none() {
             st.presented = self.inner.candidates.first().cloned();
         }

@@ -114,6 +114,7 @@ impl BackupSessionService {
             client,
             &config.failover_nodes,
             config.key_prefix.clone(),
+            config.max_inactive_interval,
             Arc::clone(&stats),
         )?;
         let writer = (config.mode == Mode::Sticky

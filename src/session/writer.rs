@@ -20,8 +20,8 @@ use super::engine::Engine;
 use super::id::SessionKey;
 use super::local::Slot;
 use super::model::{Session, WriteSnapshot};
-use super::store::KnownCopies;
 use super::stats::SessionStats;
+use super::store::KnownCopies;
 use super::SessionError;
 
 /// Most queued writes one batch takes.
@@ -161,7 +161,9 @@ async fn run(
                 let me = Arc::clone(&me);
                 writes.push(async move {
                     let mut known = job.known;
-                    let result = me.write_queued(&job.session, job.snapshot, &mut known).await;
+                    let result = me
+                        .write_queued(&job.session, job.snapshot, &mut known)
+                        .await;
                     (job.session, result)
                 });
             }

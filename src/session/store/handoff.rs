@@ -102,7 +102,9 @@ impl Store {
                 return Ok(());
             }
         }
-        Err(crate::Error::Server("tombstone hint list kept changing".into()))
+        Err(crate::Error::Server(
+            "tombstone hint list kept changing".into(),
+        ))
     }
 
     /// Delivers the hints addressed to every node that is up; `now_ms` is the current
@@ -145,7 +147,12 @@ impl Store {
                 cas: None,
             };
             match target_client
-                .store(StoreMode::Set, self.data_key(&hint.key), &tombstone, options)
+                .store(
+                    StoreMode::Set,
+                    self.data_key(&hint.key),
+                    &tombstone,
+                    options,
+                )
                 .await
             {
                 Ok(_) => delivered += 1,
@@ -165,7 +172,11 @@ impl Store {
             .store(StoreMode::Set, &list, b"", remove)
             .await;
         if delivered > 0 {
-            tracing::info!(node = target, delivered, "tombstones a node missed were handed off to it");
+            tracing::info!(
+                node = target,
+                delivered,
+                "tombstones a node missed were handed off to it"
+            );
         }
         delivered
     }

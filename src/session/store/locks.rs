@@ -85,7 +85,8 @@ impl Store {
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "session lock renewal failed");
+                        lost.store(true, Relaxed);
+                        tracing::warn!(error = %e, "session lock renewal failed; the lock may expire before its request ends");
                         return;
                     }
                 }

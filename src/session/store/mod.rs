@@ -7,8 +7,8 @@
 //!
 //! # The rules, each enforced here and only here
 //!
-//! * **Latest wins** ([`Fetched`]): a read looks at the nodes the id names (hints) and at
-//!   the first two nodes of the key's preference order that answer
+//! * **Latest wins** ([`Fetched`]): a read looks at the nodes the id names (hints) and
+//!   down the key's preference order until two nodes answered with a copy
 //!   ([`Placement::read_targets`]), and keeps the copy with the highest write version; a
 //!   tombstone has version `u64::MAX`, so an invalidation outranks every copy.
 //! * **Copies only move forward** ([`Store::write_copy`]): a session record with write
@@ -168,6 +168,9 @@ pub(crate) struct Store {
     placement: Placement,
     prefix: String,
     stats: Arc<SessionStats>,
+    /// The TTL of a tombstone spread by read repair (the configured max inactive
+    /// interval plus the margin: the session's own interval is not in the tombstone).
+    repair_ttl: Duration,
 }
 
 /// memcached's TTL for a duration: 1 s resolution, rounded up so an item never dies
@@ -188,6 +191,7 @@ impl Store {
         client: Client,
         failover: &[String],
         prefix: String,
+        max_inactive: Duration,
         stats: Arc<SessionStats>,
     ) -> Result<Self, SessionError> {
         let nodes = client.node_ids();
@@ -218,13 +222,13 @@ impl Store {
             per_node,
             prefix,
             stats,
+            repair_ttl: max_inactive.saturating_add(TOMBSTONE_MARGIN),
         })
     }
 
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }
-
 
     pub(crate) fn knows(&self, node: &str) -> bool {
         self.per_node.contains_key(node)
@@ -279,8 +283,8 @@ impl Store {
         Ok(Some((item.value, item.cas.unwrap_or(0), validity)))
     }
 
-    /// Reads a session: every node the id names (`hints`) and the first two nodes of
-    /// the key's order that answer; the latest copy wins. `Err` when no node answered,
+    /// Reads a session: every node the id names (`hints`) and the nodes of the key's
+    /// order until two of them answered with a copy; the latest copy wins. `Err` when no node answered,
     /// or when nothing was found while every node the id names failed: a session that
     /// can't be read is not reported absent.
     pub(crate) async fn fetch(
@@ -316,7 +320,8 @@ impl Store {
                     Err(e) => return Err(e.into()),
                 }
             }
-            batch = targets.next(&read, &answered).into_iter().collect();
+            let holding: Vec<&str> = found.iter().map(|(n, ..)| *n).collect();
+            batch = targets.next(&read, &holding).into_iter().collect();
         }
         let mut latest: Option<(u64, Latest)> = None;
         let mut newest_validity: Option<Validity> = None;
@@ -550,8 +555,12 @@ impl Store {
                         written.push(node.to_owned())
                     }
                     Ok(CopyWrite::Newer { version }) => {
-                        if !written.is_empty() {
-                            tracing::warn!(node, "a copy was written after this write's primary copy: copies diverge until the next write");
+                        if !written.is_empty() && version != TOMBSTONE_VERSION {
+                            // Another writer got to this copy first (instances disagreeing
+                            // about which node is the primary): this write is refused, so
+                            // its copies already stored must not stay visible.
+                            self.roll_forward(key, node, &written, new_version, expiry)
+                                .await;
                         }
                         return Ok(if version == TOMBSTONE_VERSION {
                             Replicated::Gone
@@ -576,6 +585,51 @@ impl Store {
             });
         }
         Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
+    }
+
+    /// Undoes the copies a refused write already stored on `written`: each is replaced,
+    /// under its CAS token and only while it still holds `ours`, by the newer record
+    /// found on `newer_node`. Best effort (a failure leaves two copies of one version
+    /// until the next write of the session).
+    async fn roll_forward(
+        &self,
+        key: &SessionKey,
+        newer_node: &str,
+        written: &[String],
+        ours: u64,
+        expiry: Expiry,
+    ) {
+        let newer = match self.node(newer_node) {
+            Ok(c) => c.gets(self.data_key(key)).await,
+            Err(e) => Err(e),
+        };
+        let Ok(Some(newer)) = newer else { return };
+        let Ok(decoded) = format::decode(&newer.value, key) else {
+            return;
+        };
+        for node in written {
+            let Ok(client) = self.node(node) else {
+                continue;
+            };
+            let Ok(Some(mine)) = client.gets(self.data_key(key)).await else {
+                continue;
+            };
+            if format::decode(&mine.value, key).map_or(true, |d| d.version != ours) {
+                continue;
+            }
+            let options = StoreOptions {
+                flags: flags_of(decoded.version),
+                expiry,
+                cas: mine.cas,
+            };
+            let _ = client
+                .store(StoreMode::Set, self.data_key(key), &newer.value, options)
+                .await;
+        }
+        tracing::warn!(
+            node = newer_node,
+            "a refused write's copies were replaced by the newer copy found"
+        );
     }
 
     /// Refreshes the validity of a session that was only read: `touch` of the record
@@ -721,7 +775,7 @@ impl Store {
         let tombstone = format::encode_tombstone(key, TOMBSTONE_VERSION, 0);
         let options = StoreOptions {
             flags: flags_of(TOMBSTONE_VERSION),
-            expiry: ttl(TOMBSTONE_MARGIN),
+            expiry: ttl(self.repair_ttl),
             cas: None,
         };
         let writes = behind.iter().map(|n| {
