@@ -1,0 +1,163 @@
+//! Reads: every node that may hold a copy, the latest copy wins (see the module's rules).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+
+use super::*;
+
+impl Store {
+    /// Reads one node: the record (with its CAS token) and the validity record.
+    async fn read_node(
+        &self,
+        node: &str,
+        key: &SessionKey,
+    ) -> Result<Option<(Bytes, u64, Option<Bytes>)>, crate::Error> {
+        let client = self.node(node)?;
+        let (data, validity) = futures::join!(
+            client.gets(self.data_key(key)),
+            client.get(self.validity_key(key))
+        );
+        let Some(item) = data? else {
+            return Ok(None);
+        };
+        // A failed validity read only costs precision: the record carries validity too.
+        let validity = validity.ok().flatten().map(|i| i.value);
+        Ok(Some((item.value, item.cas.unwrap_or(0), validity)))
+    }
+
+    /// Reads a session: every node the id names (`hints`) and the nodes of the key's
+    /// order until two of them answered with a copy; the latest copy wins. `Err` when no node answered,
+    /// or when nothing was found while every node the id names failed: a session that
+    /// can't be read is not reported absent.
+    pub(crate) async fn fetch(
+        &self,
+        key: &SessionKey,
+        hints: &[&str],
+    ) -> Result<Fetched, SessionError> {
+        let targets = self.placement.read_targets(key, hints);
+        let mut read: Vec<&str> = Vec::new();
+        let mut answered: Vec<&str> = Vec::new();
+        let mut failed: Vec<(&str, crate::Error)> = Vec::new();
+        let mut found: Vec<(&str, Bytes, u64, Option<Bytes>)> = Vec::new();
+        let mut known = KnownCopies::default();
+        let mut batch: Vec<&str> = targets.first.clone();
+        while !batch.is_empty() {
+            read.extend(batch.iter().copied());
+            let results =
+                futures::future::join_all(batch.iter().map(|n| self.read_node(n, key))).await;
+            for (node, result) in batch.iter().copied().zip(results) {
+                match result {
+                    Ok(Some((bytes, cas, validity))) => {
+                        answered.push(node);
+                        found.push((node, bytes, cas, validity));
+                    }
+                    Ok(None) => {
+                        answered.push(node);
+                        known.set(node, CopyState::Missing);
+                    }
+                    Err(e) if e.is_node_failure() => {
+                        tracing::warn!(node, error = %e, "session node failed during a read; reading the next node");
+                        failed.push((node, e));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let holding: Vec<&str> = found.iter().map(|(n, ..)| *n).collect();
+            batch = targets.next(&read, &holding).into_iter().collect();
+        }
+        let mut latest: Option<(u64, Latest)> = None;
+        let mut newest_validity: Option<Validity> = None;
+        for (node, bytes, cas, validity_bytes) in &found {
+            let Some(decoded) = self.decode(node, key, bytes) else {
+                // A refused record is treated as absent and replaced by the next write.
+                known.set(
+                    node,
+                    CopyState::Present {
+                        version: 0,
+                        cas: *cas,
+                    },
+                );
+                continue;
+            };
+            known.set(
+                node,
+                CopyState::Present {
+                    version: decoded.version,
+                    cas: *cas,
+                },
+            );
+            if let Some(v) = validity_bytes
+                .as_ref()
+                .and_then(|b| Validity::decode(b).ok())
+            {
+                if newest_validity.is_none_or(|n| v.last_access_ms > n.last_access_ms) {
+                    newest_validity = Some(v);
+                }
+            }
+            if latest.as_ref().is_some_and(|(v, _)| *v >= decoded.version) {
+                continue;
+            }
+            let entry = match decoded.record {
+                Record::Tombstone => Latest::Tombstone,
+                Record::Session(stored) => Latest::Session {
+                    version: decoded.version,
+                    validity: stored.validity,
+                    stored,
+                },
+            };
+            latest = Some((decoded.version, entry));
+        }
+        let latest = latest.map(|(_, mut l)| {
+            if let (Latest::Session { validity, .. }, Some(v)) = (&mut l, newest_validity) {
+                if v.last_access_ms > validity.last_access_ms {
+                    *validity = v;
+                }
+            }
+            l
+        });
+        if matches!(latest, Some(Latest::Tombstone)) {
+            self.spread_tombstone(key, &answered, &known).await;
+        }
+        if latest.is_none() {
+            // Every node the id names failed: its copies may be there. (One of them
+            // answering "missing" means the session is gone: a copy is lost only when
+            // its node fails, and the guarantee covers one node fault at a time.)
+            let hints_failed = hints.iter().any(|h| self.placement.knows(h))
+                && hints
+                    .iter()
+                    .filter(|h| self.placement.knows(h))
+                    .all(|h| failed.iter().any(|(n, _)| n == h));
+            if answered.is_empty() || hints_failed {
+                self.stats.load_failures.fetch_add(1, Relaxed);
+                let (node, error) = failed
+                    .into_iter()
+                    .next()
+                    .map(|(n, e)| (n.to_owned(), e))
+                    .unwrap_or_else(|| (String::new(), crate::Error::NoNodeAvailable));
+                tracing::error!(node, error = %error, "session could not be read: no node that may hold it answered");
+                return Err(SessionError::Memcached(error));
+            }
+        }
+        Ok(Fetched { latest, known })
+    }
+
+    fn decode(&self, node: &str, key: &SessionKey, bytes: &[u8]) -> Option<format::Versioned> {
+        let started = std::time::Instant::now();
+        match format::decode(bytes, key) {
+            Ok(r) => {
+                self.stats
+                    .deserialization_us
+                    .record_duration(started.elapsed());
+                Some(r)
+            }
+            Err(e) => {
+                self.stats.foreign_records.fetch_add(1, Relaxed);
+                tracing::warn!(node, error = %e, "session record refused (garbage, foreign or unsupported format); treated as absent");
+                None
+            }
+        }
+    }
+
+    // ----- writes ------------------------------------------------------------------
+}

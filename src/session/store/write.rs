@@ -1,0 +1,255 @@
+//! Conditional writes: copies only move forward, primary first, relocation away from
+//! failing nodes, roll forward of a refused write, removal of copies left behind,
+//! validity refreshes (see the module's rules).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crate::{Expiry, StoreMode, StoreOptions, StoreOutcome};
+
+use super::*;
+
+impl Store {
+    /// Stores `record` (version `new_version`, based on `base`) on one node if the node
+    /// holds nothing or a copy of version `<= base`.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_copy(
+        &self,
+        node: &str,
+        key: &SessionKey,
+        record: &[u8],
+        base: u64,
+        new_version: u64,
+        expiry: Expiry,
+        known: &mut KnownCopies,
+    ) -> Result<CopyWrite, crate::Error> {
+        let client = self.node(node)?;
+        let data_key = self.data_key(key);
+        for _ in 0..COPY_ATTEMPTS {
+            let state = match known.get(node) {
+                Some(s) => s,
+                None => match client.gets(&data_key).await? {
+                    None => CopyState::Missing,
+                    Some(item) => CopyState::Present {
+                        version: format::decode(&item.value, key).map_or(0, |d| d.version),
+                        cas: item.cas.unwrap_or(0),
+                    },
+                },
+            };
+            let (mode, cas) = match state {
+                CopyState::Missing => (StoreMode::Add, None),
+                CopyState::Present { version, .. } if version > base => {
+                    known.set(node, state);
+                    return Ok(CopyWrite::Newer { version });
+                }
+                CopyState::Present { cas, .. } => (StoreMode::Set, Some(cas)),
+            };
+            let options = StoreOptions {
+                flags: flags_of(new_version),
+                expiry,
+                cas,
+            };
+            match client.store(mode, &data_key, record, options).await? {
+                StoreOutcome::Stored => {
+                    // The new CAS token is unknown: the next write reads it first.
+                    known.forget(node);
+                    return Ok(CopyWrite::Stored);
+                }
+                StoreOutcome::NotStored | StoreOutcome::Exists | StoreOutcome::NotFound => {
+                    known.forget(node);
+                }
+            }
+        }
+        Err(crate::Error::Server(
+            "session copy kept changing under a conditional write".into(),
+        ))
+    }
+
+    /// Writes `record` as version `base + 1` to every copy of the placement, primary
+    /// first, relocating away from nodes that fail, then removes the copies a relocation
+    /// left behind. See the module's rules. Returns where the copies are now.
+    pub(crate) async fn replicate(
+        &self,
+        key: &SessionKey,
+        record: &mut [u8],
+        base: u64,
+        max_inactive: Duration,
+        known: &mut KnownCopies,
+    ) -> Result<Replicated, SessionError> {
+        let new_version = base.saturating_add(1).min(TOMBSTONE_VERSION - 1);
+        format::set_version(record, new_version);
+        self.place_record(
+            key,
+            record,
+            base,
+            new_version,
+            ttl(max_inactive),
+            known,
+            false,
+        )
+        .await
+    }
+
+    /// Makes every copy of the placement hold at least `version` (the session as it was
+    /// read), without changing the version: the re-replication of a read-only request
+    /// that found a copy missing or behind.
+    pub(crate) async fn repair(
+        &self,
+        key: &SessionKey,
+        record: &mut [u8],
+        version: u64,
+        max_inactive: Duration,
+        known: &mut KnownCopies,
+    ) -> Result<Replicated, SessionError> {
+        format::set_version(record, version);
+        self.place_record(
+            key,
+            record,
+            version.saturating_sub(1),
+            version,
+            ttl(max_inactive),
+            known,
+            true,
+        )
+        .await
+    }
+
+    /// `repair`: a node already holding `new_version` counts as written (the same
+    /// version is the same content when re-replicating what was read).
+    #[allow(clippy::too_many_arguments)]
+    async fn place_record(
+        &self,
+        key: &SessionKey,
+        record: &[u8],
+        base: u64,
+        new_version: u64,
+        expiry: Expiry,
+        known: &mut KnownCopies,
+        repair: bool,
+    ) -> Result<Replicated, SessionError> {
+        let mut exclude: Vec<String> = Vec::new();
+        let mut written: Vec<String> = Vec::new();
+        let mut last_error = None;
+        'placement: for _ in 0..PLACEMENT_ATTEMPTS {
+            let copies = self
+                .copies(key, &exclude)
+                .ok_or(SessionError::NoNodeAvailable)?;
+            for node in copies.nodes() {
+                if written.iter().any(|w| w == node) {
+                    continue;
+                }
+                match self
+                    .write_copy(node, key, record, base, new_version, expiry, known)
+                    .await
+                {
+                    Ok(CopyWrite::Stored) => written.push(node.to_owned()),
+                    Ok(CopyWrite::Newer { version }) if repair && version == new_version => {
+                        written.push(node.to_owned())
+                    }
+                    Ok(CopyWrite::Newer { version }) => {
+                        if !written.is_empty() && version != TOMBSTONE_VERSION {
+                            // Another writer got to this copy first (instances disagreeing
+                            // about which node is the primary): this write is refused, so
+                            // its copies already stored must not stay visible.
+                            self.roll_forward(key, node, &written, new_version, expiry)
+                                .await;
+                        }
+                        return Ok(if version == TOMBSTONE_VERSION {
+                            Replicated::Gone
+                        } else {
+                            Replicated::Conflict
+                        });
+                    }
+                    Err(e) if e.is_node_failure() => {
+                        self.stats.write_failures.fetch_add(1, Relaxed);
+                        tracing::warn!(node, error = %e, "session copy write failed; placing the copy on another node");
+                        exclude.push(node.to_owned());
+                        last_error = Some(e);
+                        continue 'placement;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.remove_stale(key, &copies, new_version, known).await;
+            return Ok(Replicated::Written {
+                copies,
+                version: new_version,
+            });
+        }
+        Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
+    }
+
+    /// Undoes the copies a refused write already stored on `written`: each is replaced,
+    /// under its CAS token and only while it still holds `ours`, by the newer record
+    /// found on `newer_node`. Best effort (a failure leaves two copies of one version
+    /// until the next write of the session).
+    async fn roll_forward(
+        &self,
+        key: &SessionKey,
+        newer_node: &str,
+        written: &[String],
+        ours: u64,
+        expiry: Expiry,
+    ) {
+        let newer = match self.node(newer_node) {
+            Ok(c) => c.gets(self.data_key(key)).await,
+            Err(e) => Err(e),
+        };
+        let Ok(Some(newer)) = newer else { return };
+        let Ok(decoded) = format::decode(&newer.value, key) else {
+            return;
+        };
+        for node in written {
+            let Ok(client) = self.node(node) else {
+                continue;
+            };
+            let Ok(Some(mine)) = client.gets(self.data_key(key)).await else {
+                continue;
+            };
+            if format::decode(&mine.value, key).map_or(true, |d| d.version != ours) {
+                continue;
+            }
+            let options = StoreOptions {
+                flags: flags_of(decoded.version),
+                expiry,
+                cas: mine.cas,
+            };
+            let _ = client
+                .store(StoreMode::Set, self.data_key(key), &newer.value, options)
+                .await;
+        }
+        tracing::warn!(
+            node = newer_node,
+            "a refused write's copies were replaced by the newer copy found"
+        );
+    }
+
+    /// Refreshes the validity of a session that was only read: `touch` of the record
+    /// and a new validity record on every copy of the placement.
+    pub(crate) async fn refresh(
+        &self,
+        key: &SessionKey,
+        copies: &Copies,
+        validity: &Validity,
+        max_inactive: Duration,
+    ) {
+        let expiry = ttl(max_inactive);
+        let encoded = validity.encode();
+        let refreshes = copies.nodes().map(|node| {
+            let encoded = &encoded;
+            async move {
+                let client = self.node(node)?;
+                let (t, v) = futures::join!(
+                    client.touch(self.data_key(key), expiry),
+                    client.set(self.validity_key(key), encoded, expiry)
+                );
+                t.and(v).map(|_| ())
+            }
+        });
+        for result in futures::future::join_all(refreshes).await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "validity refresh of a session copy failed");
+            }
+        }
+    }
+}
