@@ -182,7 +182,8 @@ impl Engine {
             s.lock = self.take_lock(&key).await?;
         }
         let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
-        let fetched = self.store.fetch(&key, &hints).await?;
+        let now_ms = super::clock::unix_millis(self.config.clock.now());
+        let fetched = self.store.fetch(&key, &hints, now_ms).await?;
         s.unlocked_guess = self.config.mode == Mode::NonSticky
             && matches!(self.config.locking, LockingMode::Auto)
             && !needs_lock;
@@ -390,7 +391,8 @@ impl Engine {
                 Replicated::Conflict => {
                     let id = session.id();
                     let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
-                    let fetched = self.store.fetch(&key, &hints).await?;
+                    let now_ms = super::clock::unix_millis(self.config.clock.now());
+                    let fetched = self.store.fetch(&key, &hints, now_ms).await?;
                     *known = fetched.known;
                     match fetched.latest {
                         Some(Latest::Tombstone) => return Ok(self.gone()),

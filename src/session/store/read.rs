@@ -7,23 +7,31 @@ use bytes::Bytes;
 use super::*;
 
 impl Store {
-    /// Reads one node: the record (with its CAS token) and the validity record.
+    /// Reads one node's record, with its CAS token.
     async fn read_node(
         &self,
         node: &str,
         key: &SessionKey,
-    ) -> Result<Option<(Bytes, u64, Option<Bytes>)>, crate::Error> {
-        let client = self.node(node)?;
-        let (data, validity) = futures::join!(
-            client.gets(self.data_key(key)),
-            client.get(self.validity_key(key))
-        );
-        let Some(item) = data? else {
-            return Ok(None);
-        };
-        // A failed validity read only costs precision: the record carries validity too.
-        let validity = validity.ok().flatten().map(|i| i.value);
-        Ok(Some((item.value, item.cas.unwrap_or(0), validity)))
+    ) -> Result<Option<(Bytes, u64)>, crate::Error> {
+        let item = self.node(node)?.gets(self.data_key(key)).await?;
+        Ok(item.map(|i| (i.value, i.cas.unwrap_or(0))))
+    }
+
+    /// The newest validity record among `nodes` (only read when the record's own
+    /// validity says the session expired: a session that was only read for longer than
+    /// its interval lives on in its validity records). A failed read only costs
+    /// precision.
+    async fn newest_validity(&self, key: &SessionKey, nodes: &[&str]) -> Option<Validity> {
+        let reads = nodes.iter().map(|n| async move {
+            let client = self.node(n).ok()?;
+            let item = client.get(self.validity_key(key)).await.ok()??;
+            Validity::decode(&item.value).ok()
+        });
+        futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .max_by_key(|v| v.last_access_ms)
     }
 
     /// Reads a session: every node the id names (`hints`) and the nodes of the key's
@@ -34,12 +42,13 @@ impl Store {
         &self,
         key: &SessionKey,
         hints: &[&str],
+        now_ms: u64,
     ) -> Result<Fetched, SessionError> {
         let targets = self.placement.read_targets(key, hints);
         let mut read: Vec<&str> = Vec::new();
         let mut answered: Vec<&str> = Vec::new();
         let mut failed: Vec<(&str, crate::Error)> = Vec::new();
-        let mut found: Vec<(&str, Bytes, u64, Option<Bytes>)> = Vec::new();
+        let mut found: Vec<(&str, Bytes, u64)> = Vec::new();
         let mut known = KnownCopies::default();
         let mut batch: Vec<&str> = targets.first.clone();
         while !batch.is_empty() {
@@ -48,9 +57,9 @@ impl Store {
                 futures::future::join_all(batch.iter().map(|n| self.read_node(n, key))).await;
             for (node, result) in batch.iter().copied().zip(results) {
                 match result {
-                    Ok(Some((bytes, cas, validity))) => {
+                    Ok(Some((bytes, cas))) => {
                         answered.push(node);
-                        found.push((node, bytes, cas, validity));
+                        found.push((node, bytes, cas));
                     }
                     Ok(None) => {
                         answered.push(node);
@@ -67,8 +76,7 @@ impl Store {
             batch = targets.next(&read, &holding).into_iter().collect();
         }
         let mut latest: Option<(u64, Latest)> = None;
-        let mut newest_validity: Option<Validity> = None;
-        for (node, bytes, cas, validity_bytes) in &found {
+        for (node, bytes, cas) in &found {
             let Some(decoded) = self.decode(node, key, bytes) else {
                 // A refused record is treated as absent and replaced by the next write.
                 known.set(
@@ -87,14 +95,6 @@ impl Store {
                     cas: *cas,
                 },
             );
-            if let Some(v) = validity_bytes
-                .as_ref()
-                .and_then(|b| Validity::decode(b).ok())
-            {
-                if newest_validity.is_none_or(|n| v.last_access_ms > n.last_access_ms) {
-                    newest_validity = Some(v);
-                }
-            }
             if latest.as_ref().is_some_and(|(v, _)| *v >= decoded.version) {
                 continue;
             }
@@ -108,14 +108,16 @@ impl Store {
             };
             latest = Some((decoded.version, entry));
         }
-        let latest = latest.map(|(_, mut l)| {
-            if let (Latest::Session { validity, .. }, Some(v)) = (&mut l, newest_validity) {
-                if v.last_access_ms > validity.last_access_ms {
-                    *validity = v;
+        let mut latest = latest.map(|(_, l)| l);
+        if let Some(Latest::Session { validity, .. }) = &mut latest {
+            if validity.is_expired_at(now_ms) {
+                if let Some(v) = self.newest_validity(key, &answered).await {
+                    if v.last_access_ms > validity.last_access_ms {
+                        *validity = v;
+                    }
                 }
             }
-            l
-        });
+        }
         if matches!(latest, Some(Latest::Tombstone)) {
             self.spread_tombstone(key, &answered, &known).await;
         }
