@@ -242,7 +242,7 @@ impl Default for SessionConfigBuilder {
             async_queue_capacity: 1024,
             locking: Ok(LockingMode::None),
             lock_expiry: Duration::from_secs(2),
-            lock_wait: Duration::from_secs(3),
+            lock_wait: Duration::from_secs(5),
             lock_timeout_policy: LockTimeoutPolicy::Fail,
             max_inactive_interval: Duration::from_secs(30 * 60),
             route: None,
@@ -317,7 +317,8 @@ impl SessionConfigBuilder {
         self
     }
 
-    /// How long the lock of a holder that died (instance killed) blocks its session
+    /// How long the lock of a holder that died (instance killed) blocks its session: at
+    /// most this plus 1 s (memcached's expiry resolution) after its last renewal
     /// (default 2 s, >= 1 s). A live holder renews its lock every third of this, so a
     /// request longer than `lock_expiry` keeps its lock.
     pub fn lock_expiry(mut self, expiry: Duration) -> Self {
@@ -325,8 +326,9 @@ impl SessionConfigBuilder {
         self
     }
 
-    /// How long a request waits for the lock (default 3 s: longer than `lock_expiry`, so
-    /// a request waits out the lock of a holder that died instead of failing).
+    /// How long a request waits for the lock (default 5 s: longer than the up to
+    /// `lock_expiry` + 1 s a dead holder's lock lives, so a request waits it out instead
+    /// of failing).
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
@@ -621,7 +623,7 @@ mod tests {
         assert_eq!(c.locking, LockingMode::None);
         assert_eq!(c.max_inactive_interval, Duration::from_secs(1800));
         assert_eq!(c.lock_expiry, Duration::from_secs(2));
-        assert_eq!(c.lock_wait, Duration::from_secs(3));
+        assert_eq!(c.lock_wait, Duration::from_secs(5));
         assert_eq!(c.codec, CodecKind::MessagePack);
         assert_eq!(c.cookie.name, "JSESSIONID");
         assert_eq!(c.auto_readonly_paths, 1000);
