@@ -58,6 +58,7 @@ both_protocols!(
     expiry_in_one_second_expires,
     expiry_over_thirty_days_is_stored_and_readable,
     expiry_zero_expires_at_once,
+    expiry_past_2038_is_clamped_and_the_item_lives,
     expiry_at_a_time_is_honoured,
     key_of_251_bytes_is_refused_before_sending_and_250_is_accepted,
     empty_key_is_refused,
@@ -542,6 +543,65 @@ async fn expiry_over_thirty_days_is_stored_and_readable(p: Protocol) {
         c.get("k2").await.unwrap().is_some(),
         "gat In(31 days) keeps it"
     );
+}
+
+/// Seconds left before `key` expires on the server, read with a raw meta `mg <key> t`
+/// (`None` on a miss, `-1` for never).
+fn raw_ttl(addr: &str, key: &str) -> Option<i64> {
+    let lines = raw::exchange(addr, format!("mg {key} t\r\nmn\r\n").as_bytes(), &["MN"]);
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("HD t"))
+        .map(|t| t.parse().expect("a number after t"))
+}
+
+async fn expiry_past_2038_is_clamped_and_the_item_lives(p: Protocol) {
+    let (m, c) = one(p);
+    let year = 365 * 24 * 3600;
+    let in_2040 = SystemTime::UNIX_EPOCH + Duration::from_secs(2_208_988_800);
+    let expiries = [
+        ("in12y", Expiry::In(Duration::from_secs(12 * year))),
+        ("at2040", Expiry::At(in_2040)),
+        ("max", Expiry::In(Duration::MAX)),
+    ];
+    // memcached reads exptime as a signed 32-bit number: sent unclamped, each of these
+    // wraps negative and the item is deleted at once.
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(Expiry::LATEST);
+    let until_latest = latest
+        .duration_since(SystemTime::now())
+        .expect("this test runs before 2038")
+        .as_secs() as i64;
+    let ttl_is_the_latest = |key: &str| {
+        let ttl = raw_ttl(&m.addr(), key).unwrap_or_else(|| panic!("{key}: gone from the server"));
+        // The server's clock and ours may differ by a second or two.
+        assert!(
+            (until_latest - 5..=until_latest + 5).contains(&ttl),
+            "{key}: the server keeps it {ttl} s, expected about {until_latest} s (until 2038-01-19)"
+        );
+    };
+    for (key, expiry) in expiries {
+        c.set(key, "v", expiry).await.unwrap();
+        assert!(c.get(key).await.unwrap().is_some(), "set {key}: item lives");
+        ttl_is_the_latest(key);
+
+        let touched = format!("{key}-touched");
+        c.set(&touched, "v", Expiry::Never).await.unwrap();
+        assert!(c.touch(&touched, expiry).await.unwrap(), "touch {key}");
+        assert!(
+            c.get(&touched).await.unwrap().is_some(),
+            "touch {key}: item lives"
+        );
+        ttl_is_the_latest(&touched);
+
+        let gat = format!("{key}-gat");
+        c.set(&gat, "v", Expiry::Never).await.unwrap();
+        assert!(c.get_and_touch(&gat, expiry).await.unwrap().is_some());
+        assert!(
+            c.get(&gat).await.unwrap().is_some(),
+            "gat {key}: item lives"
+        );
+        ttl_is_the_latest(&gat);
+    }
 }
 
 async fn expiry_zero_expires_at_once(p: Protocol) {

@@ -24,6 +24,14 @@ pub struct Item {
 /// "never"; this type hides both traps: `In` of more than 30 days is sent as an
 /// absolute time, and `In(Duration::ZERO)` (or an `At` in the past) expires the item
 /// at once instead of keeping it forever.
+///
+/// memcached keeps `exptime` in a signed 32-bit number, so the latest instant it can
+/// express is 2038-01-19 03:14:07 UTC ([`Expiry::LATEST`]); a larger number would wrap
+/// negative on the server and delete the item at once. An expiry later than that (an
+/// `At` in 2040, `In(12 years)`, `In(Duration::MAX)`) is clamped to that instant at call
+/// time: the item lives as long as memcached can keep any expiring item. Clamping rather
+/// than refusing keeps long-lived callers (a session layer with a long inactivity
+/// interval) working, and no server can honour a later expiry anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Expiry {
     /// Never expires (it may still be evicted).
@@ -36,6 +44,10 @@ pub enum Expiry {
 }
 
 impl Expiry {
+    /// The latest expiry memcached can store, as a Unix time: `i32::MAX` seconds
+    /// (2038-01-19 03:14:07 UTC). Later expiries are clamped to it.
+    pub const LATEST: u64 = i32::MAX as u64;
+
     /// The `exptime` memcached expects, given the current wall-clock time.
     pub(crate) fn to_exptime(self, now: SystemTime) -> i64 {
         let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -62,8 +74,9 @@ impl Expiry {
     }
 }
 
+/// An absolute Unix time, clamped to the latest one memcached can store.
 fn clamp_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    n.min(Expiry::LATEST) as i64
 }
 
 /// Options of a storage command.
@@ -177,6 +190,13 @@ mod tests {
         );
         assert_eq!(Expiry::At(now).to_exptime(now), -1);
         assert_eq!(Expiry::At(UNIX_EPOCH).to_exptime(now), -1);
-        assert_eq!(Expiry::In(Duration::MAX).to_exptime(now), i64::MAX);
+        let latest = i64::from(i32::MAX);
+        assert_eq!(Expiry::In(Duration::MAX).to_exptime(now), latest);
+        let twelve_years = Duration::from_secs(12 * 365 * 86_400);
+        assert_eq!(Expiry::In(twelve_years).to_exptime(now), latest);
+        let in_2040 = UNIX_EPOCH + Duration::from_secs(2_208_988_800);
+        assert_eq!(Expiry::At(in_2040).to_exptime(now), latest);
+        let just_before = UNIX_EPOCH + Duration::from_secs(Expiry::LATEST - 1);
+        assert_eq!(Expiry::At(just_before).to_exptime(now), latest - 1);
     }
 }
