@@ -110,10 +110,17 @@ impl Error {
         )
     }
 
-    /// True when sending the same request again later may succeed. Requests refused for
-    /// their content (bad key, too large, bad configuration) are not retryable.
+    /// True when sending the same request again later may succeed: node failures (see
+    /// [`Error::is_node_failure`]) and transient server errors (`SERVER_ERROR out of
+    /// memory`, busy). Requests refused for their content are not retryable: a bad key, a
+    /// value above `max_value_size` or above the server's item size (`SERVER_ERROR object
+    /// too large for cache`), a malformed request (`CLIENT_ERROR`), an unknown command, a
+    /// non-numeric counter, a bad configuration, an unknown node, a shut-down client.
     pub fn is_retryable(&self) -> bool {
-        self.is_node_failure() || matches!(self, Error::Server(_))
+        match self {
+            Error::Server(message) => !is_content_refusal(message),
+            other => other.is_node_failure(),
+        }
     }
 
     pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
@@ -124,5 +131,74 @@ impl Error {
     }
 }
 
+/// True for the `SERVER_ERROR` messages memcached sends when it refuses a request for
+/// what it carries rather than for its own state: the item is larger than the server's
+/// item size (`object too large for cache`, also sent by proxies as `too large`).
+fn is_content_refusal(message: &str) -> bool {
+    message.contains("too large")
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant, with what a caller should do with it: (error, node failure, retryable).
+    #[test]
+    fn every_variant_is_classified() {
+        let node = || "n0".to_string();
+        let cases = [
+            (
+                Error::Timeout {
+                    node: node(),
+                    after: Duration::from_secs(1),
+                },
+                true,
+                true,
+            ),
+            (Error::NodeDown { node: node() }, true, true),
+            (Error::NoNodeAvailable, true, true),
+            (
+                Error::ConnectionLost {
+                    node: node(),
+                    reason: "reset".into(),
+                },
+                true,
+                true,
+            ),
+            (
+                Error::Protocol {
+                    node: node(),
+                    reason: "garbage".into(),
+                },
+                true,
+                true,
+            ),
+            (
+                Error::Server("out of memory storing object".into()),
+                false,
+                true,
+            ),
+            (
+                Error::Server("object too large for cache".into()),
+                false,
+                false,
+            ),
+            (Error::ClientRejected("bad data chunk".into()), false, false),
+            (Error::UnsupportedCommand, false, false),
+            (Error::InvalidKey("empty".into()), false, false),
+            (Error::ValueTooLarge { size: 2, max: 1 }, false, false),
+            (Error::NotNumeric("x".into()), false, false),
+            (Error::config("max_in_flight", "too many"), false, false),
+            (Error::UnknownNode("zz".into()), false, false),
+            (Error::Shutdown, false, false),
+        ];
+        for (error, node_failure, retryable) in cases {
+            assert_eq!(error.is_node_failure(), node_failure, "{error:?}");
+            assert_eq!(error.is_retryable(), retryable, "{error:?}");
+            assert_eq!(error.is_timeout(), matches!(error, Error::Timeout { .. }));
+        }
+    }
+}

@@ -318,6 +318,7 @@ async fn error_lines_map_to_their_error_kinds_and_the_connection_goes_on(p: Prot
         !e.is_node_failure(),
         "a server error is not a node failure: {e:?}"
     );
+    assert!(e.is_retryable(), "out of memory is transient: {e:?}");
     assert_eq!(get_after_recovery(&c, "ok").await.as_deref(), Some("fine"));
     let e = c
         .set("cli", "v", Expiry::Never)

@@ -816,6 +816,10 @@ async fn value_over_the_server_item_size_is_a_server_error_and_the_connection_go
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Server(_)), "{e:?}");
+    assert!(
+        !e.is_retryable(),
+        "refused for its size: sending it again fails again: {e:?}"
+    );
     c.set("small", "ok", Expiry::Never)
         .await
         .expect("the connection goes on");

@@ -10,6 +10,11 @@ use crate::{Error, Result};
 
 use super::{Client, Inner, Node};
 
+/// The largest `max_in_flight` accepted.
+const MAX_IN_FLIGHT_LIMIT: usize = 65_536;
+/// The largest `max_value_size` accepted: memcached's own ceiling for `-I`.
+const MAX_VALUE_SIZE_LIMIT: usize = 1 << 30;
+
 /// Which memcached protocol a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -172,14 +177,14 @@ impl ClientBuilder {
         self
     }
 
-    /// Requests in flight per connection before callers wait (default 1024).
+    /// Requests in flight per connection before callers wait (default 1024; 1 to 65,536).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self
     }
 
     /// Largest value sent or accepted, in bytes (default 1 MiB, memcached's default
-    /// item size; raise it with the server's `-I`).
+    /// item size; raise it with the server's `-I`; at most 1 GiB, memcached's ceiling).
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
         self
@@ -341,11 +346,25 @@ impl ClientBuilder {
                 ),
             ));
         }
-        if self.max_in_flight == 0 {
-            return Err(Error::config("max_in_flight", "must be at least 1"));
+        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.max_in_flight) {
+            return Err(Error::config(
+                "max_in_flight",
+                format!(
+                    "{} is outside 1..={MAX_IN_FLIGHT_LIMIT}; a few hundred requests in flight \
+                     already keep a connection busy",
+                    self.max_in_flight
+                ),
+            ));
         }
-        if self.max_value_size == 0 {
-            return Err(Error::config("max_value_size", "must be at least 1 byte"));
+        if !(1..=MAX_VALUE_SIZE_LIMIT).contains(&self.max_value_size) {
+            return Err(Error::config(
+                "max_value_size",
+                format!(
+                    "{} bytes is outside 1..={MAX_VALUE_SIZE_LIMIT}; memcached's item size \
+                     (-I) can't exceed 1 GiB",
+                    self.max_value_size
+                ),
+            ));
         }
         if self.timeout_threshold == 0 {
             return Err(Error::config("timeout_threshold", "must be at least 1"));
@@ -432,6 +451,11 @@ mod tests {
         );
         assert_eq!(field_of(one().max_in_flight(0)), "max_in_flight");
         assert_eq!(field_of(one().max_value_size(0)), "max_value_size");
+        // Settings no connection can work with are refused, never a panic at build.
+        assert_eq!(field_of(one().max_in_flight(usize::MAX)), "max_in_flight");
+        assert_eq!(field_of(one().max_value_size(usize::MAX)), "max_value_size");
+        assert!(one().max_in_flight(65_536).validate().is_ok());
+        assert!(one().max_value_size(1 << 30).validate().is_ok());
         assert_eq!(field_of(one().timeout_threshold(0)), "timeout_threshold");
         assert_eq!(
             field_of(one().reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))),
