@@ -27,9 +27,18 @@ pub enum Error {
         /// Id of the node.
         node: String,
     },
-    /// Every node is down, or the client has no node to route to.
+    /// The client has no node to route to. When nodes exist but none can take the
+    /// operation, the client reports [`Error::NodesUnavailable`] instead, which names each
+    /// node and why; this variant is kept for code that builds or matches it.
     #[error("no memcached node is available")]
     NoNodeAvailable,
+    /// No node could take the operation: each is named with its address, state and the
+    /// last connection error.
+    #[error("no memcached node is available: {}", describe(nodes))]
+    NodesUnavailable {
+        /// Every node of the client, with why it is unusable.
+        nodes: Vec<UnavailableNode>,
+    },
     /// The connection broke while the operation was in flight; it may or may not have
     /// been applied.
     #[error("connection to node {node} lost: {reason}")]
@@ -105,6 +114,7 @@ impl Error {
             Error::Timeout { .. }
                 | Error::NodeDown { .. }
                 | Error::NoNodeAvailable
+                | Error::NodesUnavailable { .. }
                 | Error::ConnectionLost { .. }
                 | Error::Protocol { .. }
         )
@@ -129,6 +139,40 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// A node named by [`Error::NodesUnavailable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnavailableNode {
+    /// The node's id.
+    pub id: String,
+    /// Its address.
+    pub address: String,
+    /// Its state when the operation gave up on it.
+    pub state: crate::NodeState,
+    /// Why its last connection attempt failed or its last connection ended, if ever.
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Display for UnavailableNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            crate::NodeState::Up => "up",
+            crate::NodeState::Connecting => "connecting",
+            crate::NodeState::Down => "down",
+        };
+        write!(f, "{} ({}) {state}", self.id, self.address)?;
+        match &self.last_error {
+            Some(error) => write!(f, ", last error: {error}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn describe(nodes: &[UnavailableNode]) -> String {
+    let named: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    named.join("; ")
 }
 
 /// True for the `SERVER_ERROR` messages memcached sends when it refuses a request for
@@ -160,6 +204,7 @@ mod tests {
             ),
             (Error::NodeDown { node: node() }, true, true),
             (Error::NoNodeAvailable, true, true),
+            (Error::NodesUnavailable { nodes: Vec::new() }, true, true),
             (
                 Error::ConnectionLost {
                     node: node(),

@@ -61,7 +61,7 @@ pub use client::{
     CasOutcome, Client, ClientBuilder, Expiry, FailurePolicy, Item, Metrics, NodeConfig,
     NodeStatus, Protocol, StoreOptions, StoreOutcome,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, UnavailableNode};
 pub use node::NodeState;
 pub use protocol::StoreMode;
 

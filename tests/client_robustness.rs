@@ -5,10 +5,10 @@
 
 mod kit;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kit::Memcached;
-use memkeep::{Client, Error, Expiry};
+use kit::{Action, Cluster, FakeServer, Match, Memcached, Rule};
+use memkeep::{Client, Error, Expiry, FailurePolicy, NodeState, Protocol};
 
 /// Upper bound for one whole test case: a hung client fails the test instead of
 /// hanging the run.
@@ -43,4 +43,170 @@ async fn build_refuses_settings_no_connection_can_work_with() {
         assert_eq!(c.get("k").await.unwrap().unwrap().value, "v");
     })
     .await;
+}
+
+/// One node, default policy: the server dies, stays away long enough for the client's
+/// reconnect backoff to grow (3 s), and comes back. The first operation after it accepts
+/// connections again must reach it instead of failing because the client is still in
+/// its backoff. Prints the time from "accepting again" to the first success (the number
+/// docs/operations.md quotes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_operation_after_a_restart_reaches_the_server_despite_the_backoff() {
+    kit::no_hang("restart", CASE_LIMIT, async {
+        for protocol in kit::PROTOCOLS {
+            let mut m = Memcached::start();
+            let c = kit::client_for(&[m.addr()], protocol);
+            c.set("before", "v", Expiry::Never).await.unwrap();
+            m.kill();
+            assert!(
+                kit::wait_state(&c, "n0", NodeState::Down, Duration::from_secs(10)).await,
+                "the client noticed the kill"
+            );
+            // No operation during the outage: the backoff grows undisturbed
+            // (100 ms doubling: several attempts, the next one seconds away).
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            m.restart();
+            let back = Instant::now();
+            let first = c.get("before").await;
+            let took = back.elapsed();
+            assert!(
+                matches!(first, Ok(None)),
+                "{protocol:?}: the first get after the restart: {first:?} (the restarted \
+                 server is empty, so a miss)"
+            );
+            println!("{protocol:?}: first operation after the restart succeeded in {took:?}");
+            c.set("after", "v", Expiry::Never).await.unwrap();
+        }
+    })
+    .await;
+}
+
+/// Callers that keep asking for a dead node bring reconnect attempts forward, but never
+/// closer than `backoff_min` apart: 200 callers hammering for a second cause a handful of
+/// connection attempts, not hundreds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_during_a_backoff_do_not_cause_a_connect_storm() {
+    // Every connection is closed before it can answer the `version` probe: each attempt
+    // fails, and the fake counts them.
+    let fake = FakeServer::with_rules(vec![Rule::new(Match::Accept, Action::Close)]).await;
+    let min = Duration::from_millis(100);
+    let c = kit::builder_for(&[fake.addr()], Protocol::Meta)
+        .reconnect_backoff(min, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    assert!(kit::wait_state(&c, "n0", NodeState::Down, Duration::from_secs(10)).await);
+    let before = fake.connections();
+    let window = Duration::from_secs(1);
+    let started = Instant::now();
+    let callers = (0..200).map(|i| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut errors = 0u32;
+            while started.elapsed() < window {
+                let e = c.get(format!("k{i}")).await.unwrap_err();
+                assert!(e.is_node_failure(), "{e:?}");
+                errors += 1;
+                tokio::task::yield_now().await;
+            }
+            errors
+        })
+    });
+    let calls: u32 = kit::no_hang("hammering callers", CASE_LIMIT, async {
+        let mut sum = 0;
+        for caller in futures::future::join_all(callers).await {
+            sum += caller.unwrap();
+        }
+        sum
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let attempts = fake.connections() - before;
+    // Attempts start at least `min` apart, whatever the load: at most one per `min` of
+    // the time the callers ran, plus the one under way when they started.
+    let bound = (elapsed.as_millis() / min.as_millis()) as usize + 2;
+    println!("{calls} failed calls over {elapsed:?} caused {attempts} connection attempts");
+    assert!(
+        attempts >= 1,
+        "the callers' demand brought an attempt forward"
+    );
+    assert!(
+        attempts <= bound,
+        "{attempts} connection attempts in {elapsed:?}: more than one per {min:?}"
+    );
+}
+
+/// Every node down: the error names each node, its address, its state and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_available_names_each_node_and_why() {
+    let mut cluster = Cluster::start(2);
+    let c = kit::client(&cluster, Protocol::Meta);
+    assert!(kit::wait_all_up(&c, Duration::from_secs(10)).await);
+    let addrs = cluster.addrs();
+    cluster[0].kill();
+    cluster[1].kill();
+    for id in cluster.ids() {
+        assert!(kit::wait_state(&c, &id, NodeState::Down, Duration::from_secs(10)).await);
+    }
+    let e = kit::no_hang("get with every node down", CASE_LIMIT, c.get("k"))
+        .await
+        .unwrap_err();
+    let Error::NodesUnavailable { nodes } = &e else {
+        panic!("expected NodesUnavailable, got {e:?}");
+    };
+    assert!(e.is_node_failure() && e.is_retryable());
+    assert_eq!(nodes.len(), 2, "{e}");
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(node.id, Cluster::id(i));
+        assert_eq!(node.address, addrs[i]);
+        assert_eq!(node.state, NodeState::Down);
+        let why = node.last_error.as_deref().unwrap_or_default();
+        assert!(!why.is_empty(), "{node:?} says why");
+    }
+    let shown = e.to_string();
+    for (i, addr) in addrs.iter().enumerate() {
+        assert!(
+            shown.contains(&Cluster::id(i)) && shown.contains(addr.as_str()),
+            "{shown}"
+        );
+    }
+    assert!(shown.contains("down"), "{shown}");
+    println!("{shown}");
+}
+
+/// `FailurePolicy::Retry` waits for a down node within the operation timeout; the wait
+/// and the request share one deadline. The node comes back 1 to 1.5 s into a 3 s
+/// operation and answers the request 2.5 s after receiving it: past the deadline, so the
+/// operation times out (with a fresh timeout after the wait it would wrongly succeed,
+/// having waited up to 4 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_policy_waits_and_sends_within_one_deadline() {
+    let fake = FakeServer::with_rules(vec![
+        // The first connection fails: the node is down, its next attempt 0.5 to 1 s away.
+        Rule::new(Match::Accept, Action::Close).once(),
+        Rule::new(
+            Match::Command("version".into()),
+            Action::Delay(Duration::from_millis(500)),
+        ),
+        Rule::on_key("slow", Action::Delay(Duration::from_millis(2500))),
+    ])
+    .await;
+    fake.preload("slow", "v", 0);
+    let timeout = Duration::from_secs(3);
+    let c = kit::builder_for(&[fake.addr()], Protocol::Meta)
+        .failure_policy(FailurePolicy::Retry)
+        .operation_timeout(timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .reconnect_backoff(Duration::from_secs(1), Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert!(kit::wait_state(&c, "n0", NodeState::Down, Duration::from_secs(10)).await);
+    let result = kit::no_hang("get under Retry", timeout + kit::HANG_SLACK, c.get("slow")).await;
+    assert!(
+        matches!(result, Err(Error::Timeout { after, .. }) if after == timeout),
+        "the reply came after the operation's one deadline: {result:?}"
+    );
+    assert!(
+        !fake.requests_containing("slow").is_empty(),
+        "the request was sent once the node was back"
+    );
 }

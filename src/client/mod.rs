@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 
 use crate::connection::{ConnectionHandle, Request, RequestKind};
+use crate::error::UnavailableNode;
 use crate::locator::NodeLocator;
 use crate::node::{NodeCounters, NodeShared, NodeState};
 use crate::protocol::{
@@ -18,6 +20,10 @@ use crate::protocol::{
     StoreMode, TextStatus,
 };
 use crate::{Error, Result};
+
+/// Stands in for a deadline that `Instant` can't represent (an operation timeout of
+/// `Duration::MAX`).
+const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
 pub use types::{CasOutcome, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome};
@@ -82,6 +88,23 @@ impl Node {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
         &self.connections[i]
+    }
+
+    /// Asks every connection waiting out a backoff to try again soon.
+    fn revive(&self) {
+        for connection in &self.connections {
+            connection.revive();
+        }
+    }
+
+    /// Asks for a reconnect attempt and waits, until `deadline`, for one to finish; true
+    /// when the node can take requests afterwards.
+    async fn await_attempt(&self, deadline: Instant) -> bool {
+        let mut attempts = self.shared.watch_attempts();
+        let seen = *attempts.borrow_and_update();
+        self.revive();
+        let _ = tokio::time::timeout_at(deadline, attempts.wait_for(|n| *n != seen)).await;
+        self.shared.is_available()
     }
 
     fn metrics(&self) -> Metrics {
@@ -168,12 +191,13 @@ impl Client {
         K: AsRef<[u8]>,
     {
         let keys: Vec<K> = keys.into_iter().collect();
+        let deadline = self.deadline();
         let binary_ok = self.inner.protocol == Protocol::Meta;
         let mut by_node: Vec<Vec<&[u8]>> = vec![Vec::new(); self.inner.nodes.len()];
         for key in &keys {
             let key = key.as_ref();
             validate_key(key, binary_ok)?;
-            let index = self.route(key).await?;
+            let index = self.route(key, deadline).await?;
             by_node
                 .get_mut(index)
                 .ok_or(Error::NoNodeAvailable)?
@@ -184,7 +208,9 @@ impl Client {
             .enumerate()
             .filter(|(_, keys)| !keys.is_empty());
         let batches = batches.map(|(index, keys)| async move {
-            let reply = self.call(index, &Command::GetMany { keys: &keys }).await?;
+            let reply = self
+                .call(index, &Command::GetMany { keys: &keys }, deadline)
+                .await?;
             collect_many(reply, &keys)
         });
         let mut found = HashMap::with_capacity(keys.len());
@@ -558,8 +584,13 @@ impl Client {
         Ok(())
     }
 
-    /// The node for `key` under the failure policy.
-    async fn route(&self, key: &[u8]) -> Result<usize> {
+    /// The node for `key` under the failure policy; `Retry` waits until `deadline` at most.
+    ///
+    /// A node in its reconnect backoff is asked to try again now (at most once per
+    /// `backoff_min`, so callers can't cause a connect storm). When no node could take the
+    /// operation otherwise, the caller waits for that attempt, within its deadline: the
+    /// first operation after a restart finds the server instead of the backoff.
+    async fn route(&self, key: &[u8], deadline: Instant) -> Result<usize> {
         if let Some(index) = self.pinned {
             return Ok(index);
         }
@@ -575,14 +606,22 @@ impl Client {
             return Ok(primary);
         }
         match self.inner.policy {
-            FailurePolicy::Redistribute => self.next_live(key, None),
+            FailurePolicy::Redistribute => {
+                if let Ok(next) = self.next_live(key, None) {
+                    node.revive();
+                    return Ok(next);
+                }
+                if node.await_attempt(deadline).await {
+                    return Ok(primary);
+                }
+                self.next_live(key, None)
+            }
             FailurePolicy::Retry => {
+                node.revive();
                 let mut state = node.shared.watch_state();
-                let back = tokio::time::timeout(
-                    self.inner.operation_timeout,
-                    state.wait_for(|s| *s == NodeState::Up),
-                )
-                .await;
+                let back =
+                    tokio::time::timeout_at(deadline, state.wait_for(|s| *s == NodeState::Up))
+                        .await;
                 match back {
                     Ok(Ok(_)) => Ok(primary),
                     _ => Err(Error::NodeDown {
@@ -590,9 +629,12 @@ impl Client {
                     }),
                 }
             }
-            FailurePolicy::FailFast => Err(Error::NodeDown {
-                node: node.shared.id.to_string(),
-            }),
+            FailurePolicy::FailFast => {
+                node.revive();
+                Err(Error::NodeDown {
+                    node: node.shared.id.to_string(),
+                })
+            }
         }
     }
 
@@ -605,28 +647,58 @@ impl Client {
             .fallback(key, &|i| {
                 Some(i) != skip && nodes.get(i).is_some_and(|n| n.shared.is_available())
             })
-            .ok_or(Error::NoNodeAvailable)
+            .ok_or_else(|| self.unavailable())
+    }
+
+    /// [`Error::NodesUnavailable`], naming every node with its state and last error.
+    fn unavailable(&self) -> Error {
+        let nodes = self
+            .inner
+            .nodes
+            .iter()
+            .map(|n| UnavailableNode {
+                id: n.shared.id.to_string(),
+                address: n.shared.address.clone(),
+                state: n.shared.state(),
+                last_error: n.shared.last_error(),
+            })
+            .collect();
+        Error::NodesUnavailable { nodes }
     }
 
     async fn keyed(&self, key: &[u8], cmd: Command<'_>) -> Result<Reply> {
         self.check(&cmd)?;
-        let index = self.route(key).await?;
-        match self.call(index, &cmd).await {
-            // The node went down between routing and sending; the request was never
-            // written, so sending it elsewhere is safe.
-            Err(Error::NodeDown { .. })
-                if self.pinned.is_none() && self.inner.policy == FailurePolicy::Redistribute =>
-            {
-                let next = self.next_live(key, Some(index))?;
-                self.call(next, &cmd).await
+        let deadline = self.deadline();
+        loop {
+            let index = self.route(key, deadline).await?;
+            match self.call(index, &cmd, deadline).await {
+                // The node went down between routing and sending (its connection attempt
+                // failed while the request waited for it); the request was never written,
+                // so sending it again is safe.
+                Err(Error::NodeDown { .. }) if self.pinned.is_none() => {
+                    match self.inner.policy {
+                        FailurePolicy::Redistribute => {
+                            let next = self.next_live(key, Some(index))?;
+                            return self.call(next, &cmd, deadline).await;
+                        }
+                        // Wait for the node again, within the same deadline.
+                        FailurePolicy::Retry => continue,
+                        FailurePolicy::FailFast => {
+                            return Err(Error::NodeDown {
+                                node: self.inner.nodes[index].shared.id.to_string(),
+                            })
+                        }
+                    }
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
     async fn keyed_noreply(&self, key: &[u8], cmd: Command<'_>) -> Result<()> {
         self.check(&cmd)?;
-        let index = self.route(key).await?;
+        let deadline = self.deadline();
+        let index = self.route(key, deadline).await?;
         let node = &self.inner.nodes[index];
         let connection = node.connection();
         let quiet = self.inner.protocol == Protocol::Meta;
@@ -636,24 +708,32 @@ impl Client {
             kind,
             reply: None,
         };
-        let timeout = self.inner.operation_timeout;
-        match tokio::time::timeout(timeout, connection.send(request)).await {
+        match tokio::time::timeout_at(deadline, connection.send(request)).await {
             Ok(sent) => sent,
             Err(_) => Err(Error::Timeout {
                 node: node.shared.id.to_string(),
-                after: timeout,
+                after: self.inner.operation_timeout,
             }),
         }
     }
 
-    /// Sends `cmd` to node `index` and waits for its reply, within the timeout.
-    async fn call(&self, index: usize, cmd: &Command<'_>) -> Result<Reply> {
+    /// When an operation starting now must be over: one deadline covers routing (the
+    /// wait of `FailurePolicy::Retry`), queueing, any re-send and the reply.
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.inner.operation_timeout)
+            .or_else(|| now.checked_add(FAR_FUTURE))
+            .unwrap_or(now)
+    }
+
+    /// Sends `cmd` to node `index` and waits for its reply, until `deadline`.
+    async fn call(&self, index: usize, cmd: &Command<'_>, deadline: Instant) -> Result<Reply> {
         let node = self.inner.nodes.get(index).ok_or(Error::NoNodeAvailable)?;
         let connection = node.connection();
         let (bytes, kind) = self.encode(cmd, connection, false);
         let timeout = self.inner.operation_timeout;
         let counters = &node.shared.counters;
-        let result = match tokio::time::timeout(timeout, connection.call(bytes, kind)).await {
+        let result = match tokio::time::timeout_at(deadline, connection.call(bytes, kind)).await {
             Ok(result) => result,
             Err(_) => {
                 connection.record_timeout();
@@ -722,9 +802,10 @@ impl Client {
             Some(i) => vec![i],
             None => (0..self.inner.nodes.len()).collect(),
         };
+        let deadline = self.deadline();
         let calls = indices.into_iter().map(|i| async move {
             let id = self.inner.nodes[i].shared.id.to_string();
-            (id, self.call(i, &cmd).await)
+            (id, self.call(i, &cmd, deadline).await)
         });
         futures::future::join_all(calls).await
     }

@@ -34,6 +34,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
@@ -106,6 +107,8 @@ struct ConnectionShared {
     next_opaque: AtomicU32,
     consecutive_timeouts: AtomicU32,
     wake: Notify,
+    /// Poked by callers that want the node while the driver waits out a backoff.
+    revive: Notify,
 }
 
 impl ConnectionHandle {
@@ -117,6 +120,7 @@ impl ConnectionHandle {
             next_opaque: AtomicU32::new(1),
             consecutive_timeouts: AtomicU32::new(0),
             wake: Notify::new(),
+            revive: Notify::new(),
         });
         let span = tracing::info_span!("memcached_connection", node = %node.id, slot);
         let driver = Driver {
@@ -156,6 +160,12 @@ impl ConnectionHandle {
         rx.await.unwrap_or(Err(Error::Shutdown))
     }
 
+    /// Asks a driver waiting out a reconnect backoff to try again as soon as the storm
+    /// guard allows (`backoff_min` after its previous attempt).
+    pub(crate) fn revive(&self) {
+        self.shared.revive.notify_one();
+    }
+
     /// Notes a caller's timeout; enough of them in a row make the driver drop the
     /// connection, which marks the node down until a reconnect proves it answers.
     pub(crate) fn record_timeout(&self) {
@@ -193,11 +203,13 @@ impl Driver {
         loop {
             self.node
                 .set_connection_state(self.slot, NodeState::Connecting);
+            let started = Instant::now();
             match self.connect().await {
                 Ok((stream, read_buf)) => {
                     attempt = 0;
                     self.shared.consecutive_timeouts.store(0, Ordering::Release);
                     self.node.set_connection_state(self.slot, NodeState::Up);
+                    self.node.attempt_finished();
                     tracing::debug!(address = %self.config.address, "connected");
                     let reason = self.serve(stream, read_buf).await;
                     let (message, error) = match reason {
@@ -220,14 +232,18 @@ impl Driver {
                             (reason, error)
                         }
                     };
+                    self.node.set_last_error(&message);
                     self.fail_in_flight(&error, &message);
                     NodeCounters::add(&self.node.counters.reconnects, 1);
+                    self.node.set_connection_state(self.slot, NodeState::Down);
                 }
                 Err(reason) => {
                     tracing::warn!(address = %self.config.address, %reason, attempt, "connect failed");
+                    self.node.set_last_error(&reason);
+                    self.node.set_connection_state(self.slot, NodeState::Down);
+                    self.node.attempt_finished();
                 }
             }
-            self.node.set_connection_state(self.slot, NodeState::Down);
             let delay = backoff_delay(
                 attempt,
                 self.config.backoff_min,
@@ -235,7 +251,12 @@ impl Driver {
                 next_random(&mut self.jitter),
             );
             attempt = attempt.saturating_add(1);
-            if !self.wait_out_backoff(delay).await {
+            // A caller waiting for the node may bring the next attempt forward, but never
+            // closer than `backoff_min` to the previous one: no connect storm.
+            let earliest = started
+                .checked_add(self.config.backoff_min)
+                .unwrap_or(started);
+            if !self.wait_out_backoff(delay, earliest).await {
                 return;
             }
         }
@@ -276,16 +297,28 @@ impl Driver {
             })
     }
 
-    /// Sleeps `delay`, failing requests that arrive meanwhile. False when every handle
-    /// is gone.
-    async fn wait_out_backoff(&mut self, delay: Duration) -> bool {
+    /// Sleeps `delay`, failing requests that arrive meanwhile. A caller that wants the
+    /// node (a request, or a poke from routing) ends the wait early, but not before
+    /// `earliest`. False when every handle is gone.
+    async fn wait_out_backoff(&mut self, delay: Duration, earliest: Instant) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
+        let mut wanted = false;
+        let mut bring_forward = |sleep: std::pin::Pin<&mut tokio::time::Sleep>| {
+            if !wanted && earliest < sleep.deadline() {
+                sleep.reset(earliest);
+            }
+            wanted = true;
+        };
         loop {
             tokio::select! {
                 _ = &mut sleep => return true,
+                _ = self.shared.revive.notified() => bring_forward(sleep.as_mut()),
                 request = self.rx.recv() => match request {
-                    Some(request) => self.refuse(request),
+                    Some(request) => {
+                        self.refuse(request);
+                        bring_forward(sleep.as_mut());
+                    }
                     None => return false,
                 },
             }
