@@ -72,7 +72,9 @@ pub enum Error {
     /// protocol cannot carry).
     #[error("invalid key: {0}")]
     InvalidKey(String),
-    /// The value exceeds the configured maximum item size; nothing was sent.
+    /// A value exceeds the configured maximum item size (`ClientBuilder::max_value_size`):
+    /// either a value to store (nothing was sent) or a value the server returned (its
+    /// bytes were skipped; the connection and every other request on it go on).
     #[error("value of {size} bytes exceeds the maximum of {max} bytes")]
     ValueTooLarge {
         /// Size of the refused value.

@@ -65,6 +65,7 @@ both_protocols!(
     value_over_max_value_size_is_refused_before_sending,
     value_over_the_server_item_size_is_a_server_error_and_the_connection_goes_on,
     large_value_round_trips,
+    a_server_value_over_max_value_size_fails_only_its_own_read,
     on_node_routes_every_key_to_that_node_only,
     keys_are_spread_over_every_node,
     concurrent_callers_each_get_their_own_reply,
@@ -825,6 +826,56 @@ async fn value_over_the_server_item_size_is_a_server_error_and_the_connection_go
         .expect("the connection goes on");
     assert_eq!(s(&c.get("small").await.unwrap().unwrap().value), "ok");
     assert!(c.get("huge").await.unwrap().is_none());
+}
+
+/// Another client (with a higher limit) wrote a 1.5 MB item to a `-I 2m` server; this
+/// client keeps the default 1 MiB limit. Reading the item fails that read alone: its
+/// block is skipped, the connection stays, and 200 unrelated reads in flight with it all
+/// succeed (single gets, merged gets and multi-gets).
+async fn a_server_value_over_max_value_size_fails_only_its_own_read(p: Protocol) {
+    let m = Memcached::start_with(&["-I", "2m"]);
+    let big = 1_500_000;
+    let mut request = format!("set big 0 0 {big}\r\n").into_bytes();
+    request.extend(std::iter::repeat_n(b'b', big));
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(raw::exchange(&m.addr(), &request, &["STORED"]), ["STORED"]);
+    for merge in [false, true] {
+        let c = kit::builder_for(&[m.addr()], p)
+            .merge_gets(merge)
+            .build()
+            .unwrap();
+        for i in 0..200 {
+            c.set(format!("k{i}"), format!("v{i}"), Expiry::Never)
+                .await
+                .unwrap();
+        }
+        let too_large = |e: &Error| matches!(e, Error::ValueTooLarge { size, max } if *size == big && *max == 1 << 20);
+        let reads = (0..200).map(|i| {
+            let c = c.clone();
+            async move {
+                let (big_read, read) = tokio::join!(c.get("big"), c.get(format!("k{i}")));
+                (i, big_read, read)
+            }
+        });
+        for (i, big_read, read) in futures::future::join_all(reads).await {
+            let e = big_read.expect_err("the oversized read fails");
+            assert!(too_large(&e), "merge {merge}: {e:?}");
+            assert!(!e.is_retryable(), "{e:?}");
+            let item = read.unwrap_or_else(|e| panic!("merge {merge}: unrelated k{i}: {e:?}"));
+            assert_eq!(s(&item.expect("k{i} is stored").value), format!("v{i}"));
+        }
+        let e = c.get_many(["k1", "big", "k2"]).await.unwrap_err();
+        assert!(too_large(&e), "get_many with the big key: {e:?}");
+        let many = c.get_many(["k1", "k2"]).await.unwrap();
+        assert_eq!(many.len(), 2);
+        let metrics = c.metrics();
+        assert_eq!(
+            metrics.reconnects, 0,
+            "the connection was kept: {metrics:?}"
+        );
+        assert_eq!(metrics.protocol_errors, 0, "{metrics:?}");
+        assert!(c.is_up("n0").unwrap());
+    }
 }
 
 async fn large_value_round_trips(p: Protocol) {

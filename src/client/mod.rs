@@ -890,6 +890,7 @@ fn reply_error(reply: Reply, wanted: &str) -> Error {
                 ErrorKind::Client if message.contains("non-numeric") => Error::NotNumeric(message),
                 ErrorKind::Client => Error::ClientRejected(message),
                 ErrorKind::Server => Error::Server(message),
+                ErrorKind::TooLarge { size, max } => Error::ValueTooLarge { size, max },
             }
         }
         _ => unexpected_reply(wanted),

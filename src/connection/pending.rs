@@ -114,14 +114,26 @@ impl Pending {
                     Frame::Value { ref key, .. } => {
                         if let Some(requested) = &mut self.requested {
                             if !requested.advance_past(key) {
-                                return Err(format!(
-                                    "VALUE for key {:?}, which the request at the head of the \
-                                     queue did not ask for (or not in this order)",
-                                    String::from_utf8_lossy(key)
-                                ));
+                                return Err(not_asked_for(key));
                             }
                         }
                         self.values.push(frame);
+                        Ok(Step::More)
+                    }
+                    // A value too large for the client fails the whole retrieval, but
+                    // unlike an error line it does not replace an END.
+                    Frame::TooLarge {
+                        key: Some(ref key),
+                        size,
+                        max,
+                        ..
+                    } => {
+                        if let Some(requested) = &mut self.requested {
+                            if !requested.advance_past(key) {
+                                return Err(not_asked_for(key));
+                            }
+                        }
+                        self.error.get_or_insert(too_large(size, max));
                         Ok(Step::More)
                     }
                     // An error line replaces the END of one `get` line.
@@ -160,6 +172,20 @@ impl Pending {
                     }
                     Ok(Step::Done(Reply::Meta(m)))
                 }
+                Frame::TooLarge {
+                    opaque: o,
+                    size,
+                    max,
+                    key: None,
+                } => {
+                    if o != Some(*opaque) {
+                        return Err(format!(
+                            "reply carries opaque {o:?}, the request at the head of the queue sent {opaque}"
+                        ));
+                    }
+                    let (kind, message) = too_large(size, max);
+                    Ok(Step::Done(Reply::Error { kind, message }))
+                }
                 Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
                 other => Err(unexpected("a meta reply", &other)),
             },
@@ -186,6 +212,15 @@ impl Pending {
                     }
                     Ok(Step::More)
                 }
+                Frame::TooLarge {
+                    opaque: Some(o),
+                    size,
+                    max,
+                    key: None,
+                } if o.wrapping_sub(*first) < *count => {
+                    self.error.get_or_insert(too_large(size, max));
+                    Ok(Step::More)
+                }
                 Frame::Error { kind, message } => {
                     self.error.get_or_insert((kind, message));
                     Ok(Step::More)
@@ -193,7 +228,10 @@ impl Pending {
                 other => Err(unexpected("a meta reply or MN", &other)),
             },
             Expect::MergedGets => match frame {
-                Frame::Value { ref key, .. } => {
+                Frame::Value { ref key, .. }
+                | Frame::TooLarge {
+                    key: Some(ref key), ..
+                } => {
                     // Hits come in key order: every member before the one this value
                     // answers missed. Nobody is told anything until the match is found,
                     // so a desynchronised stream fails them all instead.
@@ -210,7 +248,14 @@ impl Pending {
                         member.send(Ok(Reply::Values(Vec::new())));
                     }
                     self.next_member = hit + 1;
-                    self.members[hit].send(Ok(Reply::Values(vec![frame])));
+                    let reply = match frame {
+                        Frame::TooLarge { size, max, .. } => {
+                            let (kind, message) = too_large(size, max);
+                            Reply::Error { kind, message }
+                        }
+                        value => Reply::Values(vec![value]),
+                    };
+                    self.members[hit].send(Ok(reply));
                     Ok(Step::More)
                 }
                 Frame::End => {
@@ -271,6 +316,19 @@ impl Pending {
     }
 }
 
+/// The error a value too large for the client turns into.
+fn too_large(size: usize, max: usize) -> (ErrorKind, Bytes) {
+    (ErrorKind::TooLarge { size, max }, Bytes::new())
+}
+
+fn not_asked_for(key: &[u8]) -> String {
+    format!(
+        "VALUE for key {:?}, which the request at the head of the queue did not ask for \
+         (or not in this order)",
+        String::from_utf8_lossy(key)
+    )
+}
+
 fn unexpected(wanted: &str, got: &Frame) -> String {
     let got = match got {
         Frame::Value { .. } => "VALUE",
@@ -281,6 +339,7 @@ fn unexpected(wanted: &str, got: &Frame) -> String {
         Frame::Version(_) => "VERSION",
         Frame::Meta(_) => "a meta reply",
         Frame::Error { .. } => "an error line",
+        Frame::TooLarge { .. } => "a value over max_value_size",
     };
     format!("expected {wanted}, got {got}")
 }

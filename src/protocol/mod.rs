@@ -52,6 +52,14 @@ pub(crate) enum Frame {
     Meta(MetaFrame),
     /// `ERROR`, `CLIENT_ERROR <msg>` or `SERVER_ERROR <msg>`.
     Error { kind: ErrorKind, message: Bytes },
+    /// A text `VALUE` (with its key) or meta `VA` (with its opaque) whose data block is
+    /// larger than the client accepts; the block is discarded, the stream stays in sync.
+    TooLarge {
+        key: Option<Bytes>,
+        opaque: Option<u32>,
+        size: usize,
+        max: usize,
+    },
 }
 
 /// One-line text replies.
@@ -75,6 +83,9 @@ pub(crate) enum ErrorKind {
     Client,
     /// `SERVER_ERROR`: the server could not do it.
     Server,
+    /// Not from the server: the value it sent (`size` bytes) is larger than the client
+    /// accepts (`max`); it was skipped.
+    TooLarge { size: usize, max: usize },
 }
 
 /// Meta reply codes.
