@@ -210,3 +210,76 @@ async fn retry_policy_waits_and_sends_within_one_deadline() {
         "the request was sent once the node was back"
     );
 }
+
+/// A `/proc/self/status` field in KiB (VmRSS, VmHWM).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("read /proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+/// 3,000 concurrent sets of 512 KiB to a stopped server: the requests queued for its
+/// connection are bounded in bytes (`max_queued_bytes`, 32 MiB by default) as well as in
+/// count, so the client's peak memory grows by tens of MiB, not by the 512 MiB a
+/// 1,024-request queue of such values would pin (722 MiB was measured before the bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_are_bounded_in_bytes_when_the_server_stalls() {
+    let mut m = Memcached::start_with(&["-I", "1m"]);
+    let c = kit::builder_for(&[m.addr()], Protocol::Meta)
+        .operation_timeout(Duration::from_secs(3))
+        .timeout_threshold(u32::MAX)
+        .build()
+        .unwrap();
+    c.set("warm", "up", Expiry::Never).await.unwrap();
+    // One shared value: the callers' own data is not what is measured, the client's
+    // encoded copies are.
+    let value = bytes::Bytes::from(vec![b'x'; 512 * 1024]);
+    let baseline = status_kib("VmHWM").max(status_kib("VmRSS"));
+    m.pause();
+    let sets = (0..3000).map(|i| {
+        let (c, value) = (c.clone(), value.clone());
+        tokio::spawn(async move { c.set(format!("big{i}"), value, Expiry::Never).await })
+    });
+    let results = kit::no_hang("3000 sets to a stopped server", CASE_LIMIT, async {
+        futures::future::join_all(sets).await
+    })
+    .await;
+    let peak = status_kib("VmHWM");
+    m.resume();
+    let timeouts = results
+        .into_iter()
+        .map(|r| r.unwrap())
+        .filter(|r| matches!(r, Err(Error::Timeout { .. })))
+        .count();
+    let grew_mib = peak.saturating_sub(baseline) / 1024;
+    println!("peak memory grew by {grew_mib} MiB; {timeouts} of 3000 sets timed out");
+    assert!(
+        timeouts > 0,
+        "the server was stopped: sets must have timed out"
+    );
+    assert!(
+        grew_mib < 160,
+        "peak memory grew by {grew_mib} MiB while the server was stopped: the queue is not \
+         bounded in bytes"
+    );
+    // The connection recovers once the server answers again.
+    let ok = kit::no_hang("set after resume", CASE_LIMIT, async {
+        loop {
+            if c.set("after", "v", Expiry::Never).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ok);
+}

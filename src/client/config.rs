@@ -105,6 +105,7 @@ pub struct ClientBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     merge_gets: bool,
+    max_queued_bytes: usize,
 }
 
 impl Default for ClientBuilder {
@@ -123,6 +124,7 @@ impl Default for ClientBuilder {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             merge_gets: false,
+            max_queued_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -187,6 +189,16 @@ impl ClientBuilder {
     /// item size; raise it with the server's `-I`; at most 1 GiB, memcached's ceiling).
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
+        self
+    }
+
+    /// Bytes of encoded requests that may wait for a connection's driver (default 32 MiB;
+    /// 1 byte to 4 GiB - 1). Together with `max_in_flight`, which bounds their count, it
+    /// bounds the memory callers pin when a server stalls: callers beyond it wait (within
+    /// their timeout) before their request is even encoded. A single request larger than
+    /// the budget waits for all of it.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
         self
     }
 
@@ -291,6 +303,8 @@ impl ClientBuilder {
             timeout_threshold: self.timeout_threshold,
             backoff_min: self.backoff_min,
             backoff_max: self.backoff_max,
+            // validate() keeps it within u32.
+            max_queued_bytes: u32::try_from(self.max_queued_bytes).unwrap_or(u32::MAX),
         }
     }
 
@@ -363,6 +377,16 @@ impl ClientBuilder {
                     "{} bytes is outside 1..={MAX_VALUE_SIZE_LIMIT}; memcached's item size \
                      (-I) can't exceed 1 GiB",
                     self.max_value_size
+                ),
+            ));
+        }
+        if self.max_queued_bytes == 0 || u32::try_from(self.max_queued_bytes).is_err() {
+            return Err(Error::config(
+                "max_queued_bytes",
+                format!(
+                    "{} bytes is outside 1..={}",
+                    self.max_queued_bytes,
+                    u32::MAX
                 ),
             ));
         }
@@ -454,6 +478,11 @@ mod tests {
         // Settings no connection can work with are refused, never a panic at build.
         assert_eq!(field_of(one().max_in_flight(usize::MAX)), "max_in_flight");
         assert_eq!(field_of(one().max_value_size(usize::MAX)), "max_value_size");
+        assert_eq!(field_of(one().max_queued_bytes(0)), "max_queued_bytes");
+        assert_eq!(
+            field_of(one().max_queued_bytes(usize::MAX)),
+            "max_queued_bytes"
+        );
         assert!(one().max_in_flight(65_536).validate().is_ok());
         assert!(one().max_value_size(1 << 30).validate().is_ok());
         assert_eq!(field_of(one().timeout_threshold(0)), "timeout_threshold");

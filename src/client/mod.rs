@@ -702,13 +702,18 @@ impl Client {
         let node = &self.inner.nodes[index];
         let connection = node.connection();
         let quiet = self.inner.protocol == Protocol::Meta;
-        let (bytes, kind) = self.encode(&cmd, connection, quiet);
-        let request = Request {
-            bytes,
-            kind,
-            reply: None,
+        let send = async {
+            let permit = connection.reserve(encoded_size_hint(&cmd)).await?;
+            let (bytes, kind) = self.encode(&cmd, connection, quiet);
+            let request = Request {
+                bytes,
+                kind,
+                reply: None,
+                permit: Some(permit),
+            };
+            connection.send(request).await
         };
-        match tokio::time::timeout_at(deadline, connection.send(request)).await {
+        match tokio::time::timeout_at(deadline, send).await {
             Ok(sent) => sent,
             Err(_) => Err(Error::Timeout {
                 node: node.shared.id.to_string(),
@@ -730,10 +735,16 @@ impl Client {
     async fn call(&self, index: usize, cmd: &Command<'_>, deadline: Instant) -> Result<Reply> {
         let node = self.inner.nodes.get(index).ok_or(Error::NoNodeAvailable)?;
         let connection = node.connection();
-        let (bytes, kind) = self.encode(cmd, connection, false);
         let timeout = self.inner.operation_timeout;
         let counters = &node.shared.counters;
-        let result = match tokio::time::timeout_at(deadline, connection.call(bytes, kind)).await {
+        let call = async {
+            // Room in the queue's byte budget first, so callers waiting for it hold no
+            // encoded copy of their request.
+            let permit = connection.reserve(encoded_size_hint(cmd)).await?;
+            let (bytes, kind) = self.encode(cmd, connection, false);
+            connection.call(bytes, kind, permit).await
+        };
+        let result = match tokio::time::timeout_at(deadline, call).await {
             Ok(result) => result,
             Err(_) => {
                 connection.record_timeout();

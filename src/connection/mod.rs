@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
@@ -61,6 +61,9 @@ pub(crate) struct ConnectionConfig {
     pub(crate) timeout_threshold: u32,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// Bytes of encoded requests that may wait for the driver (see
+    /// [`ConnectionHandle::reserve`]).
+    pub(crate) max_queued_bytes: u32,
 }
 
 /// A request on its way to the driver.
@@ -72,7 +75,13 @@ pub(crate) struct Request {
     pub(crate) kind: RequestKind,
     /// Where the reply goes; `None` for fire-and-forget.
     pub(crate) reply: Option<ReplySender>,
+    /// The request's share of the queue's byte budget, given back once the driver has
+    /// copied it to the socket's write buffer (or dropped it).
+    pub(crate) permit: Option<QueuePermit>,
 }
+
+/// A share of a connection's queued-bytes budget.
+pub(crate) type QueuePermit = OwnedSemaphorePermit;
 
 /// What a request expects back, as far as the driver is concerned.
 #[derive(Debug)]
@@ -100,6 +109,10 @@ enum OpenRun {
 pub(crate) struct ConnectionHandle {
     tx: mpsc::Sender<Request>,
     shared: Arc<ConnectionShared>,
+    /// Bytes of encoded requests not yet taken by the driver: the channel bounds their
+    /// count, this bounds their size.
+    budget: Arc<Semaphore>,
+    max_queued_bytes: u32,
 }
 
 #[derive(Debug)]
@@ -122,6 +135,8 @@ impl ConnectionHandle {
             wake: Notify::new(),
             revive: Notify::new(),
         });
+        let budget = Arc::new(Semaphore::new(config.max_queued_bytes as usize));
+        let max_queued_bytes = config.max_queued_bytes;
         let span = tracing::info_span!("memcached_connection", node = %node.id, slot);
         let driver = Driver {
             decoder: FrameDecoder::new(config.max_value_size),
@@ -134,7 +149,25 @@ impl ConnectionHandle {
             in_flight: std::collections::VecDeque::new(),
         };
         tokio::spawn(driver.run().instrument(span));
-        Self { tx, shared }
+        Self {
+            tx,
+            shared,
+            budget,
+            max_queued_bytes,
+        }
+    }
+
+    /// Waits for room for a request of about `bytes` encoded bytes in the queue's byte
+    /// budget (a request larger than the whole budget waits for all of it). Cancel-safe.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Result<QueuePermit, Error> {
+        let wanted = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_queued_bytes);
+        self.budget
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| Error::Shutdown)
     }
 
     /// Reserves `count` consecutive opaque tokens for a meta request.
@@ -149,12 +182,18 @@ impl ConnectionHandle {
     }
 
     /// Sends `bytes` and waits for the assembled reply.
-    pub(crate) async fn call(&self, bytes: Bytes, kind: RequestKind) -> Result<Reply, Error> {
+    pub(crate) async fn call(
+        &self,
+        bytes: Bytes,
+        kind: RequestKind,
+        permit: QueuePermit,
+    ) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Request {
             bytes,
             kind,
             reply: Some(tx),
+            permit: Some(permit),
         })
         .await?;
         rx.await.unwrap_or(Err(Error::Shutdown))
@@ -416,6 +455,10 @@ impl Driver {
 
     /// Appends `request` to the write buffer and its reply slot to the queue.
     fn enqueue(&mut self, request: Request, write_buf: &mut BytesMut, open: &mut OpenRun) {
+        // The request's bytes are copied to the write buffer (bounded by
+        // WRITE_HIGH_WATER) or dropped: either way its share of the queue's byte budget
+        // goes back when this returns.
+        let _permit = request.permit;
         // Nobody waits for it and nothing was written yet: skip it.
         if request.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
             return;
