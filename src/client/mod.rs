@@ -548,6 +548,27 @@ impl Client {
             .fold(Metrics::default(), |sum, n| sum + n.metrics())
     }
 
+    /// Makes the connection driver of node `id` panic, to test that the client notices.
+    /// Only with the `fault-injection` feature; not part of the API.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub async fn __inject_driver_panic(&self, id: &str) -> Result<()> {
+        let node = self
+            .inner
+            .nodes
+            .iter()
+            .find(|n| &*n.shared.id == id)
+            .ok_or_else(|| Error::UnknownNode(id.to_string()))?;
+        node.connection()
+            .send(Request {
+                bytes: Bytes::new(),
+                kind: RequestKind::Panic,
+                reply: None,
+                permit: None,
+            })
+            .await
+    }
+
     // ----- plumbing --------------------------------------------------------------
 
     fn store_command<'a>(

@@ -26,11 +26,13 @@
 
 mod pending;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -93,6 +95,9 @@ pub(crate) enum RequestKind {
     /// A text `get <key>\r\n` the driver may merge with the single-key gets queued
     /// right after it into one `get k1 k2 …` line.
     MergeableGet,
+    /// Makes the driver panic (tests of panic recovery only).
+    #[cfg(feature = "fault-injection")]
+    Panic,
 }
 
 /// What the end of the write buffer holds that the next request may extend.
@@ -243,14 +248,24 @@ impl Driver {
             self.node
                 .set_connection_state(self.slot, NodeState::Connecting);
             let started = Instant::now();
-            match self.connect().await {
+            let connected = AssertUnwindSafe(self.connect())
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panicked(&*panic)));
+            match connected {
                 Ok((stream, read_buf)) => {
                     attempt = 0;
                     self.shared.consecutive_timeouts.store(0, Ordering::Release);
                     self.node.set_connection_state(self.slot, NodeState::Up);
                     self.node.attempt_finished();
                     tracing::debug!(address = %self.config.address, "connected");
-                    let reason = self.serve(stream, read_buf).await;
+                    // A panic anywhere in the driver's work on a connection ends that
+                    // connection like any other failure: callers get an error, the node
+                    // goes down, and the driver reconnects.
+                    let reason = AssertUnwindSafe(self.serve(stream, read_buf))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| Disconnect::Lost(panicked(&*panic)));
                     let (message, error) = match reason {
                         Disconnect::Shutdown => return,
                         Disconnect::Lost(reason) => {
@@ -304,6 +319,8 @@ impl Driver {
     /// Opens the socket and proves the server answers (`version`) within the connect
     /// timeout, so a stopped server is not taken for a live one.
     async fn connect(&mut self) -> Result<(TcpStream, BytesMut), String> {
+        // A fresh stream: nothing of the previous connection's decoding state applies.
+        self.decoder = FrameDecoder::new(self.config.max_value_size);
         let attempt = async {
             let mut stream = TcpStream::connect(&self.config.address)
                 .await
@@ -492,6 +509,8 @@ impl Driver {
                 write_buf.put_slice(&request.bytes);
                 *open = OpenRun::Quiet;
             }
+            #[cfg(feature = "fault-injection")]
+            RequestKind::Panic => panic!("fault injection: connection driver panic"),
             RequestKind::Reply(expect) => {
                 self.close_run(write_buf, open);
                 write_buf.put_slice(&request.bytes);
@@ -544,6 +563,17 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// The reason a connection ends with when its driver panicked.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    tracing::error!(%message, "connection driver panicked");
+    format!("connection driver panicked: {message}")
 }
 
 /// Errors are not `Clone` (they may hold I/O errors elsewhere); rebuild the two kinds a
