@@ -496,12 +496,7 @@ impl Client {
     /// This is how a caller that records which node holds a value (the session layer)
     /// reads and writes it.
     pub fn on_node(&self, id: &str) -> Result<Client> {
-        let index = self
-            .inner
-            .nodes
-            .iter()
-            .position(|n| &*n.shared.id == id)
-            .ok_or_else(|| Error::UnknownNode(id.to_string()))?;
+        let index = self.node_index(id)?;
         Ok(Client {
             inner: self.inner.clone(),
             pinned: Some(index),
@@ -553,13 +548,8 @@ impl Client {
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
     pub async fn __inject_driver_panic(&self, id: &str) -> Result<()> {
-        let node = self
-            .inner
-            .nodes
-            .iter()
-            .find(|n| &*n.shared.id == id)
-            .ok_or_else(|| Error::UnknownNode(id.to_string()))?;
-        node.connection()
+        self.inner.nodes[self.node_index(id)?]
+            .connection()
             .send(Request {
                 bytes: Bytes::new(),
                 kind: RequestKind::Panic,
@@ -567,6 +557,15 @@ impl Client {
                 permit: None,
             })
             .await
+    }
+
+    /// The index of the node with this id.
+    fn node_index(&self, id: &str) -> Result<usize> {
+        self.inner
+            .nodes
+            .iter()
+            .position(|n| &*n.shared.id == id)
+            .ok_or_else(|| Error::UnknownNode(id.to_string()))
     }
 
     // ----- plumbing --------------------------------------------------------------
