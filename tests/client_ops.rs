@@ -70,6 +70,7 @@ both_protocols!(
     keys_are_spread_over_every_node,
     concurrent_callers_each_get_their_own_reply,
     metrics_count_operations,
+    a_unix_socket_node_serves_every_operation_and_survives_a_restart,
 );
 
 /// One server and a client for it.
@@ -1073,4 +1074,49 @@ async fn bad_configuration_is_refused_naming_the_field() {
     assert!(e.to_string().contains("configuration"), "{e}");
     // And a good configuration builds.
     b().build().expect("a valid configuration builds");
+}
+
+/// A node at `unix:/path` (memcached `-s`): every kind of operation, the server's own
+/// view through the socket, and a restart of the server behind it.
+async fn a_unix_socket_node_serves_every_operation_and_survives_a_restart(p: Protocol) {
+    let mut m = Memcached::start_unix(&[]);
+    let tcp = Memcached::start();
+    let addr = m.addr();
+    assert!(addr.starts_with("unix:/"), "{addr}");
+    let c = kit::client_for(&[addr.clone(), tcp.addr()], p);
+    let unix_only = c.on_node("n0").unwrap();
+    unix_only.set("k", "v", Expiry::Never).await.unwrap();
+    assert_eq!(
+        raw::get(&addr, "k").as_deref(),
+        Some("v"),
+        "stored on the socket's server"
+    );
+    assert_eq!(s(&unix_only.get("k").await.unwrap().unwrap().value), "v");
+    unix_only.set("n", "41", Expiry::Never).await.unwrap();
+    assert_eq!(unix_only.incr("n", 1).await.unwrap(), Some(42));
+    assert!(unix_only.delete("k").await.unwrap());
+    // Keys spread over both nodes, one of them a UNIX socket.
+    let keys: Vec<String> = (0..50).map(|i| format!("spread{i}")).collect();
+    for key in &keys {
+        c.set(key, key, Expiry::Never).await.unwrap();
+    }
+    assert_eq!(c.get_many(&keys).await.unwrap().len(), keys.len());
+    assert!(raw::curr_items(&addr) > 1 && raw::curr_items(&tcp.addr()) > 0);
+    let status = &c.nodes()[0];
+    assert_eq!(status.address, addr);
+    m.restart();
+    let after = kit::no_hang(
+        "get after the socket's server restarted",
+        CASE_LIMIT,
+        async {
+            loop {
+                match unix_only.set("back", "yes", Expiry::Never).await {
+                    Ok(()) => return unix_only.get("back").await.unwrap(),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(s(&after.unwrap().value), "yes");
 }

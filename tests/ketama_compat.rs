@@ -143,6 +143,14 @@ const EQ2: Set = &[
     ("10.0.2.3", 11211, 2),
     ("10.0.2.4", 11213, 2),
 ];
+/// UNIX domain sockets (host = the socket's path, port 0, as the client gives them to the
+/// locators for `unix:/path` nodes) beside TCP servers.
+const UNIX: Set = &[
+    ("/run/memcached/a.sock", 0, 1),
+    ("10.0.3.1", 11211, 1),
+    ("/var/run/mc/b.sock", 0, 1),
+    ("10.0.3.2", 11300, 1),
+];
 /// 25 equal servers: spymemcached's and libmemcached's `f32` weighted arithmetic gives 39
 /// digests (156 points) per server, unlike the unweighted 160.
 fn equal25() -> Servers {
@@ -164,6 +172,7 @@ fn sets() -> Vec<(&'static str, Servers)> {
         ("FIXTURE", owned(FIXTURE)),
         ("HOSTS", owned(HOSTS)),
         ("EQ2", owned(EQ2)),
+        ("UNIX", owned(UNIX)),
         ("E25", equal25()),
     ]
 }
@@ -375,7 +384,7 @@ fn libmemcached_ketama_commands() -> Vec<LmCommand> {
     use HashAlgorithm::*;
     let mut v = Vec::new();
     // Unweighted KETAMA with the default hash (one-at-a-time); W5/WMANY switch to weighted.
-    for set in ["S3", "S11211", "HOSTS", "E25", "W5", "WMANY", "EQ2"] {
+    for set in ["S3", "S11211", "HOSTS", "E25", "W5", "WMANY", "EQ2", "UNIX"] {
         v.push((
             format!("lm/{set}"),
             "ketama",
@@ -402,7 +411,9 @@ fn libmemcached_ketama_commands() -> Vec<LmCommand> {
         }
     }
     // KETAMA_WEIGHTED.
-    for set in ["S3", "S11211", "W5", "WMANY", "FIXTURE", "E25", "HOSTS"] {
+    for set in [
+        "S3", "S11211", "W5", "WMANY", "FIXTURE", "E25", "HOSTS", "UNIX",
+    ] {
         v.push((
             format!("lmw/{set}"),
             "weighted",
@@ -412,7 +423,7 @@ fn libmemcached_ketama_commands() -> Vec<LmCommand> {
         ));
     }
     // KETAMA_SPY with KETAMA_WEIGHTED off: weighted only when a weight is above 1.
-    for set in ["S3", "S11211", "W5", "HOSTS", "EQ2", "E25"] {
+    for set in ["S3", "S11211", "W5", "HOSTS", "EQ2", "E25", "UNIX"] {
         v.push((
             format!("lms/{set}"),
             "spy",

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::{ConnectionConfig, ConnectionHandle};
+use crate::connection::{ConnectionConfig, ConnectionHandle, Target};
 use crate::locator::{Distribution, LocatorNode};
 use crate::node::NodeShared;
 use crate::{Error, Result};
@@ -53,7 +53,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A server at `address` (`host:port`), with weight 1 and its address as id.
+    /// A server at `address` (`host:port`, or `unix:/path` for a UNIX domain socket), with
+    /// weight 1 and its address as id.
     pub fn new(address: impl Into<String>) -> Self {
         Self {
             address: address.into(),
@@ -130,7 +131,8 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Adds a server at `address` (`host:port`) with weight 1; its id is the address.
+    /// Adds a server at `address` (`host:port`, or `unix:/path` for a UNIX domain socket)
+    /// with weight 1; its id is the address.
     pub fn node(mut self, address: impl Into<String>) -> Self {
         self.nodes.push(NodeConfig::new(address));
         self
@@ -295,8 +297,13 @@ impl ClientBuilder {
     }
 
     fn connection_config(&self, address: &str) -> ConnectionConfig {
+        let target = match address.strip_prefix(UNIX_PREFIX) {
+            Some(path) => Target::Unix(path.into()),
+            None => Target::Tcp(address.to_string()),
+        };
         ConnectionConfig {
             address: address.to_string(),
+            target,
             connect_timeout: self.connect_timeout,
             max_in_flight: self.max_in_flight,
             max_value_size: self.max_value_size,
@@ -397,12 +404,28 @@ impl ClientBuilder {
     }
 }
 
-/// Splits `host:port` (IPv6 as `[addr]:port`).
+/// The prefix of a UNIX domain socket address: `unix:/path/to.sock`.
+const UNIX_PREFIX: &str = "unix:";
+
+/// Splits a node address into what the locators see: `host:port` (IPv6 as
+/// `[addr]:port`), or `unix:/path`, which the locators see as host `/path`, port 0.
 fn split_address(address: &str) -> Result<(&str, u16)> {
+    if let Some(path) = address.strip_prefix(UNIX_PREFIX) {
+        if !path.starts_with('/') || path.contains(['\0', '\n', '\r']) {
+            return Err(Error::config(
+                "nodes",
+                format!(
+                    "address {address:?}: a UNIX socket address is unix: followed by an \
+                     absolute path (e.g. \"unix:/run/memcached/memcached.sock\")"
+                ),
+            ));
+        }
+        return Ok((path, 0));
+    }
     let bad = || {
         Error::config(
             "nodes",
-            format!("address {address:?} is not host:port (e.g. \"127.0.0.1:11211\" or \"[::1]:11211\")"),
+            format!("address {address:?} is not host:port or unix:/path (e.g. \"127.0.0.1:11211\", \"[::1]:11211\" or \"unix:/run/memcached.sock\")"),
         )
     };
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
@@ -429,6 +452,13 @@ mod tests {
         );
         assert_eq!(split_address("[::1]:11311").unwrap(), ("::1", 11311));
         assert_eq!(split_address("cache.local:1").unwrap(), ("cache.local", 1));
+        assert_eq!(
+            split_address("unix:/run/memcached.sock").unwrap(),
+            ("/run/memcached.sock", 0)
+        );
+        for bad in ["unix:", "unix:relative.sock", "unix:/a\nb"] {
+            assert!(split_address(bad).is_err(), "{bad}");
+        }
         for bad in [
             "127.0.0.1",
             ":11211",

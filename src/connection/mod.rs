@@ -25,6 +25,7 @@
 //!   is marked down, and the driver reconnects after an exponential backoff with jitter.
 
 mod pending;
+mod transport;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,7 +35,6 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
@@ -45,6 +45,8 @@ use crate::protocol::text::KEYS_PER_GET;
 use crate::protocol::{Expect, Frame, FrameDecoder, Reply};
 use crate::Error;
 use pending::{merged_key, Pending, ReplySender, Step};
+use transport::Stream;
+pub(crate) use transport::Target;
 
 /// Bytes of queued requests after which the driver writes before taking more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -56,7 +58,10 @@ const READ_CHUNK: usize = 32 * 1024;
 /// Settings of one connection, fixed at build time.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionConfig {
+    /// The address as configured, for logs.
     pub(crate) address: String,
+    /// Where to connect.
+    pub(crate) target: Target,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_in_flight: usize,
     pub(crate) max_value_size: usize,
@@ -318,14 +323,11 @@ impl Driver {
 
     /// Opens the socket and proves the server answers (`version`) within the connect
     /// timeout, so a stopped server is not taken for a live one.
-    async fn connect(&mut self) -> Result<(TcpStream, BytesMut), String> {
+    async fn connect(&mut self) -> Result<(Stream, BytesMut), String> {
         // A fresh stream: nothing of the previous connection's decoding state applies.
         self.decoder = FrameDecoder::new(self.config.max_value_size);
         let attempt = async {
-            let mut stream = TcpStream::connect(&self.config.address)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut stream = Stream::connect(&self.config.target).await?;
             stream
                 .write_all(b"version\r\n")
                 .await
@@ -396,8 +398,8 @@ impl Driver {
         self.node.counters.in_flight.store(0, Ordering::Relaxed);
     }
 
-    async fn serve(&mut self, stream: TcpStream, mut read_buf: BytesMut) -> Disconnect {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn serve(&mut self, stream: Stream, mut read_buf: BytesMut) -> Disconnect {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let mut write_buf = BytesMut::with_capacity(READ_CHUNK);
         let mut closing = false;
         loop {
@@ -453,11 +455,12 @@ impl Driver {
                             taken += 1;
                         }
                         self.close_run(&mut write_buf, &mut open);
-                        // Write now rather than after another trip through select!.
-                        match writer.try_write(&write_buf) {
-                            Ok(n) => write_buf.advance(n),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Disconnect::Lost(format!("write: {e}")),
+                        // Write now rather than after another trip through select!: one
+                        // poll, which writes nothing if the socket is not ready.
+                        match writer.write(&write_buf).now_or_never() {
+                            Some(Ok(n)) => write_buf.advance(n),
+                            None => {}
+                            Some(Err(e)) => return Disconnect::Lost(format!("write: {e}")),
                         }
                         self.node
                             .counters

@@ -402,6 +402,11 @@ fn libmemcached_digests(weight: u32, total: u64, nodes: usize) -> u32 {
 /// `InetSocketAddress.toString()` without a leading `/`.
 fn spymemcached_base(node: &LocatorNode) -> crate::Result<String> {
     let host = strip_brackets(&node.host);
+    // A UNIX domain socket (host = its path, port 0): spymemcached has none, so the path
+    // is used as is, never resolved.
+    if node.port == 0 && host.starts_with('/') {
+        return Ok(format!("{host}:0"));
+    }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(format!("{}:{}", java_ip(ip), node.port));
     }
