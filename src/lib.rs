@@ -58,8 +58,8 @@ mod protocol;
 pub mod session;
 
 pub use client::{
-    CasOutcome, Client, ClientBuilder, Expiry, FailurePolicy, Item, Metrics, NodeConfig,
-    NodeStatus, Protocol, StoreOptions, StoreOutcome,
+    CasOutcome, Client, ClientBuilder, Credentials, Expiry, FailurePolicy, Item, Metrics,
+    NodeConfig, NodeStatus, Protocol, StoreOptions, StoreOutcome,
 };
 pub use error::{Error, Result, UnavailableNode};
 pub use node::NodeState;

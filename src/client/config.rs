@@ -8,7 +8,7 @@ use crate::locator::{Distribution, LocatorNode};
 use crate::node::NodeShared;
 use crate::{Error, Result};
 
-use super::{Client, Inner, Node};
+use super::{Client, Credentials, Inner, Node};
 
 /// The largest `max_in_flight` accepted.
 const MAX_IN_FLIGHT_LIMIT: usize = 65_536;
@@ -50,6 +50,7 @@ pub struct NodeConfig {
     address: String,
     id: Option<String>,
     weight: u32,
+    credentials: Option<Credentials>,
 }
 
 impl NodeConfig {
@@ -60,7 +61,15 @@ impl NodeConfig {
             address: address.into(),
             id: None,
             weight: 1,
+            credentials: None,
         }
+    }
+
+    /// Login for this node (memcached `-Y`), in place of the client-wide
+    /// [`ClientBuilder::credentials`].
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// The id other code names the node by (`Client::on_node`, session ids).
@@ -107,6 +116,7 @@ pub struct ClientBuilder {
     backoff_max: Duration,
     merge_gets: bool,
     max_queued_bytes: usize,
+    credentials: Option<Credentials>,
 }
 
 impl Default for ClientBuilder {
@@ -126,6 +136,7 @@ impl Default for ClientBuilder {
             backoff_max: Duration::from_secs(30),
             merge_gets: false,
             max_queued_bytes: 32 * 1024 * 1024,
+            credentials: None,
         }
     }
 }
@@ -191,6 +202,15 @@ impl ClientBuilder {
     /// item size; raise it with the server's `-I`; at most 1 GiB, memcached's ceiling).
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
+        self
+    }
+
+    /// Login for every node (memcached `-Y`; default none): memcached's text-protocol
+    /// authentication, sent first on every connection and reconnection. A node's own
+    /// [`NodeConfig::credentials`] take precedence. A server that refuses them leaves the
+    /// node down, its last error saying so.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
         self
     }
 
@@ -273,7 +293,7 @@ impl ClientBuilder {
                 let connections = (0..self.connections_per_node)
                     .map(|slot| {
                         ConnectionHandle::spawn(
-                            self.connection_config(&config.address),
+                            self.connection_config(config),
                             shared.clone(),
                             slot,
                         )
@@ -296,7 +316,8 @@ impl ClientBuilder {
         })
     }
 
-    fn connection_config(&self, address: &str) -> ConnectionConfig {
+    fn connection_config(&self, node: &NodeConfig) -> ConnectionConfig {
+        let address = node.address.as_str();
         let target = match address.strip_prefix(UNIX_PREFIX) {
             Some(path) => Target::Unix(path.into()),
             None => Target::Tcp(address.to_string()),
@@ -312,6 +333,11 @@ impl ClientBuilder {
             backoff_max: self.backoff_max,
             // validate() keeps it within u32.
             max_queued_bytes: u32::try_from(self.max_queued_bytes).unwrap_or(u32::MAX),
+            credentials: node
+                .credentials
+                .clone()
+                .or_else(|| self.credentials.clone()),
+            meta: self.protocol == Protocol::Meta,
         }
     }
 
@@ -335,6 +361,17 @@ impl ClientBuilder {
                 return Err(Error::config(
                     "weight",
                     format!("node {} has weight 0; weights start at 1", node.address),
+                ));
+            }
+            if let Some(problem) = node
+                .credentials
+                .as_ref()
+                .or(self.credentials.as_ref())
+                .and_then(Credentials::problem)
+            {
+                return Err(Error::config(
+                    "credentials",
+                    format!("node {}: {problem}", node.address),
                 ));
             }
             if let Some(id) = &node.id {
@@ -509,6 +546,10 @@ mod tests {
         assert_eq!(field_of(one().max_in_flight(usize::MAX)), "max_in_flight");
         assert_eq!(field_of(one().max_value_size(usize::MAX)), "max_value_size");
         assert_eq!(field_of(one().max_queued_bytes(0)), "max_queued_bytes");
+        assert_eq!(
+            field_of(one().credentials(Credentials::new("a b", "pw"))),
+            "credentials"
+        );
         assert_eq!(
             field_of(one().max_queued_bytes(usize::MAX)),
             "max_queued_bytes"

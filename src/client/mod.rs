@@ -26,7 +26,9 @@ use crate::{Error, Result};
 const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
-pub use types::{CasOutcome, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome};
+pub use types::{
+    CasOutcome, Credentials, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome,
+};
 
 /// An async memcached client over a set of nodes.
 ///

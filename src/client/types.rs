@@ -7,6 +7,66 @@ use bytes::Bytes;
 use crate::node::NodeState;
 use crate::protocol::RELATIVE_EXPIRY_LIMIT;
 
+/// A username and password for memcached's text-protocol login (servers started with
+/// `-Y <file of user:password lines>`). Sent first on every connection, reconnects
+/// included. Its `Debug` shows the username only: the password never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+impl Credentials {
+    /// Credentials for `username` with `password` (neither may be empty or hold
+    /// whitespace or control characters: the login line separates them by a space;
+    /// `ClientBuilder::build` checks).
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The username.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Why memcached could not read these credentials, if it could not.
+    pub(crate) fn problem(&self) -> Option<&'static str> {
+        let bad = |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if bad(&self.username) {
+            Some("the username must be non-empty, without whitespace or control characters")
+        } else if bad(&self.password) {
+            Some("the password must be non-empty, without whitespace or control characters")
+        } else {
+            None
+        }
+    }
+
+    /// Appends memcached's login: a `set` whose data is `<username> <password>`.
+    pub(crate) fn encode_login(&self, buf: &mut bytes::BytesMut) {
+        use bytes::BufMut;
+        let len = self.username.len() + 1 + self.password.len();
+        buf.put_slice(b"set auth 0 0 ");
+        crate::protocol::put_u64(buf, len as u64);
+        buf.put_slice(b"\r\n");
+        buf.put_slice(self.username.as_bytes());
+        buf.put_u8(b' ');
+        buf.put_slice(self.password.as_bytes());
+        buf.put_slice(b"\r\n");
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A value read from memcached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -168,6 +228,22 @@ pub struct NodeStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_show_the_password() {
+        let c = Credentials::new("alice", "s3cret-pw");
+        let shown = format!("{c:?} {:?}", Some(c.clone()));
+        assert!(
+            shown.contains("alice") && !shown.contains("s3cret-pw"),
+            "{shown}"
+        );
+        let mut buf = bytes::BytesMut::new();
+        c.encode_login(&mut buf);
+        assert_eq!(&buf[..], b"set auth 0 0 15\r\nalice s3cret-pw\r\n");
+        assert!(c.problem().is_none());
+        assert!(Credentials::new("a b", "x").problem().is_some());
+        assert!(Credentials::new("a", "").problem().is_some());
+    }
 
     #[test]
     fn expiry_follows_memcached_rules() {

@@ -42,7 +42,8 @@ use tracing::Instrument;
 
 use crate::node::{NodeCounters, NodeShared, NodeState};
 use crate::protocol::text::KEYS_PER_GET;
-use crate::protocol::{Expect, Frame, FrameDecoder, Reply};
+use crate::protocol::{Expect, Frame, FrameDecoder, MetaStatus, Reply, TextStatus};
+use crate::Credentials;
 use crate::Error;
 use pending::{merged_key, Pending, ReplySender, Step};
 use transport::Stream;
@@ -71,6 +72,11 @@ pub(crate) struct ConnectionConfig {
     /// Bytes of encoded requests that may wait for the driver (see
     /// [`ConnectionHandle::reserve`]).
     pub(crate) max_queued_bytes: u32,
+    /// Login for `-Y` servers, sent first on every connection.
+    pub(crate) credentials: Option<Credentials>,
+    /// Whether the client speaks the meta protocol (the handshake then checks the peer
+    /// does too).
+    pub(crate) meta: bool,
 }
 
 /// A request on its way to the driver.
@@ -225,6 +231,73 @@ impl ConnectionHandle {
     }
 }
 
+/// One exchange of the connection handshake.
+#[derive(Clone, Copy)]
+enum Probe {
+    /// memcached's text-protocol login (`-Y` servers): `STORED` when accepted.
+    Login,
+    /// `version`: proves the server answers.
+    Version,
+    /// `mn`: proves the peer speaks the meta protocol (proxies such as twemproxy don't).
+    Meta,
+}
+
+/// What a peer that refuses the meta protocol is told.
+const NOT_META: &str = "it does not speak memcached's meta protocol (a proxy such as \
+     twemproxy/nutcracker?): use Protocol::Text (ClientBuilder::protocol) for this node";
+
+impl Probe {
+    /// Checks the reply to this exchange.
+    fn check(self, frame: Frame) -> Result<(), String> {
+        match (self, frame) {
+            (Probe::Login, Frame::Status(TextStatus::Stored)) => Ok(()),
+            (Probe::Login, Frame::Error { message, .. }) => Err(format!(
+                "authentication refused by the server ({}): check the username and password",
+                String::from_utf8_lossy(&message)
+            )),
+            (Probe::Version, Frame::Version(_)) => Ok(()),
+            (Probe::Version, Frame::Error { message, .. })
+                if message.as_ref() == b"unauthenticated" =>
+            {
+                Err(
+                    "the server requires authentication (memcached -Y): configure \
+                     credentials (ClientBuilder::credentials or NodeConfig::credentials)"
+                        .into(),
+                )
+            }
+            (Probe::Meta, Frame::Meta(m)) if m.status == MetaStatus::Noop => Ok(()),
+            (Probe::Meta, Frame::Error { .. }) => Err(format!(
+                "the server refused the meta command mn: {NOT_META}"
+            )),
+            (probe, other) => Err(format!(
+                "probe: unexpected reply to {}: {other:?}",
+                probe.name()
+            )),
+        }
+    }
+
+    /// Why the connection failed when the peer closed it during this exchange.
+    fn closed(self) -> String {
+        match self {
+            Probe::Meta => {
+                format!("the server closed the connection on the meta command mn: {NOT_META}")
+            }
+            probe => format!(
+                "probe: server closed the connection (during {})",
+                probe.name()
+            ),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Probe::Login => "the login",
+            Probe::Version => "version",
+            Probe::Meta => "mn",
+        }
+    }
+}
+
 /// Why a connection ended.
 enum Disconnect {
     /// Every handle is gone and the queue is empty.
@@ -321,29 +394,45 @@ impl Driver {
         }
     }
 
-    /// Opens the socket and proves the server answers (`version`) within the connect
-    /// timeout, so a stopped server is not taken for a live one.
+    /// Opens the socket, logs in when credentials are configured, and proves the server
+    /// answers (`version`, plus `mn` for a meta client) within the connect timeout, so a
+    /// stopped server is not taken for a live one and a peer that can't serve this client
+    /// (no login, no meta protocol) is named as such.
     async fn connect(&mut self) -> Result<(Stream, BytesMut), String> {
         // A fresh stream: nothing of the previous connection's decoding state applies.
         self.decoder = FrameDecoder::new(self.config.max_value_size);
         let attempt = async {
             let mut stream = Stream::connect(&self.config.target).await?;
+            let mut hello = BytesMut::new();
+            let mut steps = Vec::with_capacity(3);
+            if let Some(credentials) = &self.config.credentials {
+                credentials.encode_login(&mut hello);
+                steps.push(Probe::Login);
+            }
+            hello.put_slice(b"version\r\n");
+            steps.push(Probe::Version);
+            if self.config.meta {
+                hello.put_slice(b"mn\r\n");
+                steps.push(Probe::Meta);
+            }
             stream
-                .write_all(b"version\r\n")
+                .write_all(&hello)
                 .await
                 .map_err(|e| format!("probe: {e}"))?;
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            loop {
+            let mut steps = steps.into_iter();
+            let mut step = steps.next();
+            while let Some(current) = step {
                 if let Some(frame) = self.decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-                    return match frame {
-                        Frame::Version(_) => Ok((stream, buf)),
-                        other => Err(format!("probe: unexpected reply {other:?}")),
-                    };
+                    current.check(frame)?;
+                    step = steps.next();
+                    continue;
                 }
                 if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("probe: server closed the connection".into());
+                    return Err(current.closed());
                 }
             }
+            Ok((stream, buf))
         };
         tokio::time::timeout(self.config.connect_timeout, attempt)
             .await
