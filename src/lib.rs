@@ -57,6 +57,8 @@ mod node;
 mod protocol;
 pub mod session;
 
+#[cfg(feature = "tls")]
+pub use client::TlsConfig;
 pub use client::{
     CasOutcome, Client, ClientBuilder, Credentials, Expiry, FailurePolicy, Item, Metrics,
     NodeConfig, NodeStatus, Protocol, StoreOptions, StoreOutcome,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kit::memcached::raw;
 use kit::Memcached;
-use memkeep::{Client, Credentials, Error, Expiry, NodeConfig, NodeState, Protocol};
+use memkeep::{Client, Credentials, Expiry, NodeConfig, Protocol};
 
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -33,19 +33,6 @@ impl AuthFile {
 impl Drop for AuthFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// The error an operation gets when no node can take it, as text.
-async fn why_unavailable(c: &Client) -> String {
-    assert!(
-        kit::wait_state(c, "n0", NodeState::Down, Duration::from_secs(10)).await,
-        "the node stays down: {:?}",
-        c.nodes()
-    );
-    match kit::no_hang("get on a refused node", CASE_LIMIT, c.get("k")).await {
-        Err(e @ Error::NodesUnavailable { .. }) => e.to_string(),
-        other => panic!("expected NodesUnavailable, got {other:?}"),
     }
 }
 
@@ -131,10 +118,10 @@ async fn a_refused_login_and_a_missing_one_say_so_plainly() {
         .credentials(Credentials::new("alice", "not-the-password"))
         .build()
         .unwrap();
-    let why = why_unavailable(&wrong).await;
+    let why = kit::why_unavailable(&wrong).await;
     assert!(why.contains("authentication refused"), "{why}");
     assert!(!why.contains("not-the-password"), "{why}");
     let missing = kit::client_for(&[m.addr()], Protocol::Text);
-    let why = why_unavailable(&missing).await;
+    let why = kit::why_unavailable(&missing).await;
     assert!(why.contains("requires authentication"), "{why}");
 }

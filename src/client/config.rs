@@ -51,6 +51,7 @@ pub struct NodeConfig {
     id: Option<String>,
     weight: u32,
     credentials: Option<Credentials>,
+    tls_server_name: Option<String>,
 }
 
 impl NodeConfig {
@@ -62,7 +63,16 @@ impl NodeConfig {
             id: None,
             weight: 1,
             credentials: None,
+            tls_server_name: None,
         }
+    }
+
+    /// With TLS (feature `tls`): the name the node's certificate must carry, also sent as
+    /// SNI (default: the host of its address). Needed when connecting by IP address to a
+    /// server whose certificate names a host, and for a UNIX socket node.
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_server_name = Some(name.into());
+        self
     }
 
     /// Login for this node (memcached `-Y`), in place of the client-wide
@@ -117,6 +127,8 @@ pub struct ClientBuilder {
     merge_gets: bool,
     max_queued_bytes: usize,
     credentials: Option<Credentials>,
+    #[cfg(feature = "tls")]
+    tls: Option<super::TlsConfig>,
 }
 
 impl Default for ClientBuilder {
@@ -137,6 +149,8 @@ impl Default for ClientBuilder {
             merge_gets: false,
             max_queued_bytes: 32 * 1024 * 1024,
             credentials: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -214,6 +228,13 @@ impl ClientBuilder {
         self
     }
 
+    /// TLS for every node (feature `tls`; default none: plain connections).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: super::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Bytes of encoded requests that may wait for a connection's driver (default 32 MiB;
     /// 1 byte to 4 GiB - 1). Together with `max_in_flight`, which bounds their count, it
     /// bounds the memory callers pin when a server stalls: callers beyond it wait (within
@@ -280,24 +301,24 @@ impl ClientBuilder {
             });
         }
         let locator = self.distribution.build(&locator_nodes)?;
+        let connection_configs = self
+            .nodes
+            .iter()
+            .map(|node| self.connection_config(node))
+            .collect::<Result<Vec<_>>>()?;
         let nodes = self
             .nodes
             .iter()
+            .zip(connection_configs)
             .zip(ids)
-            .map(|(config, id)| {
+            .map(|((config, connection), id)| {
                 let shared = Arc::new(NodeShared::new(
                     Arc::from(id.as_str()),
                     config.address.clone(),
                     self.connections_per_node,
                 ));
                 let connections = (0..self.connections_per_node)
-                    .map(|slot| {
-                        ConnectionHandle::spawn(
-                            self.connection_config(config),
-                            shared.clone(),
-                            slot,
-                        )
-                    })
+                    .map(|slot| ConnectionHandle::spawn(connection.clone(), shared.clone(), slot))
                     .collect();
                 Node::new(shared, connections)
             })
@@ -316,13 +337,34 @@ impl ClientBuilder {
         })
     }
 
-    fn connection_config(&self, node: &NodeConfig) -> ConnectionConfig {
+    fn connection_config(&self, node: &NodeConfig) -> Result<ConnectionConfig> {
         let address = node.address.as_str();
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(tls) => {
+                let (host, _) = split_address(address)?;
+                Some(crate::connection::Tls {
+                    connector: tls.connector(),
+                    server_name: super::tls::server_name(node.tls_server_name.as_deref(), host)?,
+                })
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls = match &node.tls_server_name {
+            Some(_) => {
+                return Err(Error::config(
+                    "tls_server_name",
+                    "TLS needs the `tls` feature and ClientBuilder::tls",
+                ))
+            }
+            None => None,
+        };
         let target = match address.strip_prefix(UNIX_PREFIX) {
             Some(path) => Target::Unix(path.into()),
             None => Target::Tcp(address.to_string()),
         };
-        ConnectionConfig {
+        Ok(ConnectionConfig {
             address: address.to_string(),
             target,
             connect_timeout: self.connect_timeout,
@@ -338,7 +380,8 @@ impl ClientBuilder {
                 .clone()
                 .or_else(|| self.credentials.clone()),
             meta: self.protocol == Protocol::Meta,
-        }
+            tls,
+        })
     }
 
     fn validate(&self) -> Result<()> {

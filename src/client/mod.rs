@@ -1,6 +1,8 @@
 //! The client: routing keys to nodes, applying the failure policy, and the operations.
 
 mod config;
+#[cfg(feature = "tls")]
+mod tls;
 mod types;
 
 use std::collections::HashMap;
@@ -26,6 +28,8 @@ use crate::{Error, Result};
 const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
 pub use types::{
     CasOutcome, Credentials, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome,
 };

@@ -46,8 +46,8 @@ use crate::protocol::{Expect, Frame, FrameDecoder, MetaStatus, Reply, TextStatus
 use crate::Credentials;
 use crate::Error;
 use pending::{merged_key, Pending, ReplySender, Step};
-use transport::Stream;
-pub(crate) use transport::Target;
+use transport::{Stream, PLAIN_TO_TLS};
+pub(crate) use transport::{Target, Tls};
 
 /// Bytes of queued requests after which the driver writes before taking more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -77,6 +77,8 @@ pub(crate) struct ConnectionConfig {
     /// Whether the client speaks the meta protocol (the handshake then checks the peer
     /// does too).
     pub(crate) meta: bool,
+    /// TLS settings, when the connection uses TLS.
+    pub(crate) tls: Option<Tls>,
 }
 
 /// A request on its way to the driver.
@@ -242,6 +244,12 @@ enum Probe {
     Meta,
 }
 
+/// The hint added when a TLS server ends the handshake with an alert after the client's
+/// first request (memcached checks the client certificate then).
+const TLS_ALERT: &str = "the server refused the TLS session: it may require a client \
+     certificate signed by a CA it trusts (TlsConfig::with_client_certificate, memcached's \
+     ssl_verify_mode and ssl_ca_cert)";
+
 /// What a peer that refuses the meta protocol is told.
 const NOT_META: &str = "it does not speak memcached's meta protocol (a proxy such as \
      twemproxy/nutcracker?): use Protocol::Text (ClientBuilder::protocol) for this node";
@@ -402,7 +410,7 @@ impl Driver {
         // A fresh stream: nothing of the previous connection's decoding state applies.
         self.decoder = FrameDecoder::new(self.config.max_value_size);
         let attempt = async {
-            let mut stream = Stream::connect(&self.config.target).await?;
+            let mut stream = Stream::connect(&self.config.target, self.config.tls.as_ref()).await?;
             let mut hello = BytesMut::new();
             let mut steps = Vec::with_capacity(3);
             if let Some(credentials) = &self.config.credentials {
@@ -422,14 +430,36 @@ impl Driver {
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
             let mut steps = steps.into_iter();
             let mut step = steps.next();
+            let plain = !stream.is_tls();
+            // A plain client that meets a TLS server hears nothing it can read: the server
+            // resets the connection, closes it, or answers with a TLS alert record.
+            let hint = |reason: String, answered: bool| {
+                if plain && !answered {
+                    format!("{reason} ({PLAIN_TO_TLS})")
+                } else if !plain && !answered && reason.contains("alert") {
+                    format!("{reason} ({TLS_ALERT})")
+                } else {
+                    reason
+                }
+            };
+            let mut answered = false;
             while let Some(current) = step {
-                if let Some(frame) = self.decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                if plain && !answered && buf.first().is_some_and(|&b| b == 0x15 || b == 0x16) {
+                    return Err(format!(
+                        "the server answered with a TLS record: it expects TLS ({PLAIN_TO_TLS})"
+                    ));
+                }
+                let decoded = self.decoder.decode(&mut buf).map_err(|e| e.to_string());
+                if let Some(frame) = decoded.map_err(|e| hint(e, answered))? {
+                    answered = true;
                     current.check(frame)?;
                     step = steps.next();
                     continue;
                 }
-                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err(current.closed());
+                match stream.read_buf(&mut buf).await {
+                    Ok(0) => return Err(hint(current.closed(), answered)),
+                    Ok(_) => {}
+                    Err(e) => return Err(hint(format!("probe: read: {e}"), answered)),
                 }
             }
             Ok((stream, buf))
