@@ -234,7 +234,7 @@ impl ConnectionHandle {
 }
 
 /// One exchange of the connection handshake.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Probe {
     /// memcached's text-protocol login (`-Y` servers): `STORED` when accepted.
     Login,
@@ -411,25 +411,15 @@ impl Driver {
         self.decoder = FrameDecoder::new(self.config.max_value_size);
         let attempt = async {
             let mut stream = Stream::connect(&self.config.target, self.config.tls.as_ref()).await?;
-            let mut hello = BytesMut::new();
             let mut steps = Vec::with_capacity(3);
-            if let Some(credentials) = &self.config.credentials {
-                credentials.encode_login(&mut hello);
+            if self.config.credentials.is_some() {
                 steps.push(Probe::Login);
             }
-            hello.put_slice(b"version\r\n");
             steps.push(Probe::Version);
             if self.config.meta {
-                hello.put_slice(b"mn\r\n");
                 steps.push(Probe::Meta);
             }
-            stream
-                .write_all(&hello)
-                .await
-                .map_err(|e| format!("probe: {e}"))?;
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            let mut steps = steps.into_iter();
-            let mut step = steps.next();
             let plain = !stream.is_tls();
             // A plain client that meets a TLS server hears nothing it can read: the server
             // resets the connection, closes it, or answers with a TLS alert record.
@@ -442,24 +432,45 @@ impl Driver {
                     reason
                 }
             };
-            let mut answered = false;
-            while let Some(current) = step {
-                if plain && !answered && buf.first().is_some_and(|&b| b == 0x15 || b == 0x16) {
-                    return Err(format!(
-                        "the server answered with a TLS record: it expects TLS ({PLAIN_TO_TLS})"
-                    ));
+            // One exchange at a time: a peer that drops the connection on a command it
+            // doesn't know (twemproxy on `mn`) would otherwise take the replies to the
+            // earlier ones with it.
+            let mut request = BytesMut::new();
+            for (i, step) in steps.into_iter().enumerate() {
+                let answered = i > 0;
+                request.clear();
+                match step {
+                    Probe::Login => {
+                        if let Some(credentials) = &self.config.credentials {
+                            credentials.encode_login(&mut request);
+                        }
+                    }
+                    Probe::Version => request.put_slice(b"version\r\n"),
+                    Probe::Meta => request.put_slice(b"mn\r\n"),
                 }
-                let decoded = self.decoder.decode(&mut buf).map_err(|e| e.to_string());
-                if let Some(frame) = decoded.map_err(|e| hint(e, answered))? {
-                    answered = true;
-                    current.check(frame)?;
-                    step = steps.next();
-                    continue;
-                }
-                match stream.read_buf(&mut buf).await {
-                    Ok(0) => return Err(hint(current.closed(), answered)),
-                    Ok(_) => {}
-                    Err(e) => return Err(hint(format!("probe: read: {e}"), answered)),
+                stream
+                    .write_all(&request)
+                    .await
+                    .map_err(|e| hint(format!("probe: {e}"), answered))?;
+                loop {
+                    if plain && !answered && buf.first().is_some_and(|&b| b == 0x15 || b == 0x16) {
+                        return Err(format!(
+                            "the server answered with a TLS record: it expects TLS ({PLAIN_TO_TLS})"
+                        ));
+                    }
+                    let decoded = self.decoder.decode(&mut buf).map_err(|e| e.to_string());
+                    if let Some(frame) = decoded.map_err(|e| hint(e, answered))? {
+                        step.check(frame)?;
+                        break;
+                    }
+                    match stream.read_buf(&mut buf).await {
+                        Ok(0) => return Err(hint(step.closed(), answered)),
+                        Ok(_) => {}
+                        Err(e) if step == Probe::Meta => {
+                            return Err(format!("{} ({e})", step.closed()))
+                        }
+                        Err(e) => return Err(hint(format!("probe: read: {e}"), answered)),
+                    }
                 }
             }
             Ok((stream, buf))

@@ -302,6 +302,20 @@ fn spawn_ready(
         .spawn()
         .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let what = match socket {
+        Some(path) => format!("memcached on {}", path.display()),
+        None => format!("memcached on port {port}"),
+    };
+    wait_ready(&mut child, &what, || match socket {
+        Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        None => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+    })?;
+    Ok(child)
+}
+
+/// Waits (bounded) until the just-spawned `child` (described by `what`) `accepts`
+/// connections. On failure the process is reaped and its stderr returned in the error.
+pub fn wait_ready(child: &mut Child, what: &str, accepts: impl Fn() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + READY_LIMIT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -309,23 +323,16 @@ fn spawn_ready(
             if let Some(mut s) = child.stderr.take() {
                 let _ = s.read_to_string(&mut err);
             }
-            return Err(format!(
-                "memcached on port {port} exited at start ({status}): {}",
-                err.trim()
-            ));
+            return Err(format!("{what} exited at start ({status}): {}", err.trim()));
         }
-        let accepts = match socket {
-            Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
-            None => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
-        };
-        if accepts {
-            return Ok(child);
+        if accepts() {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "memcached on port {port} did not accept connections within {READY_LIMIT:?}"
+                "{what} did not accept connections within {READY_LIMIT:?}"
             ));
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -6,6 +6,7 @@
 //!   garbage, half replies, half-closed sockets, slow answers), recording what it got.
 //! - [`history`]: a client-history checker. Writers record what they wrote and whether it
 //!   was acknowledged; readers check that every value read was written to that key.
+//! - [`nutcracker`]: a real twemproxy (Debian `nutcracker`) in front of kit servers.
 //! - [`tls`]: a CA and certificates (rcgen) for memcached's TLS (`-Z`).
 //! - [`clients`]: helpers that build a `memkeep::Client` against a cluster or a fake.
 //!
@@ -16,6 +17,7 @@ pub mod clients;
 pub mod fake;
 pub mod history;
 pub mod memcached;
+pub mod nutcracker;
 pub mod tls;
 
 pub use clients::*;
