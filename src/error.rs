@@ -8,7 +8,7 @@ use std::time::Duration;
 /// catch-all arm. The predicates ([`Error::is_timeout`], [`Error::is_node_failure`],
 /// [`Error::is_retryable`]) are the stable way to decide between retrying, failing over
 /// to another node and giving up.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The server did not answer within the operation timeout. The request may or may

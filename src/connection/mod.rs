@@ -373,7 +373,7 @@ impl Driver {
                         }
                     };
                     self.node.set_last_error(&message);
-                    self.fail_in_flight(&error, &message);
+                    self.fail_in_flight(&error);
                     NodeCounters::add(&self.node.counters.reconnects, 1);
                     self.node.set_connection_state(self.slot, NodeState::Down);
                 }
@@ -521,9 +521,9 @@ impl Driver {
         }
     }
 
-    fn fail_in_flight(&mut self, error: &Error, reason: &str) {
+    fn fail_in_flight(&mut self, error: &Error) {
         for pending in self.in_flight.drain(..) {
-            pending.fail(&|| clone_error(error, reason));
+            pending.fail(error);
         }
         self.node.counters.in_flight.store(0, Ordering::Relaxed);
     }
@@ -707,22 +707,6 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "no message".to_string());
     tracing::error!(%message, "connection driver panicked");
     format!("connection driver panicked: {message}")
-}
-
-/// Errors are not `Clone` (they may hold I/O errors elsewhere); rebuild the two kinds a
-/// broken connection hands to each of its callers.
-fn clone_error(error: &Error, reason: &str) -> Error {
-    match error {
-        Error::Protocol { node, .. } => Error::Protocol {
-            node: node.clone(),
-            reason: reason.to_string(),
-        },
-        Error::ConnectionLost { node, .. } => Error::ConnectionLost {
-            node: node.clone(),
-            reason: reason.to_string(),
-        },
-        _ => Error::Shutdown,
-    }
 }
 
 /// Exponential backoff with "equal jitter": half the capped exponential delay, plus a
