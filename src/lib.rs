@@ -38,7 +38,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `protocol` (private) | text and meta encoders, the reply decoder: no I/O |
+//! | `protocol` (private) | text and meta encoders, the reply decoder, what each reply means: no I/O |
 //! | `connection` (private) | one socket, its driver task and in-flight queue |
 //! | [`locator`] | key → node: ketama layouts, modulo, hash functions |
 //! | `client` (re-exported at the root) | routing, failure policy, operations, configuration |

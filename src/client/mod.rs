@@ -17,10 +17,8 @@ use crate::connection::{ConnectionHandle, Request, RequestKind};
 use crate::error::UnavailableNode;
 use crate::locator::NodeLocator;
 use crate::node::{NodeCounters, NodeShared, NodeState};
-use crate::protocol::{
-    self, validate_key, Command, ErrorKind, Frame, KeyForm, MetaFrame, MetaStatus, Reply,
-    StoreMode, TextStatus,
-};
+use crate::protocol::outcome::{self, Interpreted, Refusal, StoreStatus, Value};
+use crate::protocol::{self, validate_key, Command, ErrorKind, KeyForm, Reply, StoreMode};
 use crate::{Error, Result};
 
 /// Stands in for a deadline that `Instant` can't represent (an operation timeout of
@@ -139,7 +137,7 @@ impl Client {
     /// Reads `key`; `None` on a miss.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
         let key = key.as_ref();
-        let reply = self
+        let value = self
             .keyed(
                 key,
                 Command::Get {
@@ -147,15 +145,16 @@ impl Client {
                     cas: false,
                     touch: None,
                 },
+                outcome::item,
             )
             .await?;
-        single_item(reply)
+        Ok(value.map(item))
     }
 
     /// Reads `key` with its CAS token (`Item::cas` is set).
     pub async fn gets(&self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
         let key = key.as_ref();
-        let reply = self
+        let value = self
             .keyed(
                 key,
                 Command::Get {
@@ -163,9 +162,10 @@ impl Client {
                     cas: true,
                     touch: None,
                 },
+                outcome::item,
             )
             .await?;
-        single_item(reply)
+        Ok(value.map(item))
     }
 
     /// Reads `key` and resets its expiry.
@@ -176,7 +176,7 @@ impl Client {
     ) -> Result<Option<Item>> {
         let key = key.as_ref();
         let touch = Some(expiry.to_exptime(SystemTime::now()));
-        let reply = self
+        let value = self
             .keyed(
                 key,
                 Command::Get {
@@ -184,9 +184,10 @@ impl Client {
                     cas: false,
                     touch,
                 },
+                outcome::item,
             )
             .await?;
-        single_item(reply)
+        Ok(value.map(item))
     }
 
     /// Reads many keys: split by node, one pipelined batch per node, all nodes at
@@ -217,11 +218,11 @@ impl Client {
             let reply = self
                 .call(index, &Command::GetMany { keys: &keys }, deadline)
                 .await?;
-            collect_many(reply, &keys)
+            self.interpret(index, reply, |reply| outcome::items(reply, &keys))
         });
         let mut found = HashMap::with_capacity(keys.len());
         for batch in futures::future::join_all(batches).await {
-            found.extend(batch?);
+            found.extend(batch?.into_iter().map(|(key, value)| (key, item(value))));
         }
         Ok(found)
     }
@@ -321,23 +322,12 @@ impl Client {
     ) -> Result<StoreOutcome> {
         let (key, value) = (key.as_ref(), value.as_ref());
         let cmd = self.store_command(mode, key, value, options);
-        match self.keyed(key, cmd).await? {
-            Reply::Line(Frame::Status(status)) => match status {
-                TextStatus::Stored => Ok(StoreOutcome::Stored),
-                TextStatus::NotStored => Ok(StoreOutcome::NotStored),
-                TextStatus::Exists => Ok(StoreOutcome::Exists),
-                TextStatus::NotFound => Ok(StoreOutcome::NotFound),
-                _ => Err(unexpected_reply("a storage status")),
-            },
-            Reply::Meta(m) => match m.status {
-                MetaStatus::Ok => Ok(StoreOutcome::Stored),
-                MetaStatus::NotStored => Ok(StoreOutcome::NotStored),
-                MetaStatus::Exists => Ok(StoreOutcome::Exists),
-                MetaStatus::NotFound => Ok(StoreOutcome::NotFound),
-                _ => Err(unexpected_reply("a storage status")),
-            },
-            other => Err(reply_error(other, "a storage status")),
-        }
+        Ok(match self.keyed(key, cmd, outcome::store).await? {
+            StoreStatus::Stored => StoreOutcome::Stored,
+            StoreStatus::NotStored => StoreOutcome::NotStored,
+            StoreStatus::Exists => StoreOutcome::Exists,
+            StoreStatus::NotFound => StoreOutcome::NotFound,
+        })
     }
 
     // ----- other keyed commands --------------------------------------------------
@@ -345,19 +335,8 @@ impl Client {
     /// Deletes `key`; false if it was missing.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
-        match self.keyed(key, Command::Delete { key }).await? {
-            Reply::Line(Frame::Status(TextStatus::Deleted)) => Ok(true),
-            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(false),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Ok,
-                ..
-            }) => Ok(true),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::NotFound,
-                ..
-            }) => Ok(false),
-            other => Err(reply_error(other, "a delete status")),
-        }
+        self.keyed(key, Command::Delete { key }, outcome::delete)
+            .await
     }
 
     /// Adds `delta` to the decimal number stored at `key`; `None` if it is missing.
@@ -371,43 +350,16 @@ impl Client {
     }
 
     async fn arith(&self, incr: bool, key: &[u8], delta: u64) -> Result<Option<u64>> {
-        match self.keyed(key, Command::Arith { incr, key, delta }).await? {
-            Reply::Line(Frame::Number(n)) => Ok(Some(n)),
-            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(None),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::NotFound,
-                ..
-            }) => Ok(None),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Value,
-                data: Some(data),
-                ..
-            }) => std::str::from_utf8(&data)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .map(Some)
-                .ok_or_else(|| unexpected_reply("a decimal counter")),
-            other => Err(reply_error(other, "a counter")),
-        }
+        self.keyed(key, Command::Arith { incr, key, delta }, outcome::counter)
+            .await
     }
 
     /// Resets the expiry of `key`; false if it is missing.
     pub async fn touch(&self, key: impl AsRef<[u8]>, expiry: Expiry) -> Result<bool> {
         let key = key.as_ref();
         let exptime = expiry.to_exptime(SystemTime::now());
-        match self.keyed(key, Command::Touch { key, exptime }).await? {
-            Reply::Line(Frame::Status(TextStatus::Touched)) => Ok(true),
-            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(false),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Ok,
-                ..
-            }) => Ok(true),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Miss,
-                ..
-            }) => Ok(false),
-            other => Err(reply_error(other, "a touch status")),
-        }
+        self.keyed(key, Command::Touch { key, exptime }, outcome::touch)
+            .await
     }
 
     // ----- fire-and-forget -------------------------------------------------------
@@ -448,48 +400,35 @@ impl Client {
 
     /// Invalidates every item on every node (or on the pinned node).
     pub async fn flush_all(&self) -> Result<()> {
-        for result in self.each_node(Command::FlushAll).await {
-            match result.1? {
-                Reply::Line(Frame::Status(TextStatus::Ok)) => {}
-                other => return Err(reply_error(other, "OK")),
-            }
+        for (_, result) in self.each_node(Command::FlushAll, outcome::ok).await {
+            result?;
         }
         Ok(())
     }
 
     /// Each node's server version, by node id.
     pub async fn version(&self) -> Vec<(String, Result<String>)> {
-        self.each_node(Command::Version)
+        self.each_node(Command::Version, outcome::version)
             .await
             .into_iter()
-            .map(|(id, reply)| {
-                let version = reply.and_then(|reply| match reply {
-                    Reply::Line(Frame::Version(v)) => Ok(String::from_utf8_lossy(&v).into_owned()),
-                    other => Err(reply_error(other, "VERSION")),
-                });
-                (id, version)
+            .map(|(id, version)| {
+                (
+                    id,
+                    version.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                )
             })
             .collect()
     }
 
     /// Each node's general statistics (`stats`), by node id.
     pub async fn stats(&self) -> Vec<(String, Result<HashMap<String, String>>)> {
-        self.each_node(Command::Stats)
+        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        self.each_node(Command::Stats, outcome::stats)
             .await
             .into_iter()
-            .map(|(id, reply)| {
-                let stats = reply.and_then(|reply| match reply {
-                    Reply::Stats(pairs) => Ok(pairs
-                        .into_iter()
-                        .map(|(k, v)| {
-                            (
-                                String::from_utf8_lossy(&k).into_owned(),
-                                String::from_utf8_lossy(&v).into_owned(),
-                            )
-                        })
-                        .collect()),
-                    other => Err(reply_error(other, "STAT lines")),
-                });
+            .map(|(id, stats)| {
+                let stats =
+                    stats.map(|pairs| pairs.iter().map(|(k, v)| (text(k), text(v))).collect());
                 (id, stats)
             })
             .collect()
@@ -692,12 +631,19 @@ impl Client {
         Error::NodesUnavailable { nodes }
     }
 
-    async fn keyed(&self, key: &[u8], cmd: Command<'_>) -> Result<Reply> {
+    /// Runs a keyed command under the failure policy and reads its reply with
+    /// `interpret`, within one deadline.
+    async fn keyed<T>(
+        &self,
+        key: &[u8],
+        cmd: Command<'_>,
+        interpret: fn(Reply) -> Interpreted<T>,
+    ) -> Result<T> {
         self.check(&cmd)?;
         let deadline = self.deadline();
         loop {
             let index = self.route(key, deadline).await?;
-            match self.call(index, &cmd, deadline).await {
+            let reply = match self.call(index, &cmd, deadline).await {
                 // The node went down between routing and sending (its connection attempt
                 // failed while the request waited for it); the request was never written,
                 // so sending it again is safe.
@@ -705,7 +651,8 @@ impl Client {
                     match self.inner.policy {
                         FailurePolicy::Redistribute => {
                             let next = self.next_live(key, Some(index))?;
-                            return self.call(next, &cmd, deadline).await;
+                            let reply = self.call(next, &cmd, deadline).await?;
+                            return self.interpret(next, reply, interpret);
                         }
                         // Wait for the node again, within the same deadline.
                         FailurePolicy::Retry => continue,
@@ -716,9 +663,43 @@ impl Client {
                         }
                     }
                 }
-                other => return other,
-            }
+                other => other?,
+            };
+            return self.interpret(index, reply, interpret);
         }
+    }
+
+    /// Reads `reply`, from node `index`, with `interpret`; a refusal becomes the error it
+    /// stands for, naming the node.
+    fn interpret<T>(
+        &self,
+        index: usize,
+        reply: Reply,
+        interpret: impl FnOnce(Reply) -> Interpreted<T>,
+    ) -> Result<T> {
+        interpret(reply).map_err(|refusal| match refusal {
+            Refusal::Error { kind, message } => {
+                let message = String::from_utf8_lossy(&message).into_owned();
+                match kind {
+                    ErrorKind::Unknown => Error::UnsupportedCommand,
+                    ErrorKind::Client if message.contains("non-numeric") => {
+                        Error::NotNumeric(message)
+                    }
+                    ErrorKind::Client => Error::ClientRejected(message),
+                    ErrorKind::Server => Error::Server(message),
+                    ErrorKind::TooLarge { size, max } => Error::ValueTooLarge { size, max },
+                }
+            }
+            Refusal::Unexpected(wanted) => Error::Protocol {
+                node: self
+                    .inner
+                    .nodes
+                    .get(index)
+                    .map(|n| n.shared.id.to_string())
+                    .unwrap_or_default(),
+                reason: format!("reply is not {wanted}"),
+            },
+        })
     }
 
     async fn keyed_noreply(&self, key: &[u8], cmd: Command<'_>) -> Result<()> {
@@ -833,8 +814,13 @@ impl Client {
         (buf.freeze(), kind)
     }
 
-    /// Runs a whole-node command on every node (or the pinned one), concurrently.
-    async fn each_node(&self, cmd: Command<'static>) -> Vec<(String, Result<Reply>)> {
+    /// Runs a whole-node command on every node (or the pinned one), concurrently, and
+    /// reads each reply with `interpret`.
+    async fn each_node<T>(
+        &self,
+        cmd: Command<'static>,
+        interpret: fn(Reply) -> Interpreted<T>,
+    ) -> Vec<(String, Result<T>)> {
         let indices: Vec<usize> = match self.pinned {
             Some(i) => vec![i],
             None => (0..self.inner.nodes.len()).collect(),
@@ -842,7 +828,11 @@ impl Client {
         let deadline = self.deadline();
         let calls = indices.into_iter().map(|i| async move {
             let id = self.inner.nodes[i].shared.id.to_string();
-            (id, self.call(i, &cmd, deadline).await)
+            let result = self.call(i, &cmd, deadline).await;
+            (
+                id,
+                result.and_then(|reply| self.interpret(i, reply, interpret)),
+            )
         });
         futures::future::join_all(calls).await
     }
@@ -856,88 +846,12 @@ fn encoded_size_hint(cmd: &Command<'_>) -> usize {
     }
 }
 
-fn single_item(reply: Reply) -> Result<Option<Item>> {
-    match reply {
-        Reply::Values(values) => Ok(values.into_iter().next().and_then(|frame| match frame {
-            Frame::Value {
-                flags, cas, data, ..
-            } => Some(Item {
-                value: data,
-                flags,
-                cas,
-            }),
-            _ => None,
-        })),
-        Reply::Meta(m) => match m.status {
-            MetaStatus::Value => Ok(Some(meta_item(m))),
-            MetaStatus::Miss => Ok(None),
-            _ => Err(unexpected_reply("VA or EN")),
-        },
-        other => Err(reply_error(other, "a value")),
-    }
-}
-
-fn meta_item(m: MetaFrame) -> Item {
+/// An item as the API returns it.
+fn item(value: Value) -> Item {
     Item {
-        value: m.data.unwrap_or_default(),
-        flags: m.flags.unwrap_or(0),
-        cas: m.cas,
-    }
-}
-
-fn collect_many(reply: Reply, keys: &[&[u8]]) -> Result<Vec<(Vec<u8>, Item)>> {
-    match reply {
-        Reply::Values(values) => Ok(values
-            .into_iter()
-            .filter_map(|frame| match frame {
-                Frame::Value {
-                    key,
-                    flags,
-                    cas,
-                    data,
-                } => Some((
-                    key.to_vec(),
-                    Item {
-                        value: data,
-                        flags,
-                        cas,
-                    },
-                )),
-                _ => None,
-            })
-            .collect()),
-        Reply::MetaValues(values) => Ok(values
-            .into_iter()
-            .filter_map(|(index, m)| {
-                let key = keys.get(index as usize)?;
-                Some((key.to_vec(), meta_item(m)))
-            })
-            .collect()),
-        other => Err(reply_error(other, "values")),
-    }
-}
-
-/// Turns a server error line into its error, anything else into a protocol error.
-fn reply_error(reply: Reply, wanted: &str) -> Error {
-    match reply {
-        Reply::Error { kind, message } => {
-            let message = String::from_utf8_lossy(&message).into_owned();
-            match kind {
-                ErrorKind::Unknown => Error::UnsupportedCommand,
-                ErrorKind::Client if message.contains("non-numeric") => Error::NotNumeric(message),
-                ErrorKind::Client => Error::ClientRejected(message),
-                ErrorKind::Server => Error::Server(message),
-                ErrorKind::TooLarge { size, max } => Error::ValueTooLarge { size, max },
-            }
-        }
-        _ => unexpected_reply(wanted),
-    }
-}
-
-fn unexpected_reply(wanted: &str) -> Error {
-    Error::Protocol {
-        node: String::new(),
-        reason: format!("reply is not {wanted}"),
+        value: value.data,
+        flags: value.flags,
+        cas: value.cas,
     }
 }
 

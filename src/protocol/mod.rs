@@ -4,7 +4,9 @@
 //! [`meta`] its meta commands (`mg`, `ms`, `md`, `ma`, `mn`). Replies of both families
 //! are told apart by their first token, so [`decode::FrameDecoder`] needs no context:
 //! it cuts the byte stream into [`Frame`]s, and the connection assembles frames into
-//! the reply each request expects (a multi-get is many `Value` frames then `End`).
+//! the reply each request expects (a multi-get is many `Value` frames then `End`), and
+//! [`outcome`] reads each reply as what it means (stored, deleted, a counter, items, ...),
+//! the same for both families.
 //!
 //! The binary protocol is not supported: memcached deprecated it in 1.6.0, and the meta
 //! protocol gives what it had over text (opaque tokens, quiet mode, binary-safe keys)
@@ -13,6 +15,7 @@
 pub(crate) mod decode;
 pub(crate) mod key;
 pub(crate) mod meta;
+pub(crate) mod outcome;
 pub(crate) mod text;
 
 use bytes::Bytes;
