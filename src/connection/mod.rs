@@ -448,9 +448,11 @@ impl Driver {
                     Probe::Version => request.put_slice(b"version\r\n"),
                     Probe::Meta => request.put_slice(b"mn\r\n"),
                 }
-                stream
-                    .write_all(&request)
-                    .await
+                let sent = async {
+                    stream.write_all(&request).await?;
+                    stream.flush().await
+                };
+                sent.await
                     .map_err(|e| hint(format!("probe: {e}"), answered))?;
                 loop {
                     if plain && !answered && buf.first().is_some_and(|&b| b == 0x15 || b == 0x16) {
@@ -529,9 +531,13 @@ impl Driver {
     }
 
     async fn serve(&mut self, stream: Stream, mut read_buf: BytesMut) -> Disconnect {
+        // TLS may keep records it accepted from `write` until flushed; TCP and UNIX
+        // sockets keep nothing.
+        let buffered = stream.is_tls();
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut write_buf = BytesMut::with_capacity(READ_CHUNK);
         let mut closing = false;
+        let mut unflushed = false;
         loop {
             let threshold = self.config.timeout_threshold;
             if self.shared.consecutive_timeouts.load(Ordering::Acquire) >= threshold {
@@ -558,9 +564,20 @@ impl Driver {
                     }
                     Err(e) => return Disconnect::Lost(format!("read: {e}")),
                 },
-                written = writer.write(&write_buf), if !write_buf.is_empty() => match written {
-                    Ok(0) => return Disconnect::Lost("write: connection closed".into()),
-                    Ok(n) => write_buf.advance(n),
+                // Write what is buffered; once it is all written, flush what TLS kept.
+                written = async {
+                    if write_buf.is_empty() {
+                        writer.flush().await.map(|()| None)
+                    } else {
+                        writer.write(&write_buf).await.map(Some)
+                    }
+                }, if !write_buf.is_empty() || unflushed => match written {
+                    Ok(Some(0)) => return Disconnect::Lost("write: connection closed".into()),
+                    Ok(Some(n)) => {
+                        write_buf.advance(n);
+                        unflushed = buffered;
+                    }
+                    Ok(None) => unflushed = false,
                     Err(e) => return Disconnect::Lost(format!("write: {e}")),
                 },
                 request = self.rx.recv(), if accepting => match request {
@@ -588,7 +605,10 @@ impl Driver {
                         // Write now rather than after another trip through select!: one
                         // poll, which writes nothing if the socket is not ready.
                         match writer.write(&write_buf).now_or_never() {
-                            Some(Ok(n)) => write_buf.advance(n),
+                            Some(Ok(n)) => {
+                                write_buf.advance(n);
+                                unflushed = buffered;
+                            }
                             None => {}
                             Some(Err(e)) => return Disconnect::Lost(format!("write: {e}")),
                         }
