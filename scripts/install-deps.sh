@@ -15,6 +15,8 @@
 #   nginx                  the deploy/nginx end-to-end test
 #   chromium               headless browser of the demo's browser test (tests/demo_browser.rs)
 #   chromium-driver        chromedriver: the WebDriver server that test drives Chromium with
+#   nutcracker             twemproxy 0.5, the proxy the client's text protocol is tested through
+#                          (tests/client_proxy.rs)
 #
 # Can be sourced: defines memkeep_missing_packages and memkeep_install_deps.
 
@@ -51,6 +53,9 @@ memkeep_missing_packages() {
     fi
     if [ ! -x /usr/bin/chromedriver ] && ! command -v chromedriver >/dev/null 2>&1; then
         echo chromium-driver
+    fi
+    if [ ! -x /usr/sbin/nutcracker ] && ! command -v nutcracker >/dev/null 2>&1; then
+        echo nutcracker
     fi
 }
 

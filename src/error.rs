@@ -8,7 +8,7 @@ use std::time::Duration;
 /// catch-all arm. The predicates ([`Error::is_timeout`], [`Error::is_node_failure`],
 /// [`Error::is_retryable`]) are the stable way to decide between retrying, failing over
 /// to another node and giving up.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The server did not answer within the operation timeout. The request may or may
@@ -27,9 +27,18 @@ pub enum Error {
         /// Id of the node.
         node: String,
     },
-    /// Every node is down, or the client has no node to route to.
+    /// The client has no node to route to. When nodes exist but none can take the
+    /// operation, the client reports [`Error::NodesUnavailable`] instead, which names each
+    /// node and why; this variant is kept for code that builds or matches it.
     #[error("no memcached node is available")]
     NoNodeAvailable,
+    /// No node could take the operation: each is named with its address, state and the
+    /// last connection error.
+    #[error("no memcached node is available: {}", describe(nodes))]
+    NodesUnavailable {
+        /// Every node of the client, with why it is unusable.
+        nodes: Vec<UnavailableNode>,
+    },
     /// The connection broke while the operation was in flight; it may or may not have
     /// been applied.
     #[error("connection to node {node} lost: {reason}")]
@@ -63,7 +72,9 @@ pub enum Error {
     /// protocol cannot carry).
     #[error("invalid key: {0}")]
     InvalidKey(String),
-    /// The value exceeds the configured maximum item size; nothing was sent.
+    /// A value exceeds the configured maximum item size (`ClientBuilder::max_value_size`):
+    /// either a value to store (nothing was sent) or a value the server returned (its
+    /// bytes were skipped; the connection and every other request on it go on).
     #[error("value of {size} bytes exceeds the maximum of {max} bytes")]
     ValueTooLarge {
         /// Size of the refused value.
@@ -105,15 +116,23 @@ impl Error {
             Error::Timeout { .. }
                 | Error::NodeDown { .. }
                 | Error::NoNodeAvailable
+                | Error::NodesUnavailable { .. }
                 | Error::ConnectionLost { .. }
                 | Error::Protocol { .. }
         )
     }
 
-    /// True when sending the same request again later may succeed. Requests refused for
-    /// their content (bad key, too large, bad configuration) are not retryable.
+    /// True when sending the same request again later may succeed: node failures (see
+    /// [`Error::is_node_failure`]) and transient server errors (`SERVER_ERROR out of
+    /// memory`, busy). Requests refused for their content are not retryable: a bad key, a
+    /// value above `max_value_size` or above the server's item size (`SERVER_ERROR object
+    /// too large for cache`), a malformed request (`CLIENT_ERROR`), an unknown command, a
+    /// non-numeric counter, a bad configuration, an unknown node, a shut-down client.
     pub fn is_retryable(&self) -> bool {
-        self.is_node_failure() || matches!(self, Error::Server(_))
+        match self {
+            Error::Server(message) => !is_content_refusal(message),
+            other => other.is_node_failure(),
+        }
     }
 
     pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
@@ -124,5 +143,109 @@ impl Error {
     }
 }
 
+/// A node named by [`Error::NodesUnavailable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnavailableNode {
+    /// The node's id.
+    pub id: String,
+    /// Its address.
+    pub address: String,
+    /// Its state when the operation gave up on it.
+    pub state: crate::NodeState,
+    /// Why its last connection attempt failed or its last connection ended, if ever.
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Display for UnavailableNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            crate::NodeState::Up => "up",
+            crate::NodeState::Connecting => "connecting",
+            crate::NodeState::Down => "down",
+        };
+        write!(f, "{} ({}) {state}", self.id, self.address)?;
+        match &self.last_error {
+            Some(error) => write!(f, ", last error: {error}"),
+            None => Ok(()),
+        }
+    }
+}
+
+fn describe(nodes: &[UnavailableNode]) -> String {
+    let named: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    named.join("; ")
+}
+
+/// True for the `SERVER_ERROR` messages memcached sends when it refuses a request for
+/// what it carries rather than for its own state: the item is larger than the server's
+/// item size (`object too large for cache`, also sent by proxies as `too large`).
+fn is_content_refusal(message: &str) -> bool {
+    message.contains("too large")
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant, with what a caller should do with it: (error, node failure, retryable).
+    #[test]
+    fn every_variant_is_classified() {
+        let node = || "n0".to_string();
+        let cases = [
+            (
+                Error::Timeout {
+                    node: node(),
+                    after: Duration::from_secs(1),
+                },
+                true,
+                true,
+            ),
+            (Error::NodeDown { node: node() }, true, true),
+            (Error::NoNodeAvailable, true, true),
+            (Error::NodesUnavailable { nodes: Vec::new() }, true, true),
+            (
+                Error::ConnectionLost {
+                    node: node(),
+                    reason: "reset".into(),
+                },
+                true,
+                true,
+            ),
+            (
+                Error::Protocol {
+                    node: node(),
+                    reason: "garbage".into(),
+                },
+                true,
+                true,
+            ),
+            (
+                Error::Server("out of memory storing object".into()),
+                false,
+                true,
+            ),
+            (
+                Error::Server("object too large for cache".into()),
+                false,
+                false,
+            ),
+            (Error::ClientRejected("bad data chunk".into()), false, false),
+            (Error::UnsupportedCommand, false, false),
+            (Error::InvalidKey("empty".into()), false, false),
+            (Error::ValueTooLarge { size: 2, max: 1 }, false, false),
+            (Error::NotNumeric("x".into()), false, false),
+            (Error::config("max_in_flight", "too many"), false, false),
+            (Error::UnknownNode("zz".into()), false, false),
+            (Error::Shutdown, false, false),
+        ];
+        for (error, node_failure, retryable) in cases {
+            assert_eq!(error.is_node_failure(), node_failure, "{error:?}");
+            assert_eq!(error.is_retryable(), retryable, "{error:?}");
+            assert_eq!(error.is_timeout(), matches!(error, Error::Timeout { .. }));
+        }
+    }
+}

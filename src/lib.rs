@@ -38,7 +38,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `protocol` (private) | text and meta encoders, the reply decoder: no I/O |
+//! | `protocol` (private) | text and meta encoders, the reply decoder, what each reply means: no I/O |
 //! | `connection` (private) | one socket, its driver task and in-flight queue |
 //! | [`locator`] | key → node: ketama layouts, modulo, hash functions |
 //! | `client` (re-exported at the root) | routing, failure policy, operations, configuration |
@@ -57,11 +57,13 @@ mod node;
 mod protocol;
 pub mod session;
 
+#[cfg(feature = "tls")]
+pub use client::TlsConfig;
 pub use client::{
-    CasOutcome, Client, ClientBuilder, Expiry, FailurePolicy, Item, Metrics, NodeConfig,
-    NodeStatus, Protocol, StoreOptions, StoreOutcome,
+    CasOutcome, Client, ClientBuilder, Credentials, Expiry, FailurePolicy, Item, Metrics,
+    NodeConfig, NodeStatus, Protocol, StoreOptions, StoreOutcome,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, UnavailableNode};
 pub use node::NodeState;
 pub use protocol::StoreMode;
 

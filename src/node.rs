@@ -4,7 +4,7 @@
 //! exposes it through `Client::nodes` and `Client::metrics`.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -68,6 +68,11 @@ pub(crate) struct NodeShared {
     current: AtomicU8,
     /// The same state, for callers that wait for a change.
     state: watch::Sender<NodeState>,
+    /// Connection attempts finished (successful or not), for callers that wait for the
+    /// outcome of one.
+    attempts: watch::Sender<u64>,
+    /// Why the last connection attempt failed or the last connection ended.
+    last_error: Mutex<Option<String>>,
 }
 
 impl NodeShared {
@@ -81,7 +86,30 @@ impl NodeShared {
                 .collect(),
             current: AtomicU8::new(NodeState::Connecting.to_u8()),
             state: watch::Sender::new(NodeState::Connecting),
+            attempts: watch::Sender::new(0),
+            last_error: Mutex::new(None),
         }
+    }
+
+    /// Records why a connection attempt failed or a connection ended.
+    pub(crate) fn set_last_error(&self, reason: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+
+    /// Why the last connection attempt failed or the last connection ended, if ever.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|last| last.clone())
+    }
+
+    /// Notes the end of a connection attempt (after its state was recorded).
+    pub(crate) fn attempt_finished(&self) {
+        self.attempts.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn watch_attempts(&self) -> watch::Receiver<u64> {
+        self.attempts.subscribe()
     }
 
     /// Records the state of connection `slot` and recomputes the node's.

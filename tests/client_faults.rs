@@ -118,19 +118,41 @@ async fn garbage_reply_fails_that_operation_with_a_protocol_error_and_later_oper
 
 async fn reply_of_the_wrong_kind_is_a_protocol_error(p: Protocol) {
     // A storage status in answer to a read.
-    let fake = FakeServer::with_rules(vec![Rule::new(
-        Match::Contains(b"wrongkind".to_vec()),
-        Action::Reply(b"STORED\r\n".to_vec()),
-    )
-    .once()])
+    let fake = FakeServer::with_rules(vec![
+        Rule::new(
+            Match::Contains(b"wrongkind".to_vec()),
+            Action::Reply(b"STORED\r\n".to_vec()),
+        )
+        .once(),
+        Rule::new(
+            Match::Contains(b"wrongdel".to_vec()),
+            Action::Reply(b"STORED\r\n".to_vec()),
+        )
+        .once(),
+    ])
     .await;
     let c = client(&fake, p);
     c.set("x", "1", Expiry::Never).await.unwrap();
     let e = kit::no_hang("get wrongkind", LIMIT, c.get("wrongkind"))
         .await
         .expect_err("STORED is no get reply");
-    assert!(matches!(e, Error::Protocol { .. }), "{e:?}");
+    assert!(
+        matches!(&e, Error::Protocol { node, .. } if node == "n0"),
+        "{e:?}"
+    );
     assert_eq!(get_after_recovery(&c, "x").await.as_deref(), Some("1"));
+    if p == Protocol::Text {
+        // A well-formed status line, but not one a delete can get: the error names the
+        // node (it used to carry an empty node name).
+        let e = kit::no_hang("delete wrongdel", LIMIT, c.delete("wrongdel"))
+            .await
+            .expect_err("STORED is no delete reply");
+        assert!(
+            matches!(&e, Error::Protocol { node, reason } if node == "n0" && reason.contains("delete")),
+            "{e:?}"
+        );
+        assert_eq!(get_after_recovery(&c, "x").await.as_deref(), Some("1"));
+    }
 }
 
 async fn half_a_reply_then_close_fails_without_hanging_and_the_client_reconnects(p: Protocol) {
@@ -318,6 +340,7 @@ async fn error_lines_map_to_their_error_kinds_and_the_connection_goes_on(p: Prot
         !e.is_node_failure(),
         "a server error is not a node failure: {e:?}"
     );
+    assert!(e.is_retryable(), "out of memory is transient: {e:?}");
     assert_eq!(get_after_recovery(&c, "ok").await.as_deref(), Some("fine"));
     let e = c
         .set("cli", "v", Expiry::Never)

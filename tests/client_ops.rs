@@ -58,16 +58,19 @@ both_protocols!(
     expiry_in_one_second_expires,
     expiry_over_thirty_days_is_stored_and_readable,
     expiry_zero_expires_at_once,
+    expiry_past_2038_is_clamped_and_the_item_lives,
     expiry_at_a_time_is_honoured,
     key_of_251_bytes_is_refused_before_sending_and_250_is_accepted,
     empty_key_is_refused,
     value_over_max_value_size_is_refused_before_sending,
     value_over_the_server_item_size_is_a_server_error_and_the_connection_goes_on,
     large_value_round_trips,
+    a_server_value_over_max_value_size_fails_only_its_own_read,
     on_node_routes_every_key_to_that_node_only,
     keys_are_spread_over_every_node,
     concurrent_callers_each_get_their_own_reply,
     metrics_count_operations,
+    a_unix_socket_node_serves_every_operation_and_survives_a_restart,
 );
 
 /// One server and a client for it.
@@ -544,6 +547,65 @@ async fn expiry_over_thirty_days_is_stored_and_readable(p: Protocol) {
     );
 }
 
+/// Seconds left before `key` expires on the server, read with a raw meta `mg <key> t`
+/// (`None` on a miss, `-1` for never).
+fn raw_ttl(addr: &str, key: &str) -> Option<i64> {
+    let lines = raw::exchange(addr, format!("mg {key} t\r\nmn\r\n").as_bytes(), &["MN"]);
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("HD t"))
+        .map(|t| t.parse().expect("a number after t"))
+}
+
+async fn expiry_past_2038_is_clamped_and_the_item_lives(p: Protocol) {
+    let (m, c) = one(p);
+    let year = 365 * 24 * 3600;
+    let in_2040 = SystemTime::UNIX_EPOCH + Duration::from_secs(2_208_988_800);
+    let expiries = [
+        ("in12y", Expiry::In(Duration::from_secs(12 * year))),
+        ("at2040", Expiry::At(in_2040)),
+        ("max", Expiry::In(Duration::MAX)),
+    ];
+    // memcached reads exptime as a signed 32-bit number: sent unclamped, each of these
+    // wraps negative and the item is deleted at once.
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(Expiry::LATEST);
+    let until_latest = latest
+        .duration_since(SystemTime::now())
+        .expect("this test runs before 2038")
+        .as_secs() as i64;
+    let ttl_is_the_latest = |key: &str| {
+        let ttl = raw_ttl(&m.addr(), key).unwrap_or_else(|| panic!("{key}: gone from the server"));
+        // The server's clock and ours may differ by a second or two.
+        assert!(
+            (until_latest - 5..=until_latest + 5).contains(&ttl),
+            "{key}: the server keeps it {ttl} s, expected about {until_latest} s (until 2038-01-19)"
+        );
+    };
+    for (key, expiry) in expiries {
+        c.set(key, "v", expiry).await.unwrap();
+        assert!(c.get(key).await.unwrap().is_some(), "set {key}: item lives");
+        ttl_is_the_latest(key);
+
+        let touched = format!("{key}-touched");
+        c.set(&touched, "v", Expiry::Never).await.unwrap();
+        assert!(c.touch(&touched, expiry).await.unwrap(), "touch {key}");
+        assert!(
+            c.get(&touched).await.unwrap().is_some(),
+            "touch {key}: item lives"
+        );
+        ttl_is_the_latest(&touched);
+
+        let gat = format!("{key}-gat");
+        c.set(&gat, "v", Expiry::Never).await.unwrap();
+        assert!(c.get_and_touch(&gat, expiry).await.unwrap().is_some());
+        assert!(
+            c.get(&gat).await.unwrap().is_some(),
+            "gat {key}: item lives"
+        );
+        ttl_is_the_latest(&gat);
+    }
+}
+
 async fn expiry_zero_expires_at_once(p: Protocol) {
     let (_m, c) = one(p);
     c.set("k", "v", Expiry::In(Duration::ZERO)).await.unwrap();
@@ -756,11 +818,65 @@ async fn value_over_the_server_item_size_is_a_server_error_and_the_connection_go
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Server(_)), "{e:?}");
+    assert!(
+        !e.is_retryable(),
+        "refused for its size: sending it again fails again: {e:?}"
+    );
     c.set("small", "ok", Expiry::Never)
         .await
         .expect("the connection goes on");
     assert_eq!(s(&c.get("small").await.unwrap().unwrap().value), "ok");
     assert!(c.get("huge").await.unwrap().is_none());
+}
+
+/// Another client (with a higher limit) wrote a 1.5 MB item to a `-I 2m` server; this
+/// client keeps the default 1 MiB limit. Reading the item fails that read alone: its
+/// block is skipped, the connection stays, and 200 unrelated reads in flight with it all
+/// succeed (single gets, merged gets and multi-gets).
+async fn a_server_value_over_max_value_size_fails_only_its_own_read(p: Protocol) {
+    let m = Memcached::start_with(&["-I", "2m"]);
+    let big = 1_500_000;
+    let mut request = format!("set big 0 0 {big}\r\n").into_bytes();
+    request.extend(std::iter::repeat_n(b'b', big));
+    request.extend_from_slice(b"\r\n");
+    assert_eq!(raw::exchange(&m.addr(), &request, &["STORED"]), ["STORED"]);
+    for merge in [false, true] {
+        let c = kit::builder_for(&[m.addr()], p)
+            .merge_gets(merge)
+            .build()
+            .unwrap();
+        for i in 0..200 {
+            c.set(format!("k{i}"), format!("v{i}"), Expiry::Never)
+                .await
+                .unwrap();
+        }
+        let too_large = |e: &Error| matches!(e, Error::ValueTooLarge { size, max } if *size == big && *max == 1 << 20);
+        let reads = (0..200).map(|i| {
+            let c = c.clone();
+            async move {
+                let (big_read, read) = tokio::join!(c.get("big"), c.get(format!("k{i}")));
+                (i, big_read, read)
+            }
+        });
+        for (i, big_read, read) in futures::future::join_all(reads).await {
+            let e = big_read.expect_err("the oversized read fails");
+            assert!(too_large(&e), "merge {merge}: {e:?}");
+            assert!(!e.is_retryable(), "{e:?}");
+            let item = read.unwrap_or_else(|e| panic!("merge {merge}: unrelated k{i}: {e:?}"));
+            assert_eq!(s(&item.expect("k{i} is stored").value), format!("v{i}"));
+        }
+        let e = c.get_many(["k1", "big", "k2"]).await.unwrap_err();
+        assert!(too_large(&e), "get_many with the big key: {e:?}");
+        let many = c.get_many(["k1", "k2"]).await.unwrap();
+        assert_eq!(many.len(), 2);
+        let metrics = c.metrics();
+        assert_eq!(
+            metrics.reconnects, 0,
+            "the connection was kept: {metrics:?}"
+        );
+        assert_eq!(metrics.protocol_errors, 0, "{metrics:?}");
+        assert!(c.is_up("n0").unwrap());
+    }
 }
 
 async fn large_value_round_trips(p: Protocol) {
@@ -958,4 +1074,49 @@ async fn bad_configuration_is_refused_naming_the_field() {
     assert!(e.to_string().contains("configuration"), "{e}");
     // And a good configuration builds.
     b().build().expect("a valid configuration builds");
+}
+
+/// A node at `unix:/path` (memcached `-s`): every kind of operation, the server's own
+/// view through the socket, and a restart of the server behind it.
+async fn a_unix_socket_node_serves_every_operation_and_survives_a_restart(p: Protocol) {
+    let mut m = Memcached::start_unix(&[]);
+    let tcp = Memcached::start();
+    let addr = m.addr();
+    assert!(addr.starts_with("unix:/"), "{addr}");
+    let c = kit::client_for(&[addr.clone(), tcp.addr()], p);
+    let unix_only = c.on_node("n0").unwrap();
+    unix_only.set("k", "v", Expiry::Never).await.unwrap();
+    assert_eq!(
+        raw::get(&addr, "k").as_deref(),
+        Some("v"),
+        "stored on the socket's server"
+    );
+    assert_eq!(s(&unix_only.get("k").await.unwrap().unwrap().value), "v");
+    unix_only.set("n", "41", Expiry::Never).await.unwrap();
+    assert_eq!(unix_only.incr("n", 1).await.unwrap(), Some(42));
+    assert!(unix_only.delete("k").await.unwrap());
+    // Keys spread over both nodes, one of them a UNIX socket.
+    let keys: Vec<String> = (0..50).map(|i| format!("spread{i}")).collect();
+    for key in &keys {
+        c.set(key, key, Expiry::Never).await.unwrap();
+    }
+    assert_eq!(c.get_many(&keys).await.unwrap().len(), keys.len());
+    assert!(raw::curr_items(&addr) > 1 && raw::curr_items(&tcp.addr()) > 0);
+    let status = &c.nodes()[0];
+    assert_eq!(status.address, addr);
+    m.restart();
+    let after = kit::no_hang(
+        "get after the socket's server restarted",
+        CASE_LIMIT,
+        async {
+            loop {
+                match unix_only.set("back", "yes", Expiry::Never).await {
+                    Ok(()) => return unix_only.get("back").await.unwrap(),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(s(&after.unwrap().value), "yes");
 }

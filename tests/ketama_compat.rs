@@ -135,6 +135,22 @@ const HOSTS: Set = &[
     ("2001:db8::7", 11211, 1),
 ];
 
+/// Four servers, all at weight 2: equal weights above 1 (libmemcached switches to its
+/// weighted ring because a weight is above 1, though the shares are equal).
+const EQ2: Set = &[
+    ("10.0.2.1", 11211, 2),
+    ("10.0.2.2", 11212, 2),
+    ("10.0.2.3", 11211, 2),
+    ("10.0.2.4", 11213, 2),
+];
+/// UNIX domain sockets (host = the socket's path, port 0, as the client gives them to the
+/// locators for `unix:/path` nodes) beside TCP servers.
+const UNIX: Set = &[
+    ("/run/memcached/a.sock", 0, 1),
+    ("10.0.3.1", 11211, 1),
+    ("/var/run/mc/b.sock", 0, 1),
+    ("10.0.3.2", 11300, 1),
+];
 /// 25 equal servers: spymemcached's and libmemcached's `f32` weighted arithmetic gives 39
 /// digests (156 points) per server, unlike the unweighted 160.
 fn equal25() -> Servers {
@@ -155,6 +171,8 @@ fn sets() -> Vec<(&'static str, Servers)> {
         ("WMANY", owned(WMANY)),
         ("FIXTURE", owned(FIXTURE)),
         ("HOSTS", owned(HOSTS)),
+        ("EQ2", owned(EQ2)),
+        ("UNIX", owned(UNIX)),
         ("E25", equal25()),
     ]
 }
@@ -366,7 +384,7 @@ fn libmemcached_ketama_commands() -> Vec<LmCommand> {
     use HashAlgorithm::*;
     let mut v = Vec::new();
     // Unweighted KETAMA with the default hash (one-at-a-time); W5/WMANY switch to weighted.
-    for set in ["S3", "S11211", "HOSTS", "E25", "W5", "WMANY"] {
+    for set in ["S3", "S11211", "HOSTS", "E25", "W5", "WMANY", "EQ2", "UNIX"] {
         v.push((
             format!("lm/{set}"),
             "ketama",
@@ -393,7 +411,9 @@ fn libmemcached_ketama_commands() -> Vec<LmCommand> {
         }
     }
     // KETAMA_WEIGHTED.
-    for set in ["S3", "S11211", "W5", "WMANY", "FIXTURE", "E25", "HOSTS"] {
+    for set in [
+        "S3", "S11211", "W5", "WMANY", "FIXTURE", "E25", "HOSTS", "UNIX",
+    ] {
         v.push((
             format!("lmw/{set}"),
             "weighted",
@@ -402,8 +422,8 @@ fn libmemcached_ketama_commands() -> Vec<LmCommand> {
             KetamaLayout::LibmemcachedWeighted,
         ));
     }
-    // KETAMA_SPY.
-    for set in ["S3", "S11211", "W5", "HOSTS"] {
+    // KETAMA_SPY with KETAMA_WEIGHTED off: weighted only when a weight is above 1.
+    for set in ["S3", "S11211", "W5", "HOSTS", "EQ2", "E25", "UNIX"] {
         v.push((
             format!("lms/{set}"),
             "spy",
@@ -412,13 +432,28 @@ fn libmemcached_ketama_commands() -> Vec<LmCommand> {
             KetamaLayout::LibmemcachedSpy(OneAtATime),
         ));
     }
-    v.push((
-        "lms-md5/FIXTURE".to_owned(),
-        "weighted+spy",
-        "-",
-        "FIXTURE",
-        KetamaLayout::LibmemcachedSpy(Ketama),
-    ));
+    for set in ["S3", "W5"] {
+        v.push((
+            format!("lms-md5/{set}"),
+            "spy",
+            "md5",
+            set,
+            KetamaLayout::LibmemcachedSpy(Ketama),
+        ));
+    }
+    // KETAMA_SPY with KETAMA_WEIGHTED on: the weighted ring for every weight set, equal
+    // weights included.
+    for set in [
+        "S3", "S11211", "W5", "WMANY", "FIXTURE", "HOSTS", "EQ2", "E25",
+    ] {
+        v.push((
+            format!("lmsw/{set}"),
+            "weighted+spy",
+            "-",
+            set,
+            KetamaLayout::LibmemcachedSpyWeighted,
+        ));
+    }
     v
 }
 
@@ -593,6 +628,10 @@ fn libmemcached_ketama_matches_the_library() {
     assert_eq!(mapping(out, "lm/W5.behavior"), ["2", "0", "1"]);
     assert_eq!(mapping(out, "lmw/S3.behavior"), ["5", "1", "1"]);
     assert_eq!(mapping(out, "lms/W5.behavior"), ["4", "0", "1"]);
+    assert_eq!(mapping(out, "lms/S3.behavior"), ["4", "0", "0"]);
+    assert_eq!(mapping(out, "lms/EQ2.behavior"), ["4", "0", "1"]);
+    // With the weighted behaviour on, equal weights of 1 still get the weighted ring.
+    assert_eq!(mapping(out, "lmsw/S3.behavior"), ["4", "1", "1"]);
 }
 
 #[test]
@@ -730,10 +769,7 @@ const LIBMEMCACHED_FIXTURE: [(&str, usize, usize); 99] = [
 #[test]
 fn libmemcached_published_fixture() {
     let weighted = ketama(KetamaLayout::LibmemcachedWeighted, "FIXTURE");
-    let spy = ketama(
-        KetamaLayout::LibmemcachedSpy(HashAlgorithm::Ketama),
-        "FIXTURE",
-    );
+    let spy = ketama(KetamaLayout::LibmemcachedSpyWeighted, "FIXTURE");
     for (key, expected_weighted, expected_spy) in LIBMEMCACHED_FIXTURE {
         assert_eq!(
             weighted.primary(key.as_bytes()),

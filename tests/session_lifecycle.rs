@@ -63,7 +63,7 @@ async fn an_expired_session_is_not_served_by_another_instance_either() {
 }
 
 #[tokio::test]
-async fn reading_a_session_keeps_it_alive_without_rewriting_it() {
+async fn reading_a_session_keeps_it_alive_without_a_new_version() {
     for mode in [Mode::Sticky, Mode::NonSticky] {
         let cluster = Cluster::start(2);
         let clock = ManualClock::starting_now();
@@ -93,7 +93,7 @@ async fn a_read_keeps_the_session_alive_for_an_instance_that_takes_it_over() {
     let mut browser = Browser::new();
     browser.increment(&a, "n").await.unwrap();
     clock.advance(Duration::from_secs(20 * 60));
-    browser.read_u64(&a, "n").await.unwrap(); // refreshes the validity record
+    browser.read_u64(&a, "n").await.unwrap(); // refreshes the last access
     drop(a);
     clock.advance(Duration::from_secs(20 * 60)); // 40 min after the write, 20 after the read
     let b = BackupSessionService::new(

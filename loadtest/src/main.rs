@@ -88,6 +88,19 @@ struct Args {
     memcache_binary: bool,
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
+    /// memkeep: connections per node (1: one pipelined connection, the default)
+    #[arg(long, default_value_t = 1)]
+    memkeep_connections: usize,
+    /// memkeep: requests in flight per connection (1 with --memkeep-connections 64 behaves
+    /// like a pool of 64 connections, one request each at a time)
+    #[arg(long, default_value_t = 1024)]
+    memkeep_max_in_flight: usize,
+    /// memkeep: connect with TLS, trusting the CA certificate(s) in this PEM file (for a
+    /// memcached started with -Z). Preloads 64 sets at a time instead of 256: memcached
+    /// 1.6.18's TLS stalls on a pipelined burst that fills its 16 KiB read buffer (see
+    /// docs/operations.md)
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Shared, read-only data set.
@@ -529,15 +542,21 @@ fn run_memkeep(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Ou
     let rt = build_runtime(rtk, args.worker_threads);
     let protocol = if args.client == ClientKind::MemkeepText { Protocol::Text } else { Protocol::Meta };
     let res: Result<(), String> = rt.block_on(async {
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .node(args.addr.as_str())
             .protocol(protocol)
-            .connections_per_node(1)
-            .build()
-            .map_err(|e| format!("memkeep build: {e}"))?;
+            .connections_per_node(args.memkeep_connections)
+            .max_in_flight(args.memkeep_max_in_flight);
+        if let Some(ca) = &args.tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("read {}: {e}", ca.display()))?;
+            let tls = memkeep::TlsConfig::new(&pem).map_err(|e| format!("TLS: {e}"))?;
+            builder = builder.tls(tls);
+        }
+        let client = builder.build().map_err(|e| format!("memkeep build: {e}"))?;
         if !args.no_preload {
             // Preload pipelined in chunks (not timed).
-            for chunk in (0..data.keys.len()).collect::<Vec<_>>().chunks(256) {
+            let chunk = if args.tls_ca.is_some() { 64 } else { 256 };
+            for chunk in (0..data.keys.len()).collect::<Vec<_>>().chunks(chunk) {
                 let futs = chunk.iter().map(|&i| client.set(&data.keys[i], &data.values[i], Expiry::Never));
                 for r in futures::future::join_all(futs).await {
                     r.map_err(|e| format!("preload: {e}"))?;

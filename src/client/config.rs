@@ -3,12 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::{ConnectionConfig, ConnectionHandle};
+use crate::connection::{ConnectionConfig, ConnectionHandle, Target};
 use crate::locator::{Distribution, LocatorNode};
 use crate::node::NodeShared;
 use crate::{Error, Result};
 
-use super::{Client, Inner, Node};
+use super::{Client, Credentials, Inner, Node};
+
+/// The largest `max_in_flight` accepted.
+const MAX_IN_FLIGHT_LIMIT: usize = 65_536;
+/// The largest `max_value_size` accepted: memcached's own ceiling for `-I`.
+const MAX_VALUE_SIZE_LIMIT: usize = 1 << 30;
 
 /// Which memcached protocol a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -45,16 +50,36 @@ pub struct NodeConfig {
     address: String,
     id: Option<String>,
     weight: u32,
+    credentials: Option<Credentials>,
+    tls_server_name: Option<String>,
 }
 
 impl NodeConfig {
-    /// A server at `address` (`host:port`), with weight 1 and its address as id.
+    /// A server at `address` (`host:port`, or `unix:/path` for a UNIX domain socket), with
+    /// weight 1 and its address as id.
     pub fn new(address: impl Into<String>) -> Self {
         Self {
             address: address.into(),
             id: None,
             weight: 1,
+            credentials: None,
+            tls_server_name: None,
         }
+    }
+
+    /// With TLS (feature `tls`): the name the node's certificate must carry, also sent as
+    /// SNI (default: the host of its address). Needed when connecting by IP address to a
+    /// server whose certificate names a host, and for a UNIX socket node.
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_server_name = Some(name.into());
+        self
+    }
+
+    /// Login for this node (memcached `-Y`), in place of the client-wide
+    /// [`ClientBuilder::credentials`].
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// The id other code names the node by (`Client::on_node`, session ids).
@@ -100,6 +125,10 @@ pub struct ClientBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     merge_gets: bool,
+    max_queued_bytes: usize,
+    credentials: Option<Credentials>,
+    #[cfg(feature = "tls")]
+    tls: Option<super::TlsConfig>,
 }
 
 impl Default for ClientBuilder {
@@ -118,12 +147,17 @@ impl Default for ClientBuilder {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             merge_gets: false,
+            max_queued_bytes: 32 * 1024 * 1024,
+            credentials: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
 
 impl ClientBuilder {
-    /// Adds a server at `address` (`host:port`) with weight 1; its id is the address.
+    /// Adds a server at `address` (`host:port`, or `unix:/path` for a UNIX domain socket)
+    /// with weight 1; its id is the address.
     pub fn node(mut self, address: impl Into<String>) -> Self {
         self.nodes.push(NodeConfig::new(address));
         self
@@ -172,16 +206,42 @@ impl ClientBuilder {
         self
     }
 
-    /// Requests in flight per connection before callers wait (default 1024).
+    /// Requests in flight per connection before callers wait (default 1024; 1 to 65,536).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self
     }
 
     /// Largest value sent or accepted, in bytes (default 1 MiB, memcached's default
-    /// item size; raise it with the server's `-I`).
+    /// item size; raise it with the server's `-I`; at most 1 GiB, memcached's ceiling).
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
+        self
+    }
+
+    /// Login for every node (memcached `-Y`; default none): memcached's text-protocol
+    /// authentication, sent first on every connection and reconnection. A node's own
+    /// [`NodeConfig::credentials`] take precedence. A server that refuses them leaves the
+    /// node down, its last error saying so.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// TLS for every node (feature `tls`; default none: plain connections).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: super::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Bytes of encoded requests that may wait for a connection's driver (default 32 MiB;
+    /// 1 byte to 4 GiB - 1). Together with `max_in_flight`, which bounds their count, it
+    /// bounds the memory callers pin when a server stalls: callers beyond it wait (within
+    /// their timeout) before their request is even encoded. A single request larger than
+    /// the budget waits for all of it.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
         self
     }
 
@@ -241,24 +301,24 @@ impl ClientBuilder {
             });
         }
         let locator = self.distribution.build(&locator_nodes)?;
+        let connection_configs = self
+            .nodes
+            .iter()
+            .map(|node| self.connection_config(node))
+            .collect::<Result<Vec<_>>>()?;
         let nodes = self
             .nodes
             .iter()
+            .zip(connection_configs)
             .zip(ids)
-            .map(|(config, id)| {
+            .map(|((config, connection), id)| {
                 let shared = Arc::new(NodeShared::new(
                     Arc::from(id.as_str()),
                     config.address.clone(),
                     self.connections_per_node,
                 ));
                 let connections = (0..self.connections_per_node)
-                    .map(|slot| {
-                        ConnectionHandle::spawn(
-                            self.connection_config(&config.address),
-                            shared.clone(),
-                            slot,
-                        )
-                    })
+                    .map(|slot| ConnectionHandle::spawn(connection.clone(), shared.clone(), slot))
                     .collect();
                 Node::new(shared, connections)
             })
@@ -277,16 +337,51 @@ impl ClientBuilder {
         })
     }
 
-    fn connection_config(&self, address: &str) -> ConnectionConfig {
-        ConnectionConfig {
+    fn connection_config(&self, node: &NodeConfig) -> Result<ConnectionConfig> {
+        let address = node.address.as_str();
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(tls) => {
+                let (host, _) = split_address(address)?;
+                Some(crate::connection::Tls {
+                    connector: tls.connector(),
+                    server_name: super::tls::server_name(node.tls_server_name.as_deref(), host)?,
+                })
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls = match &node.tls_server_name {
+            Some(_) => {
+                return Err(Error::config(
+                    "tls_server_name",
+                    "TLS needs the `tls` feature and ClientBuilder::tls",
+                ))
+            }
+            None => None,
+        };
+        let target = match address.strip_prefix(UNIX_PREFIX) {
+            Some(path) => Target::Unix(path.into()),
+            None => Target::Tcp(address.to_string()),
+        };
+        Ok(ConnectionConfig {
             address: address.to_string(),
+            target,
             connect_timeout: self.connect_timeout,
             max_in_flight: self.max_in_flight,
             max_value_size: self.max_value_size,
             timeout_threshold: self.timeout_threshold,
             backoff_min: self.backoff_min,
             backoff_max: self.backoff_max,
-        }
+            // validate() keeps it within u32.
+            max_queued_bytes: u32::try_from(self.max_queued_bytes).unwrap_or(u32::MAX),
+            credentials: node
+                .credentials
+                .clone()
+                .or_else(|| self.credentials.clone()),
+            meta: self.protocol == Protocol::Meta,
+            tls,
+        })
     }
 
     fn validate(&self) -> Result<()> {
@@ -309,6 +404,17 @@ impl ClientBuilder {
                 return Err(Error::config(
                     "weight",
                     format!("node {} has weight 0; weights start at 1", node.address),
+                ));
+            }
+            if let Some(problem) = node
+                .credentials
+                .as_ref()
+                .or(self.credentials.as_ref())
+                .and_then(Credentials::problem)
+            {
+                return Err(Error::config(
+                    "credentials",
+                    format!("node {}: {problem}", node.address),
                 ));
             }
             if let Some(id) = &node.id {
@@ -341,11 +447,35 @@ impl ClientBuilder {
                 ),
             ));
         }
-        if self.max_in_flight == 0 {
-            return Err(Error::config("max_in_flight", "must be at least 1"));
+        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.max_in_flight) {
+            return Err(Error::config(
+                "max_in_flight",
+                format!(
+                    "{} is outside 1..={MAX_IN_FLIGHT_LIMIT}; a few hundred requests in flight \
+                     already keep a connection busy",
+                    self.max_in_flight
+                ),
+            ));
         }
-        if self.max_value_size == 0 {
-            return Err(Error::config("max_value_size", "must be at least 1 byte"));
+        if !(1..=MAX_VALUE_SIZE_LIMIT).contains(&self.max_value_size) {
+            return Err(Error::config(
+                "max_value_size",
+                format!(
+                    "{} bytes is outside 1..={MAX_VALUE_SIZE_LIMIT}; memcached's item size \
+                     (-I) can't exceed 1 GiB",
+                    self.max_value_size
+                ),
+            ));
+        }
+        if self.max_queued_bytes == 0 || u32::try_from(self.max_queued_bytes).is_err() {
+            return Err(Error::config(
+                "max_queued_bytes",
+                format!(
+                    "{} bytes is outside 1..={}",
+                    self.max_queued_bytes,
+                    u32::MAX
+                ),
+            ));
         }
         if self.timeout_threshold == 0 {
             return Err(Error::config("timeout_threshold", "must be at least 1"));
@@ -354,12 +484,28 @@ impl ClientBuilder {
     }
 }
 
-/// Splits `host:port` (IPv6 as `[addr]:port`).
+/// The prefix of a UNIX domain socket address: `unix:/path/to.sock`.
+const UNIX_PREFIX: &str = "unix:";
+
+/// Splits a node address into what the locators see: `host:port` (IPv6 as
+/// `[addr]:port`), or `unix:/path`, which the locators see as host `/path`, port 0.
 fn split_address(address: &str) -> Result<(&str, u16)> {
+    if let Some(path) = address.strip_prefix(UNIX_PREFIX) {
+        if !path.starts_with('/') || path.contains(['\0', '\n', '\r']) {
+            return Err(Error::config(
+                "nodes",
+                format!(
+                    "address {address:?}: a UNIX socket address is unix: followed by an \
+                     absolute path (e.g. \"unix:/run/memcached/memcached.sock\")"
+                ),
+            ));
+        }
+        return Ok((path, 0));
+    }
     let bad = || {
         Error::config(
             "nodes",
-            format!("address {address:?} is not host:port (e.g. \"127.0.0.1:11211\" or \"[::1]:11211\")"),
+            format!("address {address:?} is not host:port or unix:/path (e.g. \"127.0.0.1:11211\", \"[::1]:11211\" or \"unix:/run/memcached.sock\")"),
         )
     };
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
@@ -386,6 +532,13 @@ mod tests {
         );
         assert_eq!(split_address("[::1]:11311").unwrap(), ("::1", 11311));
         assert_eq!(split_address("cache.local:1").unwrap(), ("cache.local", 1));
+        assert_eq!(
+            split_address("unix:/run/memcached.sock").unwrap(),
+            ("/run/memcached.sock", 0)
+        );
+        for bad in ["unix:", "unix:relative.sock", "unix:/a\nb"] {
+            assert!(split_address(bad).is_err(), "{bad}");
+        }
         for bad in [
             "127.0.0.1",
             ":11211",
@@ -432,6 +585,20 @@ mod tests {
         );
         assert_eq!(field_of(one().max_in_flight(0)), "max_in_flight");
         assert_eq!(field_of(one().max_value_size(0)), "max_value_size");
+        // Settings no connection can work with are refused, never a panic at build.
+        assert_eq!(field_of(one().max_in_flight(usize::MAX)), "max_in_flight");
+        assert_eq!(field_of(one().max_value_size(usize::MAX)), "max_value_size");
+        assert_eq!(field_of(one().max_queued_bytes(0)), "max_queued_bytes");
+        assert_eq!(
+            field_of(one().credentials(Credentials::new("a b", "pw"))),
+            "credentials"
+        );
+        assert_eq!(
+            field_of(one().max_queued_bytes(usize::MAX)),
+            "max_queued_bytes"
+        );
+        assert!(one().max_in_flight(65_536).validate().is_ok());
+        assert!(one().max_value_size(1 << 30).validate().is_ok());
         assert_eq!(field_of(one().timeout_threshold(0)), "timeout_threshold");
         assert_eq!(
             field_of(one().reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))),

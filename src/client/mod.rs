@@ -1,6 +1,8 @@
 //! The client: routing keys to nodes, applying the failure policy, and the operations.
 
 mod config;
+#[cfg(feature = "tls")]
+mod tls;
 mod types;
 
 use std::collections::HashMap;
@@ -9,18 +11,26 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 
 use crate::connection::{ConnectionHandle, Request, RequestKind};
+use crate::error::UnavailableNode;
 use crate::locator::NodeLocator;
 use crate::node::{NodeCounters, NodeShared, NodeState};
-use crate::protocol::{
-    self, validate_key, Command, ErrorKind, Frame, KeyForm, MetaFrame, MetaStatus, Reply,
-    StoreMode, TextStatus,
-};
+use crate::protocol::outcome::{self, Interpreted, Refusal, StoreStatus, Value};
+use crate::protocol::{self, validate_key, Command, ErrorKind, KeyForm, Reply, StoreMode};
 use crate::{Error, Result};
 
+/// Stands in for a deadline that `Instant` can't represent (an operation timeout of
+/// `Duration::MAX`).
+const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
-pub use types::{CasOutcome, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome};
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
+pub use types::{
+    CasOutcome, Credentials, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome,
+};
 
 /// An async memcached client over a set of nodes.
 ///
@@ -84,6 +94,23 @@ impl Node {
         &self.connections[i]
     }
 
+    /// Asks every connection waiting out a backoff to try again soon.
+    fn revive(&self) {
+        for connection in &self.connections {
+            connection.revive();
+        }
+    }
+
+    /// Asks for a reconnect attempt and waits, until `deadline`, for one to finish; true
+    /// when the node can take requests afterwards.
+    async fn await_attempt(&self, deadline: Instant) -> bool {
+        let mut attempts = self.shared.watch_attempts();
+        let seen = *attempts.borrow_and_update();
+        self.revive();
+        let _ = tokio::time::timeout_at(deadline, attempts.wait_for(|n| *n != seen)).await;
+        self.shared.is_available()
+    }
+
     fn metrics(&self) -> Metrics {
         let c = &self.shared.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -110,7 +137,7 @@ impl Client {
     /// Reads `key`; `None` on a miss.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
         let key = key.as_ref();
-        let reply = self
+        let value = self
             .keyed(
                 key,
                 Command::Get {
@@ -118,15 +145,16 @@ impl Client {
                     cas: false,
                     touch: None,
                 },
+                outcome::item,
             )
             .await?;
-        single_item(reply)
+        Ok(value.map(item))
     }
 
     /// Reads `key` with its CAS token (`Item::cas` is set).
     pub async fn gets(&self, key: impl AsRef<[u8]>) -> Result<Option<Item>> {
         let key = key.as_ref();
-        let reply = self
+        let value = self
             .keyed(
                 key,
                 Command::Get {
@@ -134,9 +162,10 @@ impl Client {
                     cas: true,
                     touch: None,
                 },
+                outcome::item,
             )
             .await?;
-        single_item(reply)
+        Ok(value.map(item))
     }
 
     /// Reads `key` and resets its expiry.
@@ -147,7 +176,7 @@ impl Client {
     ) -> Result<Option<Item>> {
         let key = key.as_ref();
         let touch = Some(expiry.to_exptime(SystemTime::now()));
-        let reply = self
+        let value = self
             .keyed(
                 key,
                 Command::Get {
@@ -155,9 +184,10 @@ impl Client {
                     cas: false,
                     touch,
                 },
+                outcome::item,
             )
             .await?;
-        single_item(reply)
+        Ok(value.map(item))
     }
 
     /// Reads many keys: split by node, one pipelined batch per node, all nodes at
@@ -168,12 +198,13 @@ impl Client {
         K: AsRef<[u8]>,
     {
         let keys: Vec<K> = keys.into_iter().collect();
+        let deadline = self.deadline();
         let binary_ok = self.inner.protocol == Protocol::Meta;
         let mut by_node: Vec<Vec<&[u8]>> = vec![Vec::new(); self.inner.nodes.len()];
         for key in &keys {
             let key = key.as_ref();
             validate_key(key, binary_ok)?;
-            let index = self.route(key).await?;
+            let index = self.route(key, deadline).await?;
             by_node
                 .get_mut(index)
                 .ok_or(Error::NoNodeAvailable)?
@@ -184,12 +215,14 @@ impl Client {
             .enumerate()
             .filter(|(_, keys)| !keys.is_empty());
         let batches = batches.map(|(index, keys)| async move {
-            let reply = self.call(index, &Command::GetMany { keys: &keys }).await?;
-            collect_many(reply, &keys)
+            let reply = self
+                .call(index, &Command::GetMany { keys: &keys }, deadline)
+                .await?;
+            self.interpret(index, reply, |reply| outcome::items(reply, &keys))
         });
         let mut found = HashMap::with_capacity(keys.len());
         for batch in futures::future::join_all(batches).await {
-            found.extend(batch?);
+            found.extend(batch?.into_iter().map(|(key, value)| (key, item(value))));
         }
         Ok(found)
     }
@@ -289,23 +322,12 @@ impl Client {
     ) -> Result<StoreOutcome> {
         let (key, value) = (key.as_ref(), value.as_ref());
         let cmd = self.store_command(mode, key, value, options);
-        match self.keyed(key, cmd).await? {
-            Reply::Line(Frame::Status(status)) => match status {
-                TextStatus::Stored => Ok(StoreOutcome::Stored),
-                TextStatus::NotStored => Ok(StoreOutcome::NotStored),
-                TextStatus::Exists => Ok(StoreOutcome::Exists),
-                TextStatus::NotFound => Ok(StoreOutcome::NotFound),
-                _ => Err(unexpected_reply("a storage status")),
-            },
-            Reply::Meta(m) => match m.status {
-                MetaStatus::Ok => Ok(StoreOutcome::Stored),
-                MetaStatus::NotStored => Ok(StoreOutcome::NotStored),
-                MetaStatus::Exists => Ok(StoreOutcome::Exists),
-                MetaStatus::NotFound => Ok(StoreOutcome::NotFound),
-                _ => Err(unexpected_reply("a storage status")),
-            },
-            other => Err(reply_error(other, "a storage status")),
-        }
+        Ok(match self.keyed(key, cmd, outcome::store).await? {
+            StoreStatus::Stored => StoreOutcome::Stored,
+            StoreStatus::NotStored => StoreOutcome::NotStored,
+            StoreStatus::Exists => StoreOutcome::Exists,
+            StoreStatus::NotFound => StoreOutcome::NotFound,
+        })
     }
 
     // ----- other keyed commands --------------------------------------------------
@@ -313,19 +335,8 @@ impl Client {
     /// Deletes `key`; false if it was missing.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
-        match self.keyed(key, Command::Delete { key }).await? {
-            Reply::Line(Frame::Status(TextStatus::Deleted)) => Ok(true),
-            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(false),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Ok,
-                ..
-            }) => Ok(true),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::NotFound,
-                ..
-            }) => Ok(false),
-            other => Err(reply_error(other, "a delete status")),
-        }
+        self.keyed(key, Command::Delete { key }, outcome::delete)
+            .await
     }
 
     /// Adds `delta` to the decimal number stored at `key`; `None` if it is missing.
@@ -339,43 +350,16 @@ impl Client {
     }
 
     async fn arith(&self, incr: bool, key: &[u8], delta: u64) -> Result<Option<u64>> {
-        match self.keyed(key, Command::Arith { incr, key, delta }).await? {
-            Reply::Line(Frame::Number(n)) => Ok(Some(n)),
-            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(None),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::NotFound,
-                ..
-            }) => Ok(None),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Value,
-                data: Some(data),
-                ..
-            }) => std::str::from_utf8(&data)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .map(Some)
-                .ok_or_else(|| unexpected_reply("a decimal counter")),
-            other => Err(reply_error(other, "a counter")),
-        }
+        self.keyed(key, Command::Arith { incr, key, delta }, outcome::counter)
+            .await
     }
 
     /// Resets the expiry of `key`; false if it is missing.
     pub async fn touch(&self, key: impl AsRef<[u8]>, expiry: Expiry) -> Result<bool> {
         let key = key.as_ref();
         let exptime = expiry.to_exptime(SystemTime::now());
-        match self.keyed(key, Command::Touch { key, exptime }).await? {
-            Reply::Line(Frame::Status(TextStatus::Touched)) => Ok(true),
-            Reply::Line(Frame::Status(TextStatus::NotFound)) => Ok(false),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Ok,
-                ..
-            }) => Ok(true),
-            Reply::Meta(MetaFrame {
-                status: MetaStatus::Miss,
-                ..
-            }) => Ok(false),
-            other => Err(reply_error(other, "a touch status")),
-        }
+        self.keyed(key, Command::Touch { key, exptime }, outcome::touch)
+            .await
     }
 
     // ----- fire-and-forget -------------------------------------------------------
@@ -416,48 +400,35 @@ impl Client {
 
     /// Invalidates every item on every node (or on the pinned node).
     pub async fn flush_all(&self) -> Result<()> {
-        for result in self.each_node(Command::FlushAll).await {
-            match result.1? {
-                Reply::Line(Frame::Status(TextStatus::Ok)) => {}
-                other => return Err(reply_error(other, "OK")),
-            }
+        for (_, result) in self.each_node(Command::FlushAll, outcome::ok).await {
+            result?;
         }
         Ok(())
     }
 
     /// Each node's server version, by node id.
     pub async fn version(&self) -> Vec<(String, Result<String>)> {
-        self.each_node(Command::Version)
+        self.each_node(Command::Version, outcome::version)
             .await
             .into_iter()
-            .map(|(id, reply)| {
-                let version = reply.and_then(|reply| match reply {
-                    Reply::Line(Frame::Version(v)) => Ok(String::from_utf8_lossy(&v).into_owned()),
-                    other => Err(reply_error(other, "VERSION")),
-                });
-                (id, version)
+            .map(|(id, version)| {
+                (
+                    id,
+                    version.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                )
             })
             .collect()
     }
 
     /// Each node's general statistics (`stats`), by node id.
     pub async fn stats(&self) -> Vec<(String, Result<HashMap<String, String>>)> {
-        self.each_node(Command::Stats)
+        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        self.each_node(Command::Stats, outcome::stats)
             .await
             .into_iter()
-            .map(|(id, reply)| {
-                let stats = reply.and_then(|reply| match reply {
-                    Reply::Stats(pairs) => Ok(pairs
-                        .into_iter()
-                        .map(|(k, v)| {
-                            (
-                                String::from_utf8_lossy(&k).into_owned(),
-                                String::from_utf8_lossy(&v).into_owned(),
-                            )
-                        })
-                        .collect()),
-                    other => Err(reply_error(other, "STAT lines")),
-                });
+            .map(|(id, stats)| {
+                let stats =
+                    stats.map(|pairs| pairs.iter().map(|(k, v)| (text(k), text(v))).collect());
                 (id, stats)
             })
             .collect()
@@ -470,12 +441,7 @@ impl Client {
     /// This is how a caller that records which node holds a value (the session layer)
     /// reads and writes it.
     pub fn on_node(&self, id: &str) -> Result<Client> {
-        let index = self
-            .inner
-            .nodes
-            .iter()
-            .position(|n| &*n.shared.id == id)
-            .ok_or_else(|| Error::UnknownNode(id.to_string()))?;
+        let index = self.node_index(id)?;
         Ok(Client {
             inner: self.inner.clone(),
             pinned: Some(index),
@@ -533,6 +499,31 @@ impl Client {
             .fold(Metrics::default(), |sum, n| sum + n.metrics())
     }
 
+    /// Makes the connection driver of node `id` panic, to test that the client notices.
+    /// Only with the `fault-injection` feature; not part of the API.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub async fn __inject_driver_panic(&self, id: &str) -> Result<()> {
+        self.inner.nodes[self.node_index(id)?]
+            .connection()
+            .send(Request {
+                bytes: Bytes::new(),
+                kind: RequestKind::Panic,
+                reply: None,
+                permit: None,
+            })
+            .await
+    }
+
+    /// The index of the node with this id.
+    fn node_index(&self, id: &str) -> Result<usize> {
+        self.inner
+            .nodes
+            .iter()
+            .position(|n| &*n.shared.id == id)
+            .ok_or_else(|| Error::UnknownNode(id.to_string()))
+    }
+
     // ----- plumbing --------------------------------------------------------------
 
     fn store_command<'a>(
@@ -569,8 +560,13 @@ impl Client {
         Ok(())
     }
 
-    /// The node for `key` under the failure policy.
-    async fn route(&self, key: &[u8]) -> Result<usize> {
+    /// The node for `key` under the failure policy; `Retry` waits until `deadline` at most.
+    ///
+    /// A node in its reconnect backoff is asked to try again now (at most once per
+    /// `backoff_min`, so callers can't cause a connect storm). When no node could take the
+    /// operation otherwise, the caller waits for that attempt, within its deadline: the
+    /// first operation after a restart finds the server instead of the backoff.
+    async fn route(&self, key: &[u8], deadline: Instant) -> Result<usize> {
         if let Some(index) = self.pinned {
             return Ok(index);
         }
@@ -586,14 +582,22 @@ impl Client {
             return Ok(primary);
         }
         match self.inner.policy {
-            FailurePolicy::Redistribute => self.next_live(key, None),
+            FailurePolicy::Redistribute => {
+                if let Ok(next) = self.next_live(key, None) {
+                    node.revive();
+                    return Ok(next);
+                }
+                if node.await_attempt(deadline).await {
+                    return Ok(primary);
+                }
+                self.next_live(key, None)
+            }
             FailurePolicy::Retry => {
+                node.revive();
                 let mut state = node.shared.watch_state();
-                let back = tokio::time::timeout(
-                    self.inner.operation_timeout,
-                    state.wait_for(|s| *s == NodeState::Up),
-                )
-                .await;
+                let back =
+                    tokio::time::timeout_at(deadline, state.wait_for(|s| *s == NodeState::Up))
+                        .await;
                 match back {
                     Ok(Ok(_)) => Ok(primary),
                     _ => Err(Error::NodeDown {
@@ -601,9 +605,12 @@ impl Client {
                     }),
                 }
             }
-            FailurePolicy::FailFast => Err(Error::NodeDown {
-                node: node.shared.id.to_string(),
-            }),
+            FailurePolicy::FailFast => {
+                node.revive();
+                Err(Error::NodeDown {
+                    node: node.shared.id.to_string(),
+                })
+            }
         }
     }
 
@@ -616,55 +623,146 @@ impl Client {
             .fallback(key, &|i| {
                 Some(i) != skip && nodes.get(i).is_some_and(|n| n.shared.is_available())
             })
-            .ok_or(Error::NoNodeAvailable)
+            .ok_or_else(|| self.unavailable())
     }
 
-    async fn keyed(&self, key: &[u8], cmd: Command<'_>) -> Result<Reply> {
+    /// [`Error::NodesUnavailable`], naming every node with its state and last error.
+    fn unavailable(&self) -> Error {
+        let nodes = self
+            .inner
+            .nodes
+            .iter()
+            .map(|n| UnavailableNode {
+                id: n.shared.id.to_string(),
+                address: n.shared.address.clone(),
+                state: n.shared.state(),
+                last_error: n.shared.last_error(),
+            })
+            .collect();
+        Error::NodesUnavailable { nodes }
+    }
+
+    /// Runs a keyed command under the failure policy and reads its reply with
+    /// `interpret`, within one deadline.
+    async fn keyed<T>(
+        &self,
+        key: &[u8],
+        cmd: Command<'_>,
+        interpret: fn(Reply) -> Interpreted<T>,
+    ) -> Result<T> {
         self.check(&cmd)?;
-        let index = self.route(key).await?;
-        match self.call(index, &cmd).await {
-            // The node went down between routing and sending; the request was never
-            // written, so sending it elsewhere is safe.
-            Err(Error::NodeDown { .. })
-                if self.pinned.is_none() && self.inner.policy == FailurePolicy::Redistribute =>
-            {
-                let next = self.next_live(key, Some(index))?;
-                self.call(next, &cmd).await
-            }
-            other => other,
+        let deadline = self.deadline();
+        loop {
+            let index = self.route(key, deadline).await?;
+            let reply = match self.call(index, &cmd, deadline).await {
+                // The node went down between routing and sending (its connection attempt
+                // failed while the request waited for it); the request was never written,
+                // so sending it again is safe.
+                Err(Error::NodeDown { .. }) if self.pinned.is_none() => {
+                    match self.inner.policy {
+                        FailurePolicy::Redistribute => {
+                            let next = self.next_live(key, Some(index))?;
+                            let reply = self.call(next, &cmd, deadline).await?;
+                            return self.interpret(next, reply, interpret);
+                        }
+                        // Wait for the node again, within the same deadline.
+                        FailurePolicy::Retry => continue,
+                        FailurePolicy::FailFast => {
+                            return Err(Error::NodeDown {
+                                node: self.inner.nodes[index].shared.id.to_string(),
+                            })
+                        }
+                    }
+                }
+                other => other?,
+            };
+            return self.interpret(index, reply, interpret);
         }
+    }
+
+    /// Reads `reply`, from node `index`, with `interpret`; a refusal becomes the error it
+    /// stands for, naming the node.
+    fn interpret<T>(
+        &self,
+        index: usize,
+        reply: Reply,
+        interpret: impl FnOnce(Reply) -> Interpreted<T>,
+    ) -> Result<T> {
+        interpret(reply).map_err(|refusal| match refusal {
+            Refusal::Error { kind, message } => {
+                let message = String::from_utf8_lossy(&message).into_owned();
+                match kind {
+                    ErrorKind::Unknown => Error::UnsupportedCommand,
+                    ErrorKind::Client if message.contains("non-numeric") => {
+                        Error::NotNumeric(message)
+                    }
+                    ErrorKind::Client => Error::ClientRejected(message),
+                    ErrorKind::Server => Error::Server(message),
+                    ErrorKind::TooLarge { size, max } => Error::ValueTooLarge { size, max },
+                }
+            }
+            Refusal::Unexpected(wanted) => Error::Protocol {
+                node: self
+                    .inner
+                    .nodes
+                    .get(index)
+                    .map(|n| n.shared.id.to_string())
+                    .unwrap_or_default(),
+                reason: format!("reply is not {wanted}"),
+            },
+        })
     }
 
     async fn keyed_noreply(&self, key: &[u8], cmd: Command<'_>) -> Result<()> {
         self.check(&cmd)?;
-        let index = self.route(key).await?;
+        let deadline = self.deadline();
+        let index = self.route(key, deadline).await?;
         let node = &self.inner.nodes[index];
         let connection = node.connection();
         let quiet = self.inner.protocol == Protocol::Meta;
-        let (bytes, kind) = self.encode(&cmd, connection, quiet);
-        let request = Request {
-            bytes,
-            kind,
-            reply: None,
+        let send = async {
+            let permit = connection.reserve(encoded_size_hint(&cmd)).await?;
+            let (bytes, kind) = self.encode(&cmd, connection, quiet);
+            let request = Request {
+                bytes,
+                kind,
+                reply: None,
+                permit: Some(permit),
+            };
+            connection.send(request).await
         };
-        let timeout = self.inner.operation_timeout;
-        match tokio::time::timeout(timeout, connection.send(request)).await {
+        match tokio::time::timeout_at(deadline, send).await {
             Ok(sent) => sent,
             Err(_) => Err(Error::Timeout {
                 node: node.shared.id.to_string(),
-                after: timeout,
+                after: self.inner.operation_timeout,
             }),
         }
     }
 
-    /// Sends `cmd` to node `index` and waits for its reply, within the timeout.
-    async fn call(&self, index: usize, cmd: &Command<'_>) -> Result<Reply> {
+    /// When an operation starting now must be over: one deadline covers routing (the
+    /// wait of `FailurePolicy::Retry`), queueing, any re-send and the reply.
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.inner.operation_timeout)
+            .or_else(|| now.checked_add(FAR_FUTURE))
+            .unwrap_or(now)
+    }
+
+    /// Sends `cmd` to node `index` and waits for its reply, until `deadline`.
+    async fn call(&self, index: usize, cmd: &Command<'_>, deadline: Instant) -> Result<Reply> {
         let node = self.inner.nodes.get(index).ok_or(Error::NoNodeAvailable)?;
         let connection = node.connection();
-        let (bytes, kind) = self.encode(cmd, connection, false);
         let timeout = self.inner.operation_timeout;
         let counters = &node.shared.counters;
-        let result = match tokio::time::timeout(timeout, connection.call(bytes, kind)).await {
+        let call = async {
+            // Room in the queue's byte budget first, so callers waiting for it hold no
+            // encoded copy of their request.
+            let permit = connection.reserve(encoded_size_hint(cmd)).await?;
+            let (bytes, kind) = self.encode(cmd, connection, false);
+            connection.call(bytes, kind, permit).await
+        };
+        let result = match tokio::time::timeout_at(deadline, call).await {
             Ok(result) => result,
             Err(_) => {
                 connection.record_timeout();
@@ -727,15 +825,25 @@ impl Client {
         (buf.freeze(), kind)
     }
 
-    /// Runs a whole-node command on every node (or the pinned one), concurrently.
-    async fn each_node(&self, cmd: Command<'static>) -> Vec<(String, Result<Reply>)> {
+    /// Runs a whole-node command on every node (or the pinned one), concurrently, and
+    /// reads each reply with `interpret`.
+    async fn each_node<T>(
+        &self,
+        cmd: Command<'static>,
+        interpret: fn(Reply) -> Interpreted<T>,
+    ) -> Vec<(String, Result<T>)> {
         let indices: Vec<usize> = match self.pinned {
             Some(i) => vec![i],
             None => (0..self.inner.nodes.len()).collect(),
         };
+        let deadline = self.deadline();
         let calls = indices.into_iter().map(|i| async move {
             let id = self.inner.nodes[i].shared.id.to_string();
-            (id, self.call(i, &cmd).await)
+            let result = self.call(i, &cmd, deadline).await;
+            (
+                id,
+                result.and_then(|reply| self.interpret(i, reply, interpret)),
+            )
         });
         futures::future::join_all(calls).await
     }
@@ -749,87 +857,12 @@ fn encoded_size_hint(cmd: &Command<'_>) -> usize {
     }
 }
 
-fn single_item(reply: Reply) -> Result<Option<Item>> {
-    match reply {
-        Reply::Values(values) => Ok(values.into_iter().next().and_then(|frame| match frame {
-            Frame::Value {
-                flags, cas, data, ..
-            } => Some(Item {
-                value: data,
-                flags,
-                cas,
-            }),
-            _ => None,
-        })),
-        Reply::Meta(m) => match m.status {
-            MetaStatus::Value => Ok(Some(meta_item(m))),
-            MetaStatus::Miss => Ok(None),
-            _ => Err(unexpected_reply("VA or EN")),
-        },
-        other => Err(reply_error(other, "a value")),
-    }
-}
-
-fn meta_item(m: MetaFrame) -> Item {
+/// An item as the API returns it.
+fn item(value: Value) -> Item {
     Item {
-        value: m.data.unwrap_or_default(),
-        flags: m.flags.unwrap_or(0),
-        cas: m.cas,
-    }
-}
-
-fn collect_many(reply: Reply, keys: &[&[u8]]) -> Result<Vec<(Vec<u8>, Item)>> {
-    match reply {
-        Reply::Values(values) => Ok(values
-            .into_iter()
-            .filter_map(|frame| match frame {
-                Frame::Value {
-                    key,
-                    flags,
-                    cas,
-                    data,
-                } => Some((
-                    key.to_vec(),
-                    Item {
-                        value: data,
-                        flags,
-                        cas,
-                    },
-                )),
-                _ => None,
-            })
-            .collect()),
-        Reply::MetaValues(values) => Ok(values
-            .into_iter()
-            .filter_map(|(index, m)| {
-                let key = keys.get(index as usize)?;
-                Some((key.to_vec(), meta_item(m)))
-            })
-            .collect()),
-        other => Err(reply_error(other, "values")),
-    }
-}
-
-/// Turns a server error line into its error, anything else into a protocol error.
-fn reply_error(reply: Reply, wanted: &str) -> Error {
-    match reply {
-        Reply::Error { kind, message } => {
-            let message = String::from_utf8_lossy(&message).into_owned();
-            match kind {
-                ErrorKind::Unknown => Error::UnsupportedCommand,
-                ErrorKind::Client if message.contains("non-numeric") => Error::NotNumeric(message),
-                ErrorKind::Client => Error::ClientRejected(message),
-                ErrorKind::Server => Error::Server(message),
-            }
-        }
-        _ => unexpected_reply(wanted),
-    }
-}
-
-fn unexpected_reply(wanted: &str) -> Error {
-    Error::Protocol {
-        node: String::new(),
-        reason: format!("reply is not {wanted}"),
+        value: value.data,
+        flags: value.flags,
+        cas: value.cas,
     }
 }
 

@@ -7,6 +7,66 @@ use bytes::Bytes;
 use crate::node::NodeState;
 use crate::protocol::RELATIVE_EXPIRY_LIMIT;
 
+/// A username and password for memcached's text-protocol login (servers started with
+/// `-Y <file of user:password lines>`). Sent first on every connection, reconnects
+/// included. Its `Debug` shows the username only: the password never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+impl Credentials {
+    /// Credentials for `username` with `password` (neither may be empty or hold
+    /// whitespace or control characters: the login line separates them by a space;
+    /// `ClientBuilder::build` checks).
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The username.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Why memcached could not read these credentials, if it could not.
+    pub(crate) fn problem(&self) -> Option<&'static str> {
+        let bad = |s: &str| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if bad(&self.username) {
+            Some("the username must be non-empty, without whitespace or control characters")
+        } else if bad(&self.password) {
+            Some("the password must be non-empty, without whitespace or control characters")
+        } else {
+            None
+        }
+    }
+
+    /// Appends memcached's login: a `set` whose data is `<username> <password>`.
+    pub(crate) fn encode_login(&self, buf: &mut bytes::BytesMut) {
+        use bytes::BufMut;
+        let len = self.username.len() + 1 + self.password.len();
+        buf.put_slice(b"set auth 0 0 ");
+        crate::protocol::put_u64(buf, len as u64);
+        buf.put_slice(b"\r\n");
+        buf.put_slice(self.username.as_bytes());
+        buf.put_u8(b' ');
+        buf.put_slice(self.password.as_bytes());
+        buf.put_slice(b"\r\n");
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A value read from memcached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -24,6 +84,14 @@ pub struct Item {
 /// "never"; this type hides both traps: `In` of more than 30 days is sent as an
 /// absolute time, and `In(Duration::ZERO)` (or an `At` in the past) expires the item
 /// at once instead of keeping it forever.
+///
+/// memcached keeps `exptime` in a signed 32-bit number, so the latest instant it can
+/// express is 2038-01-19 03:14:07 UTC ([`Expiry::LATEST`]); a larger number would wrap
+/// negative on the server and delete the item at once. An expiry later than that (an
+/// `At` in 2040, `In(12 years)`, `In(Duration::MAX)`) is clamped to that instant at call
+/// time: the item lives as long as memcached can keep any expiring item. Clamping rather
+/// than refusing keeps long-lived callers (a session layer with a long inactivity
+/// interval) working, and no server can honour a later expiry anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Expiry {
     /// Never expires (it may still be evicted).
@@ -36,6 +104,10 @@ pub enum Expiry {
 }
 
 impl Expiry {
+    /// The latest expiry memcached can store, as a Unix time: `i32::MAX` seconds
+    /// (2038-01-19 03:14:07 UTC). Later expiries are clamped to it.
+    pub const LATEST: u64 = i32::MAX as u64;
+
     /// The `exptime` memcached expects, given the current wall-clock time.
     pub(crate) fn to_exptime(self, now: SystemTime) -> i64 {
         let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -62,8 +134,9 @@ impl Expiry {
     }
 }
 
+/// An absolute Unix time, clamped to the latest one memcached can store.
 fn clamp_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    n.min(Expiry::LATEST) as i64
 }
 
 /// Options of a storage command.
@@ -157,6 +230,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_never_show_the_password() {
+        let c = Credentials::new("alice", "s3cret-pw");
+        let shown = format!("{c:?} {:?}", Some(c.clone()));
+        assert!(
+            shown.contains("alice") && !shown.contains("s3cret-pw"),
+            "{shown}"
+        );
+        let mut buf = bytes::BytesMut::new();
+        c.encode_login(&mut buf);
+        assert_eq!(&buf[..], b"set auth 0 0 15\r\nalice s3cret-pw\r\n");
+        assert!(c.problem().is_none());
+        assert!(Credentials::new("a b", "x").problem().is_some());
+        assert!(Credentials::new("a", "").problem().is_some());
+    }
+
+    #[test]
     fn expiry_follows_memcached_rules() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         assert_eq!(Expiry::Never.to_exptime(now), 0);
@@ -177,6 +266,13 @@ mod tests {
         );
         assert_eq!(Expiry::At(now).to_exptime(now), -1);
         assert_eq!(Expiry::At(UNIX_EPOCH).to_exptime(now), -1);
-        assert_eq!(Expiry::In(Duration::MAX).to_exptime(now), i64::MAX);
+        let latest = i64::from(i32::MAX);
+        assert_eq!(Expiry::In(Duration::MAX).to_exptime(now), latest);
+        let twelve_years = Duration::from_secs(12 * 365 * 86_400);
+        assert_eq!(Expiry::In(twelve_years).to_exptime(now), latest);
+        let in_2040 = UNIX_EPOCH + Duration::from_secs(2_208_988_800);
+        assert_eq!(Expiry::At(in_2040).to_exptime(now), latest);
+        let just_before = UNIX_EPOCH + Duration::from_secs(Expiry::LATEST - 1);
+        assert_eq!(Expiry::At(just_before).to_exptime(now), latest - 1);
     }
 }

@@ -25,23 +25,29 @@
 //!   is marked down, and the driver reconnects after an exponential backoff with jitter.
 
 mod pending;
+mod transport;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use crate::node::{NodeCounters, NodeShared, NodeState};
 use crate::protocol::text::KEYS_PER_GET;
-use crate::protocol::{Expect, Frame, FrameDecoder, Reply};
+use crate::protocol::{Expect, Frame, FrameDecoder, MetaStatus, Reply, TextStatus};
+use crate::Credentials;
 use crate::Error;
 use pending::{merged_key, Pending, ReplySender, Step};
+use transport::{Stream, PLAIN_TO_TLS};
+pub(crate) use transport::{Target, Tls};
 
 /// Bytes of queued requests after which the driver writes before taking more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -53,13 +59,26 @@ const READ_CHUNK: usize = 32 * 1024;
 /// Settings of one connection, fixed at build time.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionConfig {
+    /// The address as configured, for logs.
     pub(crate) address: String,
+    /// Where to connect.
+    pub(crate) target: Target,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_in_flight: usize,
     pub(crate) max_value_size: usize,
     pub(crate) timeout_threshold: u32,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// Bytes of encoded requests that may wait for the driver (see
+    /// [`ConnectionHandle::reserve`]).
+    pub(crate) max_queued_bytes: u32,
+    /// Login for `-Y` servers, sent first on every connection.
+    pub(crate) credentials: Option<Credentials>,
+    /// Whether the client speaks the meta protocol (the handshake then checks the peer
+    /// does too).
+    pub(crate) meta: bool,
+    /// TLS settings, when the connection uses TLS.
+    pub(crate) tls: Option<Tls>,
 }
 
 /// A request on its way to the driver.
@@ -71,7 +90,13 @@ pub(crate) struct Request {
     pub(crate) kind: RequestKind,
     /// Where the reply goes; `None` for fire-and-forget.
     pub(crate) reply: Option<ReplySender>,
+    /// The request's share of the queue's byte budget, given back once the driver has
+    /// copied it to the socket's write buffer (or dropped it).
+    pub(crate) permit: Option<QueuePermit>,
 }
+
+/// A share of a connection's queued-bytes budget.
+pub(crate) type QueuePermit = OwnedSemaphorePermit;
 
 /// What a request expects back, as far as the driver is concerned.
 #[derive(Debug)]
@@ -83,6 +108,9 @@ pub(crate) enum RequestKind {
     /// A text `get <key>\r\n` the driver may merge with the single-key gets queued
     /// right after it into one `get k1 k2 …` line.
     MergeableGet,
+    /// Makes the driver panic (tests of panic recovery only).
+    #[cfg(feature = "fault-injection")]
+    Panic,
 }
 
 /// What the end of the write buffer holds that the next request may extend.
@@ -99,6 +127,10 @@ enum OpenRun {
 pub(crate) struct ConnectionHandle {
     tx: mpsc::Sender<Request>,
     shared: Arc<ConnectionShared>,
+    /// Bytes of encoded requests not yet taken by the driver: the channel bounds their
+    /// count, this bounds their size.
+    budget: Arc<Semaphore>,
+    max_queued_bytes: u32,
 }
 
 #[derive(Debug)]
@@ -106,6 +138,8 @@ struct ConnectionShared {
     next_opaque: AtomicU32,
     consecutive_timeouts: AtomicU32,
     wake: Notify,
+    /// Poked by callers that want the node while the driver waits out a backoff.
+    revive: Notify,
 }
 
 impl ConnectionHandle {
@@ -117,7 +151,10 @@ impl ConnectionHandle {
             next_opaque: AtomicU32::new(1),
             consecutive_timeouts: AtomicU32::new(0),
             wake: Notify::new(),
+            revive: Notify::new(),
         });
+        let budget = Arc::new(Semaphore::new(config.max_queued_bytes as usize));
+        let max_queued_bytes = config.max_queued_bytes;
         let span = tracing::info_span!("memcached_connection", node = %node.id, slot);
         let driver = Driver {
             decoder: FrameDecoder::new(config.max_value_size),
@@ -130,7 +167,25 @@ impl ConnectionHandle {
             in_flight: std::collections::VecDeque::new(),
         };
         tokio::spawn(driver.run().instrument(span));
-        Self { tx, shared }
+        Self {
+            tx,
+            shared,
+            budget,
+            max_queued_bytes,
+        }
+    }
+
+    /// Waits for room for a request of about `bytes` encoded bytes in the queue's byte
+    /// budget (a request larger than the whole budget waits for all of it). Cancel-safe.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Result<QueuePermit, Error> {
+        let wanted = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_queued_bytes);
+        self.budget
+            .clone()
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| Error::Shutdown)
     }
 
     /// Reserves `count` consecutive opaque tokens for a meta request.
@@ -145,15 +200,27 @@ impl ConnectionHandle {
     }
 
     /// Sends `bytes` and waits for the assembled reply.
-    pub(crate) async fn call(&self, bytes: Bytes, kind: RequestKind) -> Result<Reply, Error> {
+    pub(crate) async fn call(
+        &self,
+        bytes: Bytes,
+        kind: RequestKind,
+        permit: QueuePermit,
+    ) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Request {
             bytes,
             kind,
             reply: Some(tx),
+            permit: Some(permit),
         })
         .await?;
         rx.await.unwrap_or(Err(Error::Shutdown))
+    }
+
+    /// Asks a driver waiting out a reconnect backoff to try again as soon as the storm
+    /// guard allows (`backoff_min` after its previous attempt).
+    pub(crate) fn revive(&self) {
+        self.shared.revive.notify_one();
     }
 
     /// Notes a caller's timeout; enough of them in a row make the driver drop the
@@ -163,6 +230,79 @@ impl ConnectionHandle {
             .consecutive_timeouts
             .fetch_add(1, Ordering::AcqRel);
         self.shared.wake.notify_one();
+    }
+}
+
+/// One exchange of the connection handshake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// memcached's text-protocol login (`-Y` servers): `STORED` when accepted.
+    Login,
+    /// `version`: proves the server answers.
+    Version,
+    /// `mn`: proves the peer speaks the meta protocol (proxies such as twemproxy don't).
+    Meta,
+}
+
+/// The hint added when a TLS server ends the handshake with an alert after the client's
+/// first request (memcached checks the client certificate then).
+const TLS_ALERT: &str = "the server refused the TLS session: it may require a client \
+     certificate signed by a CA it trusts (TlsConfig::with_client_certificate, memcached's \
+     ssl_verify_mode and ssl_ca_cert)";
+
+/// What a peer that refuses the meta protocol is told.
+const NOT_META: &str = "it does not speak memcached's meta protocol (a proxy such as \
+     twemproxy/nutcracker?): use Protocol::Text (ClientBuilder::protocol) for this node";
+
+impl Probe {
+    /// Checks the reply to this exchange.
+    fn check(self, frame: Frame) -> Result<(), String> {
+        match (self, frame) {
+            (Probe::Login, Frame::Status(TextStatus::Stored)) => Ok(()),
+            (Probe::Login, Frame::Error { message, .. }) => Err(format!(
+                "authentication refused by the server ({}): check the username and password",
+                String::from_utf8_lossy(&message)
+            )),
+            (Probe::Version, Frame::Version(_)) => Ok(()),
+            (Probe::Version, Frame::Error { message, .. })
+                if message.as_ref() == b"unauthenticated" =>
+            {
+                Err(
+                    "the server requires authentication (memcached -Y): configure \
+                     credentials (ClientBuilder::credentials or NodeConfig::credentials)"
+                        .into(),
+                )
+            }
+            (Probe::Meta, Frame::Meta(m)) if m.status == MetaStatus::Noop => Ok(()),
+            (Probe::Meta, Frame::Error { .. }) => Err(format!(
+                "the server refused the meta command mn: {NOT_META}"
+            )),
+            (probe, other) => Err(format!(
+                "probe: unexpected reply to {}: {other:?}",
+                probe.name()
+            )),
+        }
+    }
+
+    /// Why the connection failed when the peer closed it during this exchange.
+    fn closed(self) -> String {
+        match self {
+            Probe::Meta => {
+                format!("the server closed the connection on the meta command mn: {NOT_META}")
+            }
+            probe => format!(
+                "probe: server closed the connection (during {})",
+                probe.name()
+            ),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Probe::Login => "the login",
+            Probe::Version => "version",
+            Probe::Meta => "mn",
+        }
     }
 }
 
@@ -193,13 +333,25 @@ impl Driver {
         loop {
             self.node
                 .set_connection_state(self.slot, NodeState::Connecting);
-            match self.connect().await {
+            let started = Instant::now();
+            let connected = AssertUnwindSafe(self.connect())
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panicked(&*panic)));
+            match connected {
                 Ok((stream, read_buf)) => {
                     attempt = 0;
                     self.shared.consecutive_timeouts.store(0, Ordering::Release);
                     self.node.set_connection_state(self.slot, NodeState::Up);
+                    self.node.attempt_finished();
                     tracing::debug!(address = %self.config.address, "connected");
-                    let reason = self.serve(stream, read_buf).await;
+                    // A panic anywhere in the driver's work on a connection ends that
+                    // connection like any other failure: callers get an error, the node
+                    // goes down, and the driver reconnects.
+                    let reason = AssertUnwindSafe(self.serve(stream, read_buf))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| Disconnect::Lost(panicked(&*panic)));
                     let (message, error) = match reason {
                         Disconnect::Shutdown => return,
                         Disconnect::Lost(reason) => {
@@ -220,14 +372,18 @@ impl Driver {
                             (reason, error)
                         }
                     };
-                    self.fail_in_flight(&error, &message);
+                    self.node.set_last_error(&message);
+                    self.fail_in_flight(&error);
                     NodeCounters::add(&self.node.counters.reconnects, 1);
+                    self.node.set_connection_state(self.slot, NodeState::Down);
                 }
                 Err(reason) => {
                     tracing::warn!(address = %self.config.address, %reason, attempt, "connect failed");
+                    self.node.set_last_error(&reason);
+                    self.node.set_connection_state(self.slot, NodeState::Down);
+                    self.node.attempt_finished();
                 }
             }
-            self.node.set_connection_state(self.slot, NodeState::Down);
             let delay = backoff_delay(
                 attempt,
                 self.config.backoff_min,
@@ -235,36 +391,91 @@ impl Driver {
                 next_random(&mut self.jitter),
             );
             attempt = attempt.saturating_add(1);
-            if !self.wait_out_backoff(delay).await {
+            // A caller waiting for the node may bring the next attempt forward, but never
+            // closer than `backoff_min` to the previous one: no connect storm.
+            let earliest = started
+                .checked_add(self.config.backoff_min)
+                .unwrap_or(started);
+            if !self.wait_out_backoff(delay, earliest).await {
                 return;
             }
         }
     }
 
-    /// Opens the socket and proves the server answers (`version`) within the connect
-    /// timeout, so a stopped server is not taken for a live one.
-    async fn connect(&mut self) -> Result<(TcpStream, BytesMut), String> {
+    /// Opens the socket, logs in when credentials are configured, and proves the server
+    /// answers (`version`, plus `mn` for a meta client) within the connect timeout, so a
+    /// stopped server is not taken for a live one and a peer that can't serve this client
+    /// (no login, no meta protocol) is named as such.
+    async fn connect(&mut self) -> Result<(Stream, BytesMut), String> {
+        // A fresh stream: nothing of the previous connection's decoding state applies.
+        self.decoder = FrameDecoder::new(self.config.max_value_size);
         let attempt = async {
-            let mut stream = TcpStream::connect(&self.config.address)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
-            stream
-                .write_all(b"version\r\n")
-                .await
-                .map_err(|e| format!("probe: {e}"))?;
+            let mut stream = Stream::connect(&self.config.target, self.config.tls.as_ref()).await?;
+            let mut steps = Vec::with_capacity(3);
+            if self.config.credentials.is_some() {
+                steps.push(Probe::Login);
+            }
+            steps.push(Probe::Version);
+            if self.config.meta {
+                steps.push(Probe::Meta);
+            }
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            loop {
-                if let Some(frame) = self.decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-                    return match frame {
-                        Frame::Version(_) => Ok((stream, buf)),
-                        other => Err(format!("probe: unexpected reply {other:?}")),
-                    };
+            let plain = !stream.is_tls();
+            // A plain client that meets a TLS server hears nothing it can read: the server
+            // resets the connection, closes it, or answers with a TLS alert record.
+            let hint = |reason: String, answered: bool| {
+                if plain && !answered {
+                    format!("{reason} ({PLAIN_TO_TLS})")
+                } else if !plain && !answered && reason.contains("alert") {
+                    format!("{reason} ({TLS_ALERT})")
+                } else {
+                    reason
                 }
-                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("probe: server closed the connection".into());
+            };
+            // One exchange at a time: a peer that drops the connection on a command it
+            // doesn't know (twemproxy on `mn`) would otherwise take the replies to the
+            // earlier ones with it.
+            let mut request = BytesMut::new();
+            for (i, step) in steps.into_iter().enumerate() {
+                let answered = i > 0;
+                request.clear();
+                match step {
+                    Probe::Login => {
+                        if let Some(credentials) = &self.config.credentials {
+                            credentials.encode_login(&mut request);
+                        }
+                    }
+                    Probe::Version => request.put_slice(b"version\r\n"),
+                    Probe::Meta => request.put_slice(b"mn\r\n"),
+                }
+                let sent = async {
+                    stream.write_all(&request).await?;
+                    stream.flush().await
+                };
+                sent.await
+                    .map_err(|e| hint(format!("probe: {e}"), answered))?;
+                loop {
+                    if plain && !answered && buf.first().is_some_and(|&b| b == 0x15 || b == 0x16) {
+                        return Err(format!(
+                            "the server answered with a TLS record: it expects TLS ({PLAIN_TO_TLS})"
+                        ));
+                    }
+                    let decoded = self.decoder.decode(&mut buf).map_err(|e| e.to_string());
+                    if let Some(frame) = decoded.map_err(|e| hint(e, answered))? {
+                        step.check(frame)?;
+                        break;
+                    }
+                    match stream.read_buf(&mut buf).await {
+                        Ok(0) => return Err(hint(step.closed(), answered)),
+                        Ok(_) => {}
+                        Err(e) if step == Probe::Meta => {
+                            return Err(format!("{} ({e})", step.closed()))
+                        }
+                        Err(e) => return Err(hint(format!("probe: read: {e}"), answered)),
+                    }
                 }
             }
+            Ok((stream, buf))
         };
         tokio::time::timeout(self.config.connect_timeout, attempt)
             .await
@@ -276,16 +487,28 @@ impl Driver {
             })
     }
 
-    /// Sleeps `delay`, failing requests that arrive meanwhile. False when every handle
-    /// is gone.
-    async fn wait_out_backoff(&mut self, delay: Duration) -> bool {
+    /// Sleeps `delay`, failing requests that arrive meanwhile. A caller that wants the
+    /// node (a request, or a poke from routing) ends the wait early, but not before
+    /// `earliest`. False when every handle is gone.
+    async fn wait_out_backoff(&mut self, delay: Duration, earliest: Instant) -> bool {
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
+        let mut wanted = false;
+        let mut bring_forward = |sleep: std::pin::Pin<&mut tokio::time::Sleep>| {
+            if !wanted && earliest < sleep.deadline() {
+                sleep.reset(earliest);
+            }
+            wanted = true;
+        };
         loop {
             tokio::select! {
                 _ = &mut sleep => return true,
+                _ = self.shared.revive.notified() => bring_forward(sleep.as_mut()),
                 request = self.rx.recv() => match request {
-                    Some(request) => self.refuse(request),
+                    Some(request) => {
+                        self.refuse(request);
+                        bring_forward(sleep.as_mut());
+                    }
                     None => return false,
                 },
             }
@@ -300,17 +523,21 @@ impl Driver {
         }
     }
 
-    fn fail_in_flight(&mut self, error: &Error, reason: &str) {
+    fn fail_in_flight(&mut self, error: &Error) {
         for pending in self.in_flight.drain(..) {
-            pending.fail(&|| clone_error(error, reason));
+            pending.fail(error);
         }
         self.node.counters.in_flight.store(0, Ordering::Relaxed);
     }
 
-    async fn serve(&mut self, stream: TcpStream, mut read_buf: BytesMut) -> Disconnect {
-        let (mut reader, mut writer) = stream.into_split();
+    async fn serve(&mut self, stream: Stream, mut read_buf: BytesMut) -> Disconnect {
+        // TLS may keep records it accepted from `write` until flushed; TCP and UNIX
+        // sockets keep nothing.
+        let buffered = stream.is_tls();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let mut write_buf = BytesMut::with_capacity(READ_CHUNK);
         let mut closing = false;
+        let mut unflushed = false;
         loop {
             let threshold = self.config.timeout_threshold;
             if self.shared.consecutive_timeouts.load(Ordering::Acquire) >= threshold {
@@ -337,9 +564,20 @@ impl Driver {
                     }
                     Err(e) => return Disconnect::Lost(format!("read: {e}")),
                 },
-                written = writer.write(&write_buf), if !write_buf.is_empty() => match written {
-                    Ok(0) => return Disconnect::Lost("write: connection closed".into()),
-                    Ok(n) => write_buf.advance(n),
+                // Write what is buffered; once it is all written, flush what TLS kept.
+                written = async {
+                    if write_buf.is_empty() {
+                        writer.flush().await.map(|()| None)
+                    } else {
+                        writer.write(&write_buf).await.map(Some)
+                    }
+                }, if !write_buf.is_empty() || unflushed => match written {
+                    Ok(Some(0)) => return Disconnect::Lost("write: connection closed".into()),
+                    Ok(Some(n)) => {
+                        write_buf.advance(n);
+                        unflushed = buffered;
+                    }
+                    Ok(None) => unflushed = false,
                     Err(e) => return Disconnect::Lost(format!("write: {e}")),
                 },
                 request = self.rx.recv(), if accepting => match request {
@@ -364,11 +602,15 @@ impl Driver {
                             taken += 1;
                         }
                         self.close_run(&mut write_buf, &mut open);
-                        // Write now rather than after another trip through select!.
-                        match writer.try_write(&write_buf) {
-                            Ok(n) => write_buf.advance(n),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Disconnect::Lost(format!("write: {e}")),
+                        // Write now rather than after another trip through select!: one
+                        // poll, which writes nothing if the socket is not ready.
+                        match writer.write(&write_buf).now_or_never() {
+                            Some(Ok(n)) => {
+                                write_buf.advance(n);
+                                unflushed = buffered;
+                            }
+                            None => {}
+                            Some(Err(e)) => return Disconnect::Lost(format!("write: {e}")),
                         }
                         self.node
                             .counters
@@ -383,6 +625,10 @@ impl Driver {
 
     /// Appends `request` to the write buffer and its reply slot to the queue.
     fn enqueue(&mut self, request: Request, write_buf: &mut BytesMut, open: &mut OpenRun) {
+        // The request's bytes are copied to the write buffer (bounded by
+        // WRITE_HIGH_WATER) or dropped: either way its share of the queue's byte budget
+        // goes back when this returns.
+        let _permit = request.permit;
         // Nobody waits for it and nothing was written yet: skip it.
         if request.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
             return;
@@ -416,6 +662,8 @@ impl Driver {
                 write_buf.put_slice(&request.bytes);
                 *open = OpenRun::Quiet;
             }
+            #[cfg(feature = "fault-injection")]
+            RequestKind::Panic => panic!("fault injection: connection driver panic"),
             RequestKind::Reply(expect) => {
                 self.close_run(write_buf, open);
                 write_buf.put_slice(&request.bytes);
@@ -470,20 +718,15 @@ impl Driver {
     }
 }
 
-/// Errors are not `Clone` (they may hold I/O errors elsewhere); rebuild the two kinds a
-/// broken connection hands to each of its callers.
-fn clone_error(error: &Error, reason: &str) -> Error {
-    match error {
-        Error::Protocol { node, .. } => Error::Protocol {
-            node: node.clone(),
-            reason: reason.to_string(),
-        },
-        Error::ConnectionLost { node, .. } => Error::ConnectionLost {
-            node: node.clone(),
-            reason: reason.to_string(),
-        },
-        _ => Error::Shutdown,
-    }
+/// The reason a connection ends with when its driver panicked.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    tracing::error!(%message, "connection driver panicked");
+    format!("connection driver panicked: {message}")
 }
 
 /// Exponential backoff with "equal jitter": half the capped exponential delay, plus a

@@ -1,4 +1,8 @@
 //! The in-flight queue's entries: each assembles the frames of one reply.
+//!
+//! An entry is one [`State`] per reply shape (a status line, a text retrieval, `STAT`s, one
+//! meta reply, a meta batch, a merged `get` line, a quiet barrier), each holding only what
+//! its shape needs and accepting frames with its own method.
 
 use tokio::sync::oneshot;
 
@@ -20,22 +24,65 @@ pub(crate) enum Step {
     Done(Reply),
 }
 
+/// The outcome of one frame: `Err` means the frame can't belong to the entry at the
+/// head of the queue, so the stream is out of sync.
+type Accepted = Result<Step, String>;
+
+/// An error line (or a value too large for the client) recorded for a reply that goes on.
+type ErrorLine = (ErrorKind, Bytes);
+
 /// One request whose reply has not been fully read yet.
 #[derive(Debug)]
 pub(crate) struct Pending {
-    expect: Expect,
     reply: Option<ReplySender>,
-    values: Vec<Frame>,
-    meta_values: Vec<(u32, MetaFrame)>,
-    stats: Vec<(bytes::Bytes, bytes::Bytes)>,
+    state: State,
+}
+
+/// What an entry waits for, with what it has gathered so far.
+#[derive(Debug)]
+enum State {
+    /// One text status, number or version line.
+    Line,
+    /// A text retrieval.
+    Values(Values),
+    /// `STAT` lines closed by `END`.
+    Stats(Vec<(Bytes, Bytes)>),
+    /// One meta reply carrying this opaque.
+    Meta { opaque: u32 },
+    /// Quiet `mg` hits closed by `MN`.
+    MetaBatch(MetaBatch),
+    /// Several callers' single-key `get`s merged into one line.
+    Merged(Merged),
+    /// Fire-and-forget quiet commands closed by `MN`; counts their failures.
+    QuietBarrier { failures: u64 },
+}
+
+/// A text retrieval: `VALUE`s closed by one `END` per `get` line sent.
+#[derive(Debug)]
+struct Values {
+    ends: usize,
     ends_seen: usize,
-    error: Option<(ErrorKind, bytes::Bytes)>,
-    quiet_failures: u64,
-    /// For text retrievals: the keys asked for, to check each `VALUE` against.
-    requested: Option<RequestedKeys>,
-    /// For merged gets: the callers whose keys share the line, in key order.
+    values: Vec<Frame>,
+    /// The keys asked for, to check each `VALUE` against.
+    requested: RequestedKeys,
+    error: Option<ErrorLine>,
+}
+
+/// Quiet `mg` hits with opaques `first..first+count`, closed by `MN`.
+#[derive(Debug)]
+struct MetaBatch {
+    first: u32,
+    count: u32,
+    values: Vec<(u32, MetaFrame)>,
+    error: Option<ErrorLine>,
+}
+
+/// A merged `get k1 k2 …` line: the callers whose keys share it, in key order.
+#[derive(Debug)]
+struct Merged {
     members: Vec<Member>,
-    next_member: usize,
+    /// The first member not yet answered.
+    next: usize,
 }
 
 /// One caller's `get` inside a merged line.
@@ -68,21 +115,30 @@ pub(crate) fn merged_key(request: &[u8]) -> &[u8] {
 impl Pending {
     /// An entry for a request whose encoded bytes are `request`.
     pub(crate) fn new(expect: Expect, reply: Option<ReplySender>, request: &Bytes) -> Self {
-        let requested = matches!(expect, Expect::TextValues { .. })
-            .then(|| RequestedKeys::new(request.clone()));
-        Self {
-            expect,
-            reply,
-            values: Vec::new(),
-            meta_values: Vec::new(),
-            stats: Vec::new(),
-            ends_seen: 0,
-            error: None,
-            quiet_failures: 0,
-            requested,
-            members: Vec::new(),
-            next_member: 0,
-        }
+        let state = match expect {
+            Expect::TextLine => State::Line,
+            Expect::TextValues { ends } => State::Values(Values {
+                ends,
+                ends_seen: 0,
+                values: Vec::new(),
+                requested: RequestedKeys::new(request.clone()),
+                error: None,
+            }),
+            Expect::TextStats => State::Stats(Vec::new()),
+            Expect::Meta { opaque } => State::Meta { opaque },
+            Expect::MetaBatch { first, count } => State::MetaBatch(MetaBatch {
+                first,
+                count,
+                values: Vec::new(),
+                error: None,
+            }),
+            Expect::QuietBarrier => State::QuietBarrier { failures: 0 },
+            Expect::MergedGets => State::Merged(Merged {
+                members: Vec::new(),
+                next: 0,
+            }),
+        };
+        Self { reply, state }
     }
 
     /// A merged `get` line whose first key is the one `request` asks for.
@@ -92,163 +148,33 @@ impl Pending {
         pending
     }
 
-    /// Adds the next caller of a merged `get` line.
+    /// Adds the next caller of a merged `get` line (ignored by any other entry).
     pub(crate) fn add_member(&mut self, request: Bytes, reply: Option<ReplySender>) {
-        self.members.push(Member { request, reply });
+        if let State::Merged(merged) = &mut self.state {
+            merged.members.push(Member { request, reply });
+        }
     }
 
     /// Feeds the next frame from the server. `Err` means the frame can't belong to
     /// this request: the stream is out of sync.
-    pub(crate) fn accept(&mut self, frame: Frame) -> Result<Step, String> {
-        match &self.expect {
-            Expect::TextLine => match frame {
-                Frame::Status(_) | Frame::Number(_) | Frame::Version(_) => {
-                    Ok(Step::Done(Reply::Line(frame)))
-                }
-                Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
-                other => Err(unexpected("a status line", &other)),
-            },
-            Expect::TextValues { ends } => {
-                let ends = *ends;
-                match frame {
-                    Frame::Value { ref key, .. } => {
-                        if let Some(requested) = &mut self.requested {
-                            if !requested.advance_past(key) {
-                                return Err(format!(
-                                    "VALUE for key {:?}, which the request at the head of the \
-                                     queue did not ask for (or not in this order)",
-                                    String::from_utf8_lossy(key)
-                                ));
-                            }
-                        }
-                        self.values.push(frame);
-                        Ok(Step::More)
-                    }
-                    // An error line replaces the END of one `get` line.
-                    Frame::End | Frame::Error { .. } => {
-                        if let Frame::Error { kind, message } = frame {
-                            self.error.get_or_insert((kind, message));
-                        }
-                        self.ends_seen += 1;
-                        if self.ends_seen < ends {
-                            return Ok(Step::More);
-                        }
-                        Ok(Step::Done(match self.error.take() {
-                            Some((kind, message)) => Reply::Error { kind, message },
-                            None => Reply::Values(std::mem::take(&mut self.values)),
-                        }))
-                    }
-                    other => Err(unexpected("VALUE or END", &other)),
-                }
-            }
-            Expect::TextStats => match frame {
-                Frame::Stat { name, value } => {
-                    self.stats.push((name, value));
-                    Ok(Step::More)
-                }
-                Frame::End => Ok(Step::Done(Reply::Stats(std::mem::take(&mut self.stats)))),
-                Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
-                other => Err(unexpected("STAT or END", &other)),
-            },
-            Expect::Meta { opaque } => match frame {
-                Frame::Meta(m) if m.status != MetaStatus::Noop => {
-                    if m.opaque != Some(*opaque) {
-                        return Err(format!(
-                            "reply carries opaque {:?}, the request at the head of the queue sent {opaque}",
-                            m.opaque
-                        ));
-                    }
-                    Ok(Step::Done(Reply::Meta(m)))
-                }
-                Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
-                other => Err(unexpected("a meta reply", &other)),
-            },
-            Expect::MetaBatch { first, count } => match frame {
-                Frame::Meta(m) if m.status == MetaStatus::Noop => {
-                    Ok(Step::Done(match self.error.take() {
-                        Some((kind, message)) => Reply::Error { kind, message },
-                        None => Reply::MetaValues(std::mem::take(&mut self.meta_values)),
-                    }))
-                }
-                Frame::Meta(m) => {
-                    let index = m
-                        .opaque
-                        .map(|o| o.wrapping_sub(*first))
-                        .filter(|i| i < count)
-                        .ok_or_else(|| {
-                            format!(
-                                "reply carries opaque {:?}, outside the batch {first}+{count}",
-                                m.opaque
-                            )
-                        })?;
-                    if m.status == MetaStatus::Value {
-                        self.meta_values.push((index, m));
-                    }
-                    Ok(Step::More)
-                }
-                Frame::Error { kind, message } => {
-                    self.error.get_or_insert((kind, message));
-                    Ok(Step::More)
-                }
-                other => Err(unexpected("a meta reply or MN", &other)),
-            },
-            Expect::MergedGets => match frame {
-                Frame::Value { ref key, .. } => {
-                    // Hits come in key order: every member before the one this value
-                    // answers missed. Nobody is told anything until the match is found,
-                    // so a desynchronised stream fails them all instead.
-                    let rest = &self.members[self.next_member..];
-                    let Some(offset) = rest.iter().position(|m| m.key() == key.as_ref()) else {
-                        return Err(format!(
-                            "VALUE for key {:?}, which the merged get at the head of the \
-                             queue did not ask for (or not in this order)",
-                            String::from_utf8_lossy(key)
-                        ));
-                    };
-                    let hit = self.next_member + offset;
-                    for member in &mut self.members[self.next_member..hit] {
-                        member.send(Ok(Reply::Values(Vec::new())));
-                    }
-                    self.next_member = hit + 1;
-                    self.members[hit].send(Ok(Reply::Values(vec![frame])));
-                    Ok(Step::More)
-                }
-                Frame::End => {
-                    for member in &mut self.members[self.next_member..] {
-                        member.send(Ok(Reply::Values(Vec::new())));
-                    }
-                    Ok(Step::Done(Reply::Barrier))
-                }
-                Frame::Error { kind, message } => {
-                    for member in &mut self.members[self.next_member..] {
-                        member.send(Ok(Reply::Error {
-                            kind,
-                            message: message.clone(),
-                        }));
-                    }
-                    Ok(Step::Done(Reply::Barrier))
-                }
-                other => Err(unexpected("VALUE or END", &other)),
-            },
-            Expect::QuietBarrier => match frame {
-                Frame::Meta(m) if m.status == MetaStatus::Noop => Ok(Step::Done(Reply::Barrier)),
-                // Quiet mode still reports some outcomes (HD for a touch hit, NF for a
-                // delete miss); only error lines are failures.
-                Frame::Meta(_) => Ok(Step::More),
-                Frame::Error { kind, message } => {
-                    self.quiet_failures += 1;
-                    tracing::warn!(?kind, message = %String::from_utf8_lossy(&message),
-                        "fire-and-forget request failed");
-                    Ok(Step::More)
-                }
-                other => Err(unexpected("a meta reply or MN", &other)),
-            },
+    pub(crate) fn accept(&mut self, frame: Frame) -> Accepted {
+        match &mut self.state {
+            State::Line => accept_line(frame),
+            State::Values(values) => values.accept(frame),
+            State::Stats(stats) => accept_stat(stats, frame),
+            State::Meta { opaque } => accept_meta(*opaque, frame),
+            State::MetaBatch(batch) => batch.accept(frame),
+            State::Merged(merged) => merged.accept(frame),
+            State::QuietBarrier { failures } => accept_quiet(failures, frame),
         }
     }
 
     /// Failures reported inside a quiet barrier.
     pub(crate) fn quiet_failures(&self) -> u64 {
-        self.quiet_failures
+        match self.state {
+            State::QuietBarrier { failures } => failures,
+            _ => 0,
+        }
     }
 
     /// Hands the reply to its caller, if one is still waiting.
@@ -260,15 +186,240 @@ impl Pending {
         }
     }
 
-    /// Hands an error made by `error` to the caller and to every member still waiting.
-    pub(crate) fn fail(mut self, error: &dyn Fn() -> Error) {
-        for member in &mut self.members[self.next_member..] {
-            member.send(Err(error()));
+    /// Hands `error` to the caller and to every member still waiting.
+    pub(crate) fn fail(mut self, error: &Error) {
+        if let State::Merged(merged) = &mut self.state {
+            for member in &mut merged.members[merged.next..] {
+                member.send(Err(error.clone()));
+            }
         }
         if let Some(tx) = self.reply {
-            let _ = tx.send(Err(error()));
+            let _ = tx.send(Err(error.clone()));
         }
     }
+}
+
+fn accept_line(frame: Frame) -> Accepted {
+    match frame {
+        Frame::Status(_) | Frame::Number(_) | Frame::Version(_) => {
+            Ok(Step::Done(Reply::Line(frame)))
+        }
+        Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
+        other => Err(unexpected("a status line", &other)),
+    }
+}
+
+fn accept_stat(stats: &mut Vec<(Bytes, Bytes)>, frame: Frame) -> Accepted {
+    match frame {
+        Frame::Stat { name, value } => {
+            stats.push((name, value));
+            Ok(Step::More)
+        }
+        Frame::End => Ok(Step::Done(Reply::Stats(std::mem::take(stats)))),
+        Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
+        other => Err(unexpected("STAT or END", &other)),
+    }
+}
+
+fn accept_meta(opaque: u32, frame: Frame) -> Accepted {
+    let check = |got: Option<u32>| {
+        if got == Some(opaque) {
+            Ok(())
+        } else {
+            Err(format!(
+                "reply carries opaque {got:?}, the request at the head of the queue sent {opaque}"
+            ))
+        }
+    };
+    match frame {
+        Frame::Meta(m) if m.status != MetaStatus::Noop => {
+            check(m.opaque)?;
+            Ok(Step::Done(Reply::Meta(m)))
+        }
+        Frame::TooLarge {
+            opaque: got,
+            size,
+            max,
+            key: None,
+        } => {
+            check(got)?;
+            let (kind, message) = too_large(size, max);
+            Ok(Step::Done(Reply::Error { kind, message }))
+        }
+        Frame::Error { kind, message } => Ok(Step::Done(Reply::Error { kind, message })),
+        other => Err(unexpected("a meta reply", &other)),
+    }
+}
+
+fn accept_quiet(failures: &mut u64, frame: Frame) -> Accepted {
+    match frame {
+        Frame::Meta(m) if m.status == MetaStatus::Noop => Ok(Step::Done(Reply::Barrier)),
+        // Quiet mode still reports some outcomes (HD for a touch hit, NF for a delete
+        // miss); only error lines are failures.
+        Frame::Meta(_) => Ok(Step::More),
+        Frame::Error { kind, message } => {
+            *failures += 1;
+            tracing::warn!(?kind, message = %String::from_utf8_lossy(&message),
+                "fire-and-forget request failed");
+            Ok(Step::More)
+        }
+        other => Err(unexpected("a meta reply or MN", &other)),
+    }
+}
+
+impl Values {
+    fn accept(&mut self, frame: Frame) -> Accepted {
+        match frame {
+            Frame::Value { ref key, .. } => {
+                if !self.requested.advance_past(key) {
+                    return Err(not_asked_for(key));
+                }
+                self.values.push(frame);
+                Ok(Step::More)
+            }
+            // A value too large for the client fails the whole retrieval, but unlike an
+            // error line it does not replace an END.
+            Frame::TooLarge {
+                key: Some(ref key),
+                size,
+                max,
+                ..
+            } => {
+                if !self.requested.advance_past(key) {
+                    return Err(not_asked_for(key));
+                }
+                self.error.get_or_insert(too_large(size, max));
+                Ok(Step::More)
+            }
+            // An error line replaces the END of one `get` line.
+            Frame::End | Frame::Error { .. } => {
+                if let Frame::Error { kind, message } = frame {
+                    self.error.get_or_insert((kind, message));
+                }
+                self.ends_seen += 1;
+                if self.ends_seen < self.ends {
+                    return Ok(Step::More);
+                }
+                Ok(Step::Done(match self.error.take() {
+                    Some((kind, message)) => Reply::Error { kind, message },
+                    None => Reply::Values(std::mem::take(&mut self.values)),
+                }))
+            }
+            other => Err(unexpected("VALUE or END", &other)),
+        }
+    }
+}
+
+impl MetaBatch {
+    fn accept(&mut self, frame: Frame) -> Accepted {
+        let (first, count) = (self.first, self.count);
+        let index = |opaque: Option<u32>| {
+            opaque
+                .map(|o| o.wrapping_sub(first))
+                .filter(|i| *i < count)
+                .ok_or_else(|| {
+                    format!("reply carries opaque {opaque:?}, outside the batch {first}+{count}")
+                })
+        };
+        match frame {
+            Frame::Meta(m) if m.status == MetaStatus::Noop => {
+                Ok(Step::Done(match self.error.take() {
+                    Some((kind, message)) => Reply::Error { kind, message },
+                    None => Reply::MetaValues(std::mem::take(&mut self.values)),
+                }))
+            }
+            Frame::Meta(m) => {
+                let index = index(m.opaque)?;
+                if m.status == MetaStatus::Value {
+                    self.values.push((index, m));
+                }
+                Ok(Step::More)
+            }
+            Frame::TooLarge {
+                opaque,
+                size,
+                max,
+                key: None,
+            } => {
+                index(opaque)?;
+                self.error.get_or_insert(too_large(size, max));
+                Ok(Step::More)
+            }
+            Frame::Error { kind, message } => {
+                self.error.get_or_insert((kind, message));
+                Ok(Step::More)
+            }
+            other => Err(unexpected("a meta reply or MN", &other)),
+        }
+    }
+}
+
+impl Merged {
+    fn accept(&mut self, frame: Frame) -> Accepted {
+        match frame {
+            Frame::Value { ref key, .. }
+            | Frame::TooLarge {
+                key: Some(ref key), ..
+            } => {
+                // Hits come in key order: every member before the one this value answers
+                // missed. Nobody is told anything until the match is found, so a
+                // desynchronised stream fails them all instead.
+                let rest = &self.members[self.next..];
+                let Some(offset) = rest.iter().position(|m| m.key() == key.as_ref()) else {
+                    return Err(format!(
+                        "VALUE for key {:?}, which the merged get at the head of the queue did \
+                         not ask for (or not in this order)",
+                        String::from_utf8_lossy(key)
+                    ));
+                };
+                let hit = self.next + offset;
+                for member in &mut self.members[self.next..hit] {
+                    member.send(Ok(Reply::Values(Vec::new())));
+                }
+                self.next = hit + 1;
+                let reply = match frame {
+                    Frame::TooLarge { size, max, .. } => {
+                        let (kind, message) = too_large(size, max);
+                        Reply::Error { kind, message }
+                    }
+                    value => Reply::Values(vec![value]),
+                };
+                self.members[hit].send(Ok(reply));
+                Ok(Step::More)
+            }
+            Frame::End => {
+                for member in &mut self.members[self.next..] {
+                    member.send(Ok(Reply::Values(Vec::new())));
+                }
+                self.next = self.members.len();
+                Ok(Step::Done(Reply::Barrier))
+            }
+            Frame::Error { kind, message } => {
+                for member in &mut self.members[self.next..] {
+                    member.send(Ok(Reply::Error {
+                        kind,
+                        message: message.clone(),
+                    }));
+                }
+                self.next = self.members.len();
+                Ok(Step::Done(Reply::Barrier))
+            }
+            other => Err(unexpected("VALUE or END", &other)),
+        }
+    }
+}
+
+/// The error a value too large for the client turns into.
+fn too_large(size: usize, max: usize) -> ErrorLine {
+    (ErrorKind::TooLarge { size, max }, Bytes::new())
+}
+
+fn not_asked_for(key: &[u8]) -> String {
+    format!(
+        "VALUE for key {:?}, which the request at the head of the queue did not ask for \
+         (or not in this order)",
+        String::from_utf8_lossy(key)
+    )
 }
 
 fn unexpected(wanted: &str, got: &Frame) -> String {
@@ -281,6 +432,7 @@ fn unexpected(wanted: &str, got: &Frame) -> String {
         Frame::Version(_) => "VERSION",
         Frame::Meta(_) => "a meta reply",
         Frame::Error { .. } => "an error line",
+        Frame::TooLarge { .. } => "a value over max_value_size",
     };
     format!("expected {wanted}, got {got}")
 }
@@ -437,7 +589,7 @@ mod tests {
         let mut p = Pending::merged(ra, Some(ta));
         p.add_member(rb, Some(tb));
         assert!(p.accept(value(b"zz")).is_err());
-        p.fail(&|| Error::Shutdown);
+        p.fail(&Error::Shutdown);
         assert!(matches!(b.try_recv(), Ok(Err(Error::Shutdown))));
     }
 

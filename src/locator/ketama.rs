@@ -23,7 +23,8 @@ use super::{HashAlgorithm, LocatorNode, NodeLocator};
 /// | [`SpymemcachedWeighted`](KetamaLayout::SpymemcachedWeighted) | 4 x floor(40 x N x share) | as above | MD5 | MD5 |
 /// | [`Libmemcached`](KetamaLayout::Libmemcached) | 100 | `host-i` / `host:port-i` | the key hash | the given hash |
 /// | [`LibmemcachedWeighted`](KetamaLayout::LibmemcachedWeighted) | 4 x floor(40 x N x share) | as above | MD5 | MD5 |
-/// | [`LibmemcachedSpy`](KetamaLayout::LibmemcachedSpy) | 100, or weighted as above | `/host:port-i` | key hash, or MD5 when weighted | the given hash |
+/// | [`LibmemcachedSpy`](KetamaLayout::LibmemcachedSpy) | 100, or weighted as above when a weight is > 1 | `/host:port-i` | key hash, or MD5 when weighted | the given hash |
+/// | [`LibmemcachedSpyWeighted`](KetamaLayout::LibmemcachedSpyWeighted) | 4 x floor(40 x N x share) | `/host:port-i` | MD5 | MD5 |
 ///
 /// (N is the number of nodes, share = weight / total weight, computed in `f32` exactly as the
 /// references do, so rounding matches bit for bit.) A key goes to the node owning the first
@@ -69,13 +70,22 @@ pub enum KetamaLayout {
     /// libketama's layout): `4 x floor(share x 40 x N)` points per node from MD5 digests of
     /// `host-i` / `host:port-i` (4 points per digest), keys hashed with MD5.
     LibmemcachedWeighted,
-    /// libmemcached `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` with the given key hash:
-    /// points named `/host:port-i` (always with the port, counting from 0). Unweighted: 100
-    /// points hashed with the key hash; with any weight > 1 (or libmemcached's `KETAMA_WEIGHTED`
-    /// behaviour, which also selects MD5 keys: use [`HashAlgorithm::Ketama`] then) the weighted
-    /// MD5 ring. Despite its name it does not match spymemcached for IP-literal hosts (spymemcached
-    /// drops the leading `/`).
+    /// libmemcached `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` with the given key hash and
+    /// `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED` off: points named `/host:port-i` (always with the
+    /// port, counting from 0). When every weight is 1: 100 points per node hashed with the key
+    /// hash. As libmemcached does when a server with weight > 1 is added, any weight > 1
+    /// switches to the weighted MD5 ring of [`KetamaLayout::LibmemcachedSpyWeighted`] (keys
+    /// still hashed with the given hash). With the weighted behaviour on (pylibmc's
+    /// `ketama_weighted` together with `KETAMA_SPY`), libmemcached builds the weighted ring
+    /// whatever the weights: use [`KetamaLayout::LibmemcachedSpyWeighted`] for that. Despite its
+    /// name it does not match spymemcached for IP-literal hosts (spymemcached drops the leading
+    /// `/`).
     LibmemcachedSpy(HashAlgorithm),
+    /// libmemcached `MEMCACHED_DISTRIBUTION_CONSISTENT_KETAMA_SPY` with
+    /// `MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED` on (which also selects MD5 keys): the weighted ring,
+    /// `4 x floor(share x 40 x N)` points per node from MD5 digests of `/host:port-i`, keys
+    /// hashed with MD5, for every weight set (equal weights included, as libmemcached does).
+    LibmemcachedSpyWeighted,
 }
 
 /// A ketama ring: sorted points, each owned by a node index.
@@ -159,6 +169,11 @@ impl KetamaLocator {
             KetamaLayout::LibmemcachedSpy(h) => {
                 (Family::Lib { spy_naming: true }, any_weight_above_one, h)
             }
+            KetamaLayout::LibmemcachedSpyWeighted => (
+                Family::Lib { spy_naming: true },
+                true,
+                HashAlgorithm::Ketama,
+            ),
         };
 
         let bases = nodes
@@ -387,6 +402,11 @@ fn libmemcached_digests(weight: u32, total: u64, nodes: usize) -> u32 {
 /// `InetSocketAddress.toString()` without a leading `/`.
 fn spymemcached_base(node: &LocatorNode) -> crate::Result<String> {
     let host = strip_brackets(&node.host);
+    // A UNIX domain socket (host = its path, port 0): spymemcached has none, so the path
+    // is used as is, never resolved.
+    if node.port == 0 && host.starts_with('/') {
+        return Ok(format!("{host}:0"));
+    }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(format!("{}:{}", java_ip(ip), node.port));
     }
@@ -562,6 +582,7 @@ mod tests {
             Just(KetamaLayout::Spymemcached),
             Just(KetamaLayout::SpymemcachedWeighted),
             Just(KetamaLayout::LibmemcachedWeighted),
+            Just(KetamaLayout::LibmemcachedSpyWeighted),
             hash.clone().prop_map(KetamaLayout::Libmemcached),
             hash.prop_map(KetamaLayout::LibmemcachedSpy),
         ]

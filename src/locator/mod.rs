@@ -176,6 +176,7 @@ mod tests {
         }
         all.push(Distribution::Ketama(KetamaLayout::SpymemcachedWeighted));
         all.push(Distribution::Ketama(KetamaLayout::LibmemcachedWeighted));
+        all.push(Distribution::Ketama(KetamaLayout::LibmemcachedSpyWeighted));
         for d in all {
             let loc = d.build(&ns).unwrap();
             for key in [&b"a"[..], b"session:1", b""] {

@@ -4,6 +4,12 @@
 //! bytes are consumed only together with a whole frame, and `Err` means the stream is
 //! corrupt (the connection must be dropped: there is no way to find the next frame).
 //! A frame split at any byte boundary decodes the same as one that arrives whole.
+//!
+//! One exception to "whole frames only": a value larger than the decoder's limit (but no
+//! larger than any memcached can hold) is reported as [`Frame::TooLarge`] as soon as its
+//! header is read, and its data block is then discarded as it arrives, never buffered.
+//! The reply's length is known, so the stream stays in sync and only the request that
+//! asked for that value fails.
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
@@ -15,7 +21,7 @@ use super::{ErrorKind, Frame, MetaFrame, MetaStatus, TextStatus, MAX_LINE};
 pub(crate) enum DecodeError {
     #[error("reply line longer than {MAX_LINE} bytes")]
     LineTooLong,
-    #[error("value of {size} bytes exceeds the {max}-byte limit")]
+    #[error("reply claims a value of {size} bytes, more than any memcached holds ({max})")]
     ValueTooLarge { size: usize, max: usize },
     #[error("malformed reply: {0}")]
     Malformed(String),
@@ -28,16 +34,47 @@ fn malformed(what: &str, line: &[u8]) -> DecodeError {
     DecodeError::Malformed(format!("{what} in {:?}", String::from_utf8_lossy(shown)))
 }
 
+/// The largest item any memcached can hold (its ceiling for `-I`): a reply claiming
+/// more is garbage, not a value to skip.
+pub(crate) const MAX_ITEM: usize = 1 << 30;
+
 /// Decoder of text and meta reply frames.
 #[derive(Debug, Clone)]
 pub(crate) struct FrameDecoder {
     max_value: usize,
+    /// Bytes of an oversized data block (its CRLF included) still to discard.
+    skipping: usize,
 }
 
 impl FrameDecoder {
-    /// A decoder refusing data blocks larger than `max_value` bytes.
+    /// A decoder that reports data blocks larger than `max_value` bytes as
+    /// [`Frame::TooLarge`] and discards them.
     pub(crate) fn new(max_value: usize) -> Self {
-        Self { max_value }
+        Self {
+            max_value,
+            skipping: 0,
+        }
+    }
+
+    /// Discards what `src` holds of an oversized block; true once it is all gone.
+    fn skip(&mut self, src: &mut BytesMut) -> Result<bool, DecodeError> {
+        while self.skipping > 0 && !src.is_empty() {
+            if self.skipping > 2 {
+                let n = (self.skipping - 2).min(src.len());
+                bytes::Buf::advance(src, n);
+                self.skipping -= n;
+            } else {
+                let expected = if self.skipping == 2 { b'\r' } else { b'\n' };
+                if src[0] != expected {
+                    return Err(DecodeError::Malformed(
+                        "oversized data block not ended by CRLF".into(),
+                    ));
+                }
+                bytes::Buf::advance(src, 1);
+                self.skipping -= 1;
+            }
+        }
+        Ok(self.skipping == 0)
     }
 }
 
@@ -46,6 +83,9 @@ impl Decoder for FrameDecoder {
     type Error = DecodeError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if !self.skip(src)? {
+            return Ok(None);
+        }
         let window = &src[..src.len().min(MAX_LINE + 2)];
         let Some(nl) = window.iter().position(|&b| b == b'\n') else {
             return if src.len() > MAX_LINE {
@@ -65,13 +105,36 @@ impl Decoder for FrameDecoder {
         // Replies that carry a data block.
         let is_text_value = code == b"VALUE";
         let block = match code {
-            b"VALUE" => Some(self.block_len(value_size(rest, line)?)?),
+            b"VALUE" => Some(block_len(value_size(rest, line)?)?),
             b"VA" => {
                 let (size, _) = split_token(rest);
-                Some(self.block_len(parse_num::<usize>(size, "VA size", line)?)?)
+                Some(block_len(parse_num::<usize>(size, "VA size", line)?)?)
             }
             _ => None,
         };
+        if let Some(size) = block.filter(|&size| size > self.max_value) {
+            let head = src.split_to(head_len).freeze();
+            let line = head.slice(..line_len);
+            let frame = if is_text_value {
+                parse_value(&line, Bytes::new())?
+            } else {
+                let (_, rest) = split_token(&line);
+                let (_, flags) = split_token(rest);
+                parse_meta(MetaStatus::Value, flags, None, &line)?
+            };
+            let (key, opaque) = match frame {
+                Frame::Value { key, .. } => (Some(key), None),
+                Frame::Meta(m) => (None, m.opaque),
+                _ => (None, None),
+            };
+            self.skipping = size + 2;
+            return Ok(Some(Frame::TooLarge {
+                key,
+                opaque,
+                size,
+                max: self.max_value,
+            }));
+        }
         if let Some(size) = block {
             let total = head_len + size + 2;
             if src.len() < total {
@@ -138,16 +201,15 @@ impl Decoder for FrameDecoder {
     }
 }
 
-impl FrameDecoder {
-    fn block_len(&self, size: usize) -> Result<usize, DecodeError> {
-        if size > self.max_value {
-            return Err(DecodeError::ValueTooLarge {
-                size,
-                max: self.max_value,
-            });
-        }
-        Ok(size)
+/// A data block's claimed length, refused when no memcached could hold it.
+fn block_len(size: usize) -> Result<usize, DecodeError> {
+    if size > MAX_ITEM {
+        return Err(DecodeError::ValueTooLarge {
+            size,
+            max: MAX_ITEM,
+        });
     }
+    Ok(size)
 }
 
 /// Splits off the first space-separated token; the rest has its leading spaces removed.
@@ -434,18 +496,64 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
     }
 
     #[test]
-    fn a_value_larger_than_the_limit_is_refused_before_buffering_it() {
+    fn a_value_larger_than_any_server_holds_is_refused_before_buffering_it() {
         let mut decoder = FrameDecoder::new(10);
         let mut buf = BytesMut::from(&b"VALUE k 0 4294967296\r\n"[..]);
         assert!(matches!(
             decoder.decode(&mut buf),
             Err(DecodeError::ValueTooLarge { .. })
         ));
-        let mut buf = BytesMut::from(&b"VA 11 O1\r\n"[..]);
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_reported_and_skipped_at_every_split() {
+        let stream = b"VA 11 O7 f3\r\nhello world\r\nHD O8\r\n\
+VALUE big 1 12 5\r\nhello world!\r\nVALUE k 0 2\r\nhi\r\nEND\r\n";
+        let expected = vec![
+            Frame::TooLarge {
+                key: None,
+                opaque: Some(7),
+                size: 11,
+                max: 10,
+            },
+            Frame::Meta(MetaFrame {
+                opaque: Some(8),
+                ..meta(MetaStatus::Ok)
+            }),
+            Frame::TooLarge {
+                key: Some(Bytes::from_static(b"big")),
+                opaque: None,
+                size: 12,
+                max: 10,
+            },
+            Frame::Value {
+                key: Bytes::from_static(b"k"),
+                flags: 0,
+                cas: None,
+                data: Bytes::from_static(b"hi"),
+            },
+            Frame::End,
+        ];
+        for at in 0..=stream.len() {
+            let mut decoder = FrameDecoder::new(10);
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            for piece in [&stream[..at], &stream[at..]] {
+                buf.extend_from_slice(piece);
+                while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+                    frames.push(frame);
+                }
+            }
+            assert_eq!(frames, expected, "split at {at}");
+        }
+        // The skipped block must still end with CRLF.
+        let mut decoder = FrameDecoder::new(1);
+        let mut buf = BytesMut::from(&b"VA 2 O1\r\nhiXY"[..]);
         assert!(matches!(
             decoder.decode(&mut buf),
-            Err(DecodeError::ValueTooLarge { size: 11, max: 10 })
+            Ok(Some(Frame::TooLarge { .. }))
         ));
+        assert!(decoder.decode(&mut buf).is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! [`meta`] its meta commands (`mg`, `ms`, `md`, `ma`, `mn`). Replies of both families
 //! are told apart by their first token, so [`decode::FrameDecoder`] needs no context:
 //! it cuts the byte stream into [`Frame`]s, and the connection assembles frames into
-//! the reply each request expects (a multi-get is many `Value` frames then `End`).
+//! the reply each request expects (a multi-get is many `Value` frames then `End`), and
+//! [`outcome`] reads each reply as what it means (stored, deleted, a counter, items, ...),
+//! the same for both families.
 //!
 //! The binary protocol is not supported: memcached deprecated it in 1.6.0, and the meta
 //! protocol gives what it had over text (opaque tokens, quiet mode, binary-safe keys)
@@ -13,6 +15,7 @@
 pub(crate) mod decode;
 pub(crate) mod key;
 pub(crate) mod meta;
+pub(crate) mod outcome;
 pub(crate) mod text;
 
 use bytes::Bytes;
@@ -52,6 +55,14 @@ pub(crate) enum Frame {
     Meta(MetaFrame),
     /// `ERROR`, `CLIENT_ERROR <msg>` or `SERVER_ERROR <msg>`.
     Error { kind: ErrorKind, message: Bytes },
+    /// A text `VALUE` (with its key) or meta `VA` (with its opaque) whose data block is
+    /// larger than the client accepts; the block is discarded, the stream stays in sync.
+    TooLarge {
+        key: Option<Bytes>,
+        opaque: Option<u32>,
+        size: usize,
+        max: usize,
+    },
 }
 
 /// One-line text replies.
@@ -75,6 +86,9 @@ pub(crate) enum ErrorKind {
     Client,
     /// `SERVER_ERROR`: the server could not do it.
     Server,
+    /// Not from the server: the value it sent (`size` bytes) is larger than the client
+    /// accepts (`max`); it was skipped.
+    TooLarge { size: usize, max: usize },
 }
 
 /// Meta reply codes.

@@ -424,8 +424,8 @@ impl Engine {
         }
     }
 
-    /// A request that changed nothing: refresh the validity of the placement's copies,
-    /// after re-creating a copy that is missing or behind.
+    /// A request that changed nothing: re-create a copy found missing or behind, then
+    /// refresh (last access, TTL) the copies that still hold the version read.
     async fn refresh(
         &self,
         session: &Session,
@@ -433,9 +433,9 @@ impl Engine {
         mut snapshot: WriteSnapshot,
     ) -> Result<Saved, SessionError> {
         let base = snapshot.base_version;
-        let (key, validity, max_inactive) = {
+        let (key, max_inactive) = {
             let d = session.lock();
-            (d.id().key(), d.validity(), d.max_inactive_interval())
+            (d.id().key(), d.max_inactive_interval())
         };
         let copies = self
             .store
@@ -461,7 +461,14 @@ impl Engine {
             }
         };
         self.store
-            .refresh(&key, &copies, &validity, max_inactive)
+            .refresh(
+                &key,
+                &copies,
+                &mut snapshot.bytes,
+                base,
+                max_inactive,
+                &s.known,
+            )
             .await;
         self.stats.skipped_unchanged.fetch_add(1, Relaxed);
         self.stats.validity_refreshes.fetch_add(1, Relaxed);

@@ -8,7 +8,7 @@
 //! that no request uses and that have no write pending are dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -40,9 +40,20 @@ pub(crate) struct Slot {
     /// Async mode: writes queued and not acknowledged yet (outside the state's mutex:
     /// the writer updates it while a request may hold the state waiting for queue room).
     pub(crate) pending_writes: AtomicUsize,
+    /// A request that shared the slot was dropped with unsaved changes: the memory copy
+    /// is dropped when the last request leaves.
+    discard: AtomicBool,
 }
 
 impl Slot {
+    pub(crate) fn discard_on_leave(&self) {
+        self.discard.store(true, Relaxed);
+    }
+
+    pub(crate) fn must_discard(&self) -> bool {
+        self.discard.load(Relaxed)
+    }
+
     pub(crate) fn has_pending_writes(&self) -> bool {
         self.pending_writes.load(Relaxed) > 0
     }

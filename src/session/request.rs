@@ -70,18 +70,37 @@ impl Drop for RequestInner {
     fn drop(&mut self) {
         // Dropped without finish (handler panicked, future cancelled), or `finish` itself
         // cancelled before it left the slot: leave it now (synchronously, so the slot's
-        // count never leaks) and release the lock without saving.
+        // count never leaks), forget the memory copy this request may have changed
+        // without saving (sticky memory must never serve or later save a change that
+        // was never acknowledged; the stored copies are the truth), and release the lock.
         let st = self.state.get_mut();
         let Some((key, slot)) = st.slot.take() else {
             return;
         };
+        // The slot is still held: `finish` did not complete, so nothing of this request
+        // was acknowledged.
+        let changed = st
+            .session
+            .as_ref()
+            .is_some_and(|s| s.lock().is_changed().unwrap_or(true));
         if !self.engine.local.leave(&key, &slot) {
+            if changed {
+                slot.discard_on_leave();
+            }
             return;
         }
+        let discard = changed || slot.must_discard();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let engine = Arc::clone(&self.engine);
                 handle.spawn(async move {
+                    if discard {
+                        let mut s = slot.state.lock().await;
+                        s.session = None;
+                        s.loaded = false;
+                        drop(s);
+                        engine.local.forget(&key, &slot);
+                    }
                     engine.release_lock(&key, &slot).await;
                 });
             }
@@ -90,6 +109,13 @@ impl Drop for RequestInner {
             Err(_) => {
                 if let Ok(mut s) = slot.state.try_lock() {
                     s.lock = None;
+                    if discard {
+                        s.session = None;
+                        s.loaded = false;
+                    }
+                }
+                if discard {
+                    self.engine.local.forget(&key, &slot);
                 }
             }
         }
@@ -322,7 +348,10 @@ impl SessionRequest {
         }
         if let Some((key, slot)) = st.slot.take() {
             let last = engine.local.leave(&key, &slot);
-            let forget = gone || result.is_err() || engine.config.mode == Mode::NonSticky;
+            let forget = gone
+                || result.is_err()
+                || engine.config.mode == Mode::NonSticky
+                || (last && slot.must_discard());
             if forget {
                 engine.local.forget(&key, &slot);
             }

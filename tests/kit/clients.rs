@@ -54,6 +54,32 @@ pub async fn wait_state(client: &Client, id: &str, state: NodeState, limit: Dura
     super::eventually(limit, || client.node_state(id) == Some(state)).await
 }
 
+/// Why no node can take an operation, as the error's text: waits (bounded) until node
+/// `n0` is down, runs a `get`, and expects `Error::NodesUnavailable` (which names each
+/// node and its last error). For tests of connections that can't be established
+/// (refused login, failed TLS handshake, a peer that speaks another protocol).
+pub async fn why_unavailable(client: &Client) -> String {
+    assert!(
+        wait_state(client, "n0", NodeState::Down, Duration::from_secs(10)).await,
+        "the node stays down: {:?}",
+        client.nodes()
+    );
+    let limit = Duration::from_secs(60);
+    match super::no_hang(
+        "get on a node that can't be reached",
+        limit,
+        client.get("k"),
+    )
+    .await
+    {
+        Err(e @ memkeep::Error::NodesUnavailable { .. }) => {
+            println!("{e}");
+            e.to_string()
+        }
+        other => panic!("expected NodesUnavailable, got {other:?}"),
+    }
+}
+
 /// The state the client reports for node `id`.
 pub fn state_of(client: &Client, id: &str) -> Option<NodeState> {
     client.node_state(id)

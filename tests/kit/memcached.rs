@@ -82,6 +82,8 @@ pub fn free_port() -> u16 {
 pub struct Memcached {
     child: Option<Child>,
     port: u16,
+    /// The UNIX domain socket it listens on instead of TCP, if any.
+    socket: Option<PathBuf>,
     extra: Vec<String>,
     paused: bool,
 }
@@ -98,11 +100,12 @@ impl Memcached {
         let mut last_err = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn_ready(port, &extra) {
+            match spawn_ready(port, None, &extra) {
                 Ok(child) => {
                     return Memcached {
                         child: Some(child),
                         port,
+                        socket: None,
                         extra,
                         paused: false,
                     }
@@ -113,9 +116,32 @@ impl Memcached {
         panic!("memcached did not start after {START_ATTEMPTS} attempts: {last_err}");
     }
 
-    /// `127.0.0.1:PORT`.
+    /// Starts memcached listening on a UNIX domain socket (`-s`, no TCP) in a fresh
+    /// temporary directory, with the standard arguments plus `extra`.
+    pub fn start_unix(extra: &[&str]) -> Memcached {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("memkeep-unix-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the UNIX socket directory");
+        let socket = dir.join("memcached.sock");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn_ready(0, Some(&socket), &extra)
+            .unwrap_or_else(|e| panic!("memcached on {} did not start: {e}", socket.display()));
+        Memcached {
+            child: Some(child),
+            port: 0,
+            socket: Some(socket),
+            extra,
+            paused: false,
+        }
+    }
+
+    /// `127.0.0.1:PORT`, or `unix:/path` for a UNIX-socket server.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// The socket address.
@@ -156,7 +182,7 @@ impl Memcached {
         self.kill();
         let deadline = Instant::now() + READY_LIMIT;
         loop {
-            match spawn_ready(self.port, &self.extra) {
+            match spawn_ready(self.port, self.socket.as_deref(), &self.extra) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -224,6 +250,9 @@ impl Memcached {
 impl Drop for Memcached {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = self.socket.as_ref().and_then(|s| s.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -242,23 +271,25 @@ fn thread_states(pid: u32) -> Vec<char> {
         .collect()
 }
 
-/// Spawns memcached on `port` and waits until it accepts a connection. On failure the
-/// process is reaped and its stderr returned in the error.
-fn spawn_ready(port: u16, extra: &[String]) -> Result<Child, String> {
+/// Spawns memcached on `port` (or on the UNIX socket `socket`) and waits until it accepts
+/// a connection. On failure the process is reaped and its stderr returned in the error.
+fn spawn_ready(
+    port: u16,
+    socket: Option<&std::path::Path>,
+    extra: &[String],
+) -> Result<Child, String> {
     let bin = memcached_binary();
     let mut cmd = Command::new(&bin);
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-t",
-        "2",
-        "-m",
-        "64",
-    ]);
+    match socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            cmd.arg("-s").arg(path);
+        }
+        None => {
+            cmd.args(["-l", "127.0.0.1", "-p", &port.to_string()]);
+        }
+    }
+    cmd.args(["-U", "0", "-t", "2", "-m", "64"]);
     if running_as_root() {
         // memcached refuses to run as root without naming a user.
         cmd.args(["-u", "root"]);
@@ -271,6 +302,20 @@ fn spawn_ready(port: u16, extra: &[String]) -> Result<Child, String> {
         .spawn()
         .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let what = match socket {
+        Some(path) => format!("memcached on {}", path.display()),
+        None => format!("memcached on port {port}"),
+    };
+    wait_ready(&mut child, &what, || match socket {
+        Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        None => TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+    })?;
+    Ok(child)
+}
+
+/// Waits (bounded) until the just-spawned `child` (described by `what`) `accepts`
+/// connections. On failure the process is reaped and its stderr returned in the error.
+pub fn wait_ready(child: &mut Child, what: &str, accepts: impl Fn() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + READY_LIMIT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -278,19 +323,16 @@ fn spawn_ready(port: u16, extra: &[String]) -> Result<Child, String> {
             if let Some(mut s) = child.stderr.take() {
                 let _ = s.read_to_string(&mut err);
             }
-            return Err(format!(
-                "memcached on port {port} exited at start ({status}): {}",
-                err.trim()
-            ));
+            return Err(format!("{what} exited at start ({status}): {}", err.trim()));
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(child);
+        if accepts() {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "memcached on port {port} did not accept connections within {READY_LIMIT:?}"
+                "{what} did not accept connections within {READY_LIMIT:?}"
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -363,11 +405,30 @@ pub mod raw {
     use std::net::TcpStream;
     use std::time::Duration;
 
+    /// A raw connection: TCP (`host:port`) or a UNIX socket (`unix:/path`).
+    trait Raw: std::io::Read + Write {}
+    impl<T: std::io::Read + Write> Raw for T {}
+
+    fn connect(addr: &str) -> Box<dyn Raw> {
+        match addr.strip_prefix("unix:") {
+            Some(path) => {
+                let s = std::os::unix::net::UnixStream::connect(path)
+                    .expect("raw connect to memcached's UNIX socket");
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                Box::new(s)
+            }
+            None => {
+                let s = TcpStream::connect(addr).expect("raw connect to memcached");
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                Box::new(s)
+            }
+        }
+    }
+
     /// Sends `request` (a full command with its CRLFs) and reads the reply up to and
     /// including a line equal to one of `terminators` (e.g. `END`, `STORED`).
     pub fn exchange(addr: &str, request: &[u8], terminators: &[&str]) -> Vec<String> {
-        let mut s = TcpStream::connect(addr).expect("raw connect to memcached");
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut s = connect(addr);
         s.write_all(request).expect("raw write");
         let mut r = BufReader::new(s);
         let mut lines = Vec::new();

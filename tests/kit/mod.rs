@@ -6,6 +6,8 @@
 //!   garbage, half replies, half-closed sockets, slow answers), recording what it got.
 //! - [`history`]: a client-history checker. Writers record what they wrote and whether it
 //!   was acknowledged; readers check that every value read was written to that key.
+//! - [`nutcracker`]: a real twemproxy (Debian `nutcracker`) in front of kit servers.
+//! - [`tls`]: a CA and certificates (rcgen) for memcached's TLS (`-Z`).
 //! - [`clients`]: helpers that build a `memkeep::Client` against a cluster or a fake.
 //!
 //! Every test binary uses a different part of the kit, so unused items are allowed here.
@@ -15,6 +17,8 @@ pub mod clients;
 pub mod fake;
 pub mod history;
 pub mod memcached;
+pub mod nutcracker;
+pub mod tls;
 
 pub use clients::*;
 pub use fake::{Action, FakeServer, Match, Request, Rule};

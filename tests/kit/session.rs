@@ -216,15 +216,16 @@ pub async fn wait_nodes_up(services: &[&BackupSessionService], limit: Duration) 
 }
 
 /// Sends requests to the stopped node `node` through `svc`'s client until the client
-/// marks it down (each times out; the client's timeout threshold then drops the
-/// connection), so that later operations fail at once instead of waiting in the stopped
-/// server's socket (and running when it resumes). Returns whether it got there.
+/// drops its connection (each times out; the client's timeout threshold then drops the
+/// connection and marks the node down; a caller may then make it try to reconnect, so it
+/// can be `Connecting`), so that later operations are not queued in the stopped server's
+/// socket (to run when it resumes). Returns whether it got there.
 pub async fn drive_down(svc: &BackupSessionService, node: &str, limit: Duration) -> bool {
     let client = svc.client().on_node(node).unwrap();
     let deadline = std::time::Instant::now() + limit;
     while std::time::Instant::now() < deadline {
-        let down = svc.client().node_state(node) == Some(NodeState::Down);
-        if down {
+        let state = svc.client().node_state(node);
+        if matches!(state, Some(NodeState::Down | NodeState::Connecting)) {
             return true;
         }
         let _ = client.get("memkeep-test-probe").await;

@@ -14,6 +14,8 @@ Commands, one per line (tokens separated by single spaces):
               weighted (BEHAVIOR_KETAMA_WEIGHTED), weighted+spy (the former, then the latter)
         hash: '-' to keep the mode's key hash, else one of default md5 crc fnv1_64 fnv1a_64
               fnv1_32 fnv1a_32 (set after the mode, before the servers are added)
+        A server whose host starts with '/' and whose port is 0 is a UNIX domain socket
+        (memcached_server_add_unix_socket_with_weight).
         Prints "<name> <server index per key...>" (memcached_generate_hash) and
         "<name>.behavior <DISTRIBUTION> <HASH> <KETAMA_WEIGHTED>" as libmemcached reports them
         after the servers were added.
@@ -47,6 +49,9 @@ def load():
     lib.memcached_server_add_with_weight.restype = ctypes.c_int
     lib.memcached_server_add_with_weight.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
                                                      ctypes.c_uint16, ctypes.c_uint32]
+    lib.memcached_server_add_unix_socket_with_weight.restype = ctypes.c_int
+    lib.memcached_server_add_unix_socket_with_weight.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
+                                                                 ctypes.c_uint32]
     lib.memcached_server_count.restype = ctypes.c_uint32
     lib.memcached_server_count.argtypes = [ctypes.c_void_p]
     lib.memcached_generate_hash.restype = ctypes.c_uint32
@@ -102,8 +107,14 @@ def main():
                 check(lib.memcached_behavior_set(memc, BEHAVIOR_HASH, HASHES[hash_name]), "HASH")
             for s in servers:
                 host, port, weight = s.split(",")
-                check(lib.memcached_server_add_with_weight(memc, host.encode(), int(port), int(weight)),
-                      "server_add " + s)
+                if host.startswith("/") and port == "0":
+                    check(lib.memcached_server_add_unix_socket_with_weight(memc, host.encode(),
+                                                                           int(weight)),
+                          "server_add_unix_socket " + s)
+                else:
+                    check(lib.memcached_server_add_with_weight(memc, host.encode(), int(port),
+                                                               int(weight)),
+                          "server_add " + s)
             if lib.memcached_server_count(memc) != len(servers):
                 sys.exit("server count mismatch")
             idx = [lib.memcached_generate_hash(memc, k, len(k)) for k in keys]

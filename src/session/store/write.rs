@@ -224,32 +224,45 @@ impl Store {
         );
     }
 
-    /// Refreshes the validity of a session that was only read: `touch` of the record
-    /// and a new validity record on every copy of the placement.
+    /// Refreshes a session that was only read: on every copy of the placement that
+    /// still holds the version the request read, with the CAS token it was read with,
+    /// the record is rewritten with the new last access (same version) and a full TTL.
+    /// A copy that changed since (a newer write, an interval raised by another request,
+    /// a tombstone) is left alone: a stale read-only request never shortens or undoes
+    /// anything. Returns how many copies were refreshed.
     pub(crate) async fn refresh(
         &self,
         key: &SessionKey,
         copies: &Copies,
-        validity: &Validity,
+        record: &mut [u8],
+        version: u64,
         max_inactive: Duration,
-    ) {
-        let expiry = ttl(max_inactive);
-        let encoded = validity.encode();
-        let refreshes = copies.nodes().map(|node| {
-            let encoded = &encoded;
-            async move {
+        known: &KnownCopies,
+    ) -> usize {
+        format::set_version(record, version);
+        let record = &*record;
+        let options = |cas| StoreOptions {
+            flags: flags_of(version),
+            expiry: ttl(max_inactive),
+            cas: Some(cas),
+        };
+        let refreshes = copies.nodes().filter_map(|node| match known.get(node) {
+            Some(CopyState::Present { version: v, cas }) if v == version => Some(async move {
                 let client = self.node(node)?;
-                let (t, v) = futures::join!(
-                    client.touch(self.data_key(key), expiry),
-                    client.set(self.validity_key(key), encoded, expiry)
-                );
-                t.and(v).map(|_| ())
-            }
+                client
+                    .store(StoreMode::Set, self.data_key(key), record, options(cas))
+                    .await
+            }),
+            _ => None,
         });
+        let mut refreshed = 0;
         for result in futures::future::join_all(refreshes).await {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "validity refresh of a session copy failed");
+            match result {
+                Ok(StoreOutcome::Stored) => refreshed += 1,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "refresh of a session copy failed"),
             }
         }
+        refreshed
     }
 }
