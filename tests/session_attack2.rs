@@ -1,0 +1,265 @@
+//! Second round of attacks on the session layer: OTHER instances of the kinds of fault
+//! issue 7 lists (I1 invalidated-means-gone, I2 no acknowledged write lost / no refused
+//! write visible), with real memcached processes and several in-process instances.
+//!
+//! Public API only (plus raw looks at what the servers hold). Each failing test names
+//! the invariant it breaks in its assertion message.
+
+mod kit;
+#[path = "kit/session.rs"]
+mod session_kit;
+
+use std::time::Duration;
+
+use kit::Cluster;
+use memkeep::session::{BackupSessionService, Mode, RequestInfo, SessionId, SessionKey};
+use memkeep::{Client, Protocol};
+use session_kit::{
+    config, drive_down, index_of, logged_in, logout, look, service, wait_nodes_up, Browser,
+};
+
+/// A non-sticky instance with locking `none` on a fast-reacting client.
+fn unlocked(cluster: &Cluster, interval: Duration) -> BackupSessionService {
+    service(
+        cluster,
+        config(cluster, Mode::NonSticky)
+            .locking_str("none")
+            .max_inactive_interval(interval),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// I2 kind "a request that changed nothing writes the session back": a read-only request
+// that loaded the session before another instance raised its max inactive interval
+// ("remember me") refreshes it after: its `touch` and validity record carry the OLD
+// interval, so the acknowledged interval is undone and memcached drops the session.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_read_only_request_never_undoes_an_acknowledged_longer_interval() {
+    let cluster = Cluster::start(2);
+    let short = Duration::from_secs(2);
+    let a = unlocked(&cluster, short);
+    let b = unlocked(&cluster, short);
+    let browser = logged_in(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    // A read-only request on b loads the session (interval 2 s) ...
+    let stale = b.request(RequestInfo::new("/page").session_id(Some(&cookie)));
+    let seen = stale.session().await.unwrap().expect("the session");
+    assert_eq!(seen.get::<u64>("user").unwrap(), Some(7));
+    drop(seen);
+    // ... while "remember me" on a raises it to one hour (acknowledged).
+    let mut remember = browser.clone();
+    let (_, out) = remember
+        .call(&a, "/remember-me", |s| {
+            s.set_max_inactive_interval(Duration::from_secs(3600))
+        })
+        .await
+        .unwrap();
+    assert!(out.written, "the interval change is acknowledged: {out:?}");
+    // The read-only request ends after it (it changed nothing).
+    stale.finish().await.unwrap();
+    // Past the old interval (and memcached's 1 s TTL resolution), well within the new one.
+    tokio::time::sleep(short + Duration::from_millis(2500)).await;
+    let got = remember.read_u64(&a, "user").await;
+    assert_eq!(
+        got.as_ref().ok(),
+        Some(&Some(7)),
+        "I2: the acknowledged max inactive interval of 3600 s was undone by a read-only \
+         request that loaded the session before it and finished after it: {} s later the \
+         session is gone ({got:?})",
+        (short + Duration::from_millis(2500)).as_secs_f32()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// I1 kind "a node that was away during the invalidation returns", through the hint
+// lists: a hint list is one memcached item that only grows while its node is away; once
+// it reaches memcached's item size limit (about 20,000 logouts at the default 1 MB), the
+// hint of every further logout is dropped (logged), the logout is still acknowledged,
+// and the returning node keeps its old copy.
+
+/// Hint lines for other sessions, in the format the service writes (one per logout that
+/// missed the node while it was away), `max_bytes` in all.
+fn earlier_hints(max_bytes: usize) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let mut out = String::new();
+    loop {
+        let line = format!("{} {now_ms} 2100\n", SessionKey::generate().unwrap());
+        if out.len() + line.len() > max_bytes {
+            // Up to exactly `max_bytes` with a line the parser skips.
+            let pad = max_bytes - out.len();
+            if pad > 0 {
+                out.push_str(&"-".repeat(pad - 1));
+                out.push('\n');
+            }
+            return out;
+        }
+        out.push_str(&line);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_after_many_others_while_a_node_was_away_stays_gone_after_a_later_fault() {
+    let mut cluster = Cluster::start(2);
+    let a = unlocked(&cluster, Duration::from_secs(1800));
+    let browser = logged_in(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let id = browser.id().unwrap();
+    let away = index_of(id.backup().expect("a backup copy"));
+    let holder = index_of(id.node());
+    cluster[away].pause();
+    assert!(drive_down(&a, &Cluster::id(away), Duration::from_secs(10)).await);
+    // The hints of ~20,000 earlier logouts while the node was away (what the service
+    // itself appends; written here in one go to keep the test short).
+    let list_key = format!("hints:{}", Cluster::id(away));
+    let observer = kit::client(&cluster, Protocol::Meta)
+        .on_node(&Cluster::id(holder))
+        .unwrap();
+    // memcached's default item size limit leaves 1,048,509 bytes for this key's value:
+    // the list is within one hint line (52 bytes) of it.
+    let earlier = earlier_hints(1_048_500);
+    observer
+        .set(&list_key, &earlier, memkeep::Expiry::Never)
+        .await
+        .unwrap();
+    // The logout is acknowledged; its hint for the away node can't be appended.
+    logout(&a, &cookie).await;
+    cluster[away].resume();
+    assert!(wait_nodes_up(&[&a], Duration::from_secs(15)).await);
+    // The hints are delivered: the list is removed once the node is back.
+    let delivered = kit::eventually(Duration::from_secs(40), || {
+        kit::memcached::raw::get(&cluster[holder].addr(), &list_key).is_none()
+    })
+    .await;
+    assert!(delivered, "the hint list was never delivered");
+    // Heal step done (no live session); the next single node fault: the node that
+    // held the tombstone restarts empty.
+    cluster[holder].restart();
+    let c = unlocked(&cluster, Duration::from_secs(1800));
+    assert!(wait_nodes_up(&[&a, &c], Duration::from_secs(15)).await);
+    let mut found = Vec::new();
+    for svc in [&a, &c] {
+        let got = look(svc, &cookie, "user").await;
+        if !matches!(got, Ok(None)) {
+            found.push(format!("{got:?}"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "I1: a logout acknowledged while node {} was away (its hint list full after \
+         ~20,000 earlier logouts), then {} restarted empty: the old cookie gets the session \
+         back: {found:?}",
+        Cluster::id(away),
+        Cluster::id(holder)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// I2 kind "instances with different views of a node": an instance cut off from the
+// session's primary (a partition between it and one node: the node is up for everyone
+// else) writes the copies on the other two nodes; an unlocked writer on another instance
+// that read the session before writes its primary copy and dies before its backup write
+// (SIGKILL; here its finish is dropped). Two copies of the same version, different
+// contents: the acknowledged attribute is lost for a reader that looks at the dead
+// writer's copy, and for good after the next write.
+
+/// A fast client for `cluster` on which node `cut` is unreachable (a closed port).
+fn client_cut_off_from(cluster: &Cluster, cut: usize) -> Client {
+    let mut addrs = cluster.addrs();
+    addrs[cut] = format!("127.0.0.1:{}", kit::memcached::free_port());
+    kit::clients::builder_for(&addrs, Protocol::Meta)
+        .operation_timeout(Duration::from_millis(300))
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .timeout_threshold(3)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute() {
+    let cluster = Cluster::start(3);
+    let b = unlocked(&cluster, Duration::from_secs(1800));
+    let browser = logged_in(&b).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let id = browser.id().unwrap();
+    let primary = index_of(id.node());
+    let builder = config(&cluster, Mode::NonSticky).locking_str("none");
+    let a = BackupSessionService::with_client(
+        builder.build().unwrap(),
+        client_cut_off_from(&cluster, primary),
+    )
+    .unwrap();
+    assert!(
+        kit::clients::wait_state(
+            a.client(),
+            id.node(),
+            memkeep::NodeState::Down,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    // The writer on b reads the session ...
+    let dying = b.request(RequestInfo::new("/cart").session_id(Some(&cookie)));
+    let s = dying.session().await.unwrap().unwrap();
+    // ... the user's acknowledged write on a (copies on the two nodes a can reach) ...
+    let mut user = browser.clone();
+    let (_, out) = user
+        .call(&a, "/pay", |s| s.insert("paid", &1u64).unwrap())
+        .await
+        .unwrap();
+    assert!(out.written, "acknowledged: {out:?}");
+    // ... then b's write reaches the primary copy, and b dies.
+    s.insert("cart", &3u64).unwrap();
+    drop(s);
+    let observer = kit::client(&cluster, Protocol::Meta)
+        .on_node(id.node())
+        .unwrap();
+    let data_key = id.key().to_string();
+    let mut finish = Box::pin(dying.finish());
+    let mut reached = false;
+    for _ in 0..200 {
+        if futures::poll!(finish.as_mut()).is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let flags = observer.get(&data_key).await.unwrap().map(|i| i.flags);
+        if flags == Some(2) {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "b's write never reached the primary copy");
+    drop(finish);
+    drop(b);
+    // Any instance, with the ids a client can send.
+    let c = unlocked(&cluster, Duration::from_secs(1800));
+    let mut wrong = Vec::new();
+    let forged = SessionId::new(id.key(), id.node().to_owned(), None, None)
+        .unwrap()
+        .to_string();
+    for candidate in [user.cookie.clone().unwrap(), cookie.clone(), forged.clone()] {
+        match look(&c, &candidate, "paid").await {
+            Ok(Some(Some(1))) => {}
+            other => wrong.push(format!("read with {candidate}: paid = {other:?}")),
+        }
+    }
+    // The next write of the session, by a client that presents the id b handed out.
+    let mut next = Browser {
+        cookie: Some(forged),
+    };
+    next.call(&c, "/next", |s| s.insert("next", &1u64).unwrap())
+        .await
+        .unwrap();
+    match user.read_u64(&c, "paid").await {
+        Ok(Some(1)) => {}
+        other => wrong.push(format!("after the next write: paid = {other:?}")),
+    }
+    assert!(
+        wrong.is_empty(),
+        "I2: acknowledged paid=1 (written by a, cut off from {}) lost: {wrong:#?}",
+        id.node()
+    );
+}
