@@ -178,18 +178,26 @@ fn client_cut_off_from(cluster: &Cluster, cut: usize) -> Client {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute() {
-    let cluster = Cluster::start(3);
-    let b = unlocked(&cluster, Duration::from_secs(1800));
+/// Two instances over 3 nodes with `locking`: `b` sees every node, `a` is cut off from
+/// the primary node of the session the returned browser is logged in to (on `b`).
+async fn split_view(
+    cluster: &Cluster,
+    locking: &str,
+) -> (BackupSessionService, BackupSessionService, Browser) {
+    let b = service(
+        cluster,
+        config(cluster, Mode::NonSticky)
+            .locking_str(locking)
+            .lock_wait(Duration::from_secs(5)),
+    );
     let browser = logged_in(&b).await;
-    let cookie = browser.cookie.clone().unwrap();
     let id = browser.id().unwrap();
-    let primary = index_of(id.node());
-    let builder = config(&cluster, Mode::NonSticky).locking_str("none");
+    let builder = config(cluster, Mode::NonSticky)
+        .locking_str(locking)
+        .lock_wait(Duration::from_secs(5));
     let a = BackupSessionService::with_client(
         builder.build().unwrap(),
-        client_cut_off_from(&cluster, primary),
+        client_cut_off_from(cluster, index_of(id.node())),
     )
     .unwrap();
     assert!(
@@ -201,6 +209,47 @@ async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute
         )
         .await
     );
+    (a, b, browser)
+}
+
+/// Polls `finish` (a request's end-of-request save, already started) until the copy on
+/// `node` holds write version 2, and stops there (the future is left pending). Returns
+/// whether it got there.
+async fn drive_until_primary_written<F: std::future::Future + Unpin>(
+    finish: &mut F,
+    cluster: &Cluster,
+    id: &SessionId,
+) -> bool {
+    let observer = kit::client(cluster, Protocol::Meta)
+        .on_node(id.node())
+        .unwrap();
+    let data_key = id.key().to_string();
+    for _ in 0..200 {
+        if futures::poll!(&mut *finish).is_ready() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let flags = observer.get(&data_key).await.unwrap().map(|i| i.flags);
+        if flags == Some(2) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The session's id with only the primary `id` names (what a client may send).
+fn primary_only(id: &SessionId) -> String {
+    SessionId::new(id.key(), id.node().to_owned(), None, None)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute() {
+    let cluster = Cluster::start(3);
+    let (a, b, browser) = split_view(&cluster, "none").await;
+    let cookie = browser.cookie.clone().unwrap();
+    let id = browser.id().unwrap();
     // The writer on b reads the session ...
     let dying = b.request(RequestInfo::new("/cart").session_id(Some(&cookie)));
     let s = dying.session().await.unwrap().unwrap();
@@ -214,32 +263,17 @@ async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute
     // ... then b's write reaches the primary copy, and b dies.
     s.insert("cart", &3u64).unwrap();
     drop(s);
-    let observer = kit::client(&cluster, Protocol::Meta)
-        .on_node(id.node())
-        .unwrap();
-    let data_key = id.key().to_string();
     let mut finish = Box::pin(dying.finish());
-    let mut reached = false;
-    for _ in 0..200 {
-        if futures::poll!(finish.as_mut()).is_ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let flags = observer.get(&data_key).await.unwrap().map(|i| i.flags);
-        if flags == Some(2) {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "b's write never reached the primary copy");
+    assert!(
+        drive_until_primary_written(&mut finish, &cluster, &id).await,
+        "b's write never reached the primary copy"
+    );
     drop(finish);
     drop(b);
     // Any instance, with the ids a client can send.
     let c = unlocked(&cluster, Duration::from_secs(1800));
     let mut wrong = Vec::new();
-    let forged = SessionId::new(id.key(), id.node().to_owned(), None, None)
-        .unwrap()
-        .to_string();
+    let forged = primary_only(&id);
     for candidate in [user.cookie.clone().unwrap(), cookie.clone(), forged.clone()] {
         match look(&c, &candidate, "paid").await {
             Ok(Some(Some(1))) => {}
@@ -262,4 +296,48 @@ async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute
         "I2: acknowledged paid=1 (written by a, cut off from {}) lost: {wrong:#?}",
         id.node()
     );
+}
+
+/// Locking `all` under the same partition: each instance takes the lock on the first
+/// node IT can reach, so both hold "the" lock at once; the version check refuses b's
+/// write, but until b reaches its backup copy its refused write is on the primary with
+/// the same version as a's acknowledged one, and a reader that looks there first gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_locked_write_is_never_visible_even_while_it_is_being_refused() {
+    let cluster = Cluster::start(3);
+    let (a, b, browser) = split_view(&cluster, "all").await;
+    let cookie = browser.cookie.clone().unwrap();
+    let id = browser.id().unwrap();
+    let late = b.request(RequestInfo::new("/cart").session_id(Some(&cookie)));
+    let s = late.session().await.unwrap().unwrap();
+    let mut user = browser.clone();
+    let (_, out) = user
+        .call(&a, "/pay", |s| s.insert("paid", &1u64).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.written,
+        "a got the lock on the first node it can reach while b holds its own: {out:?}"
+    );
+    s.insert("cart", &3u64).unwrap();
+    drop(s);
+    let mut finish = Box::pin(late.finish());
+    assert!(
+        drive_until_primary_written(&mut finish, &cluster, &id).await,
+        "b's write never reached the primary copy"
+    );
+    let c = unlocked(&cluster, Duration::from_secs(1800));
+    let seen = look(&c, &primary_only(&id), "cart").await;
+    let outcome = finish.await;
+    let mut wrong = Vec::new();
+    if outcome.is_err() && matches!(seen, Ok(Some(Some(3)))) {
+        wrong.push(format!(
+            "a reader saw b's cart=3, and b's write was then refused: {outcome:?}"
+        ));
+    }
+    match user.read_u64(&c, "paid").await {
+        Ok(Some(1)) => {}
+        other => wrong.push(format!("afterwards: acknowledged paid=1 reads {other:?}")),
+    }
+    assert!(wrong.is_empty(), "I2/I3: {wrong:#?}");
 }
