@@ -212,6 +212,38 @@ async fn split_view(
     (a, b, browser)
 }
 
+/// The race both split-view tests set up: a request on `b` reads the session and puts
+/// `cart=3` in it; meanwhile the user's `paid=1` is written (acknowledged) through `a`.
+/// Returns `b`, the user's browser (its cookie as `a` left it), the id the session had,
+/// and `b`'s request, not finished yet.
+async fn b_reads_then_a_writes(
+    cluster: &Cluster,
+    locking: &str,
+) -> (
+    BackupSessionService,
+    Browser,
+    SessionId,
+    memkeep::session::SessionRequest,
+) {
+    let (a, b, browser) = split_view(cluster, locking).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let id = browser.id().unwrap();
+    let late = b.request(RequestInfo::new("/cart").session_id(Some(&cookie)));
+    let s = late.session().await.unwrap().unwrap();
+    let mut user = browser.clone();
+    let (_, out) = user
+        .call(&a, "/pay", |s| s.insert("paid", &1u64).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.written,
+        "a's write (copies on the two nodes it reaches; with locking, the lock on the \
+         first node it reaches) is acknowledged: {out:?}"
+    );
+    s.insert("cart", &3u64).unwrap();
+    (b, user, id, late)
+}
+
 /// Polls `finish` (a request's end-of-request save, already started) until the copy on
 /// `node` holds write version 2, and stops there (the future is left pending). Returns
 /// whether it got there.
@@ -247,22 +279,10 @@ fn primary_only(id: &SessionId) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute() {
     let cluster = Cluster::start(3);
-    let (a, b, browser) = split_view(&cluster, "none").await;
-    let cookie = browser.cookie.clone().unwrap();
-    let id = browser.id().unwrap();
-    // The writer on b reads the session ...
-    let dying = b.request(RequestInfo::new("/cart").session_id(Some(&cookie)));
-    let s = dying.session().await.unwrap().unwrap();
-    // ... the user's acknowledged write on a (copies on the two nodes a can reach) ...
-    let mut user = browser.clone();
-    let (_, out) = user
-        .call(&a, "/pay", |s| s.insert("paid", &1u64).unwrap())
-        .await
-        .unwrap();
-    assert!(out.written, "acknowledged: {out:?}");
-    // ... then b's write reaches the primary copy, and b dies.
-    s.insert("cart", &3u64).unwrap();
-    drop(s);
+    // b reads, a writes (acknowledged), then b's write reaches the primary copy and b
+    // dies.
+    let (b, mut user, id, dying) = b_reads_then_a_writes(&cluster, "none").await;
+    let cookie = id.to_string();
     let mut finish = Box::pin(dying.finish());
     assert!(
         drive_until_primary_written(&mut finish, &cluster, &id).await,
@@ -305,22 +325,7 @@ async fn a_writer_dying_between_its_copies_never_loses_an_acknowledged_attribute
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_locked_write_is_never_visible_even_while_it_is_being_refused() {
     let cluster = Cluster::start(3);
-    let (a, b, browser) = split_view(&cluster, "all").await;
-    let cookie = browser.cookie.clone().unwrap();
-    let id = browser.id().unwrap();
-    let late = b.request(RequestInfo::new("/cart").session_id(Some(&cookie)));
-    let s = late.session().await.unwrap().unwrap();
-    let mut user = browser.clone();
-    let (_, out) = user
-        .call(&a, "/pay", |s| s.insert("paid", &1u64).unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.written,
-        "a got the lock on the first node it can reach while b holds its own: {out:?}"
-    );
-    s.insert("cart", &3u64).unwrap();
-    drop(s);
+    let (_b, mut user, id, late) = b_reads_then_a_writes(&cluster, "all").await;
     let mut finish = Box::pin(late.finish());
     assert!(
         drive_until_primary_written(&mut finish, &cluster, &id).await,
