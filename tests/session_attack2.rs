@@ -346,3 +346,72 @@ async fn a_refused_locked_write_is_never_visible_even_while_it_is_being_refused(
     }
     assert!(wrong.is_empty(), "I2/I3: {wrong:#?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// I4 bounded work, async mode: the write queue is full (capacity 2) while a session node
+// is stopped (SIGSTOP, not yet noticed: every write to it waits for its timeout). Every
+// finish returns within the client's timeouts, and once the node is back no queued
+// write is lost (read through another instance that takes the sessions over).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_finishes_stay_bounded_with_a_full_queue_and_a_stopped_node_and_lose_nothing() {
+    let mut cluster = Cluster::start(3);
+    let sticky_async = |cluster: &Cluster, route: &str| {
+        service(
+            cluster,
+            config(cluster, Mode::Sticky)
+                .route(route)
+                .write_mode(memkeep::session::WriteMode::Async)
+                .async_queue_capacity(2),
+        )
+    };
+    let a = sticky_async(&cluster, "a");
+    let mut browsers = Vec::new();
+    for _ in 0..24 {
+        let mut b = Browser::new();
+        b.increment(&a, "n").await.unwrap();
+        browsers.push(b);
+    }
+    a.flush().await;
+    // 24 overlapping requests load their session and change it; then the node stops,
+    // and they finish (one queued write each, through a queue of 2).
+    let mut requests = Vec::new();
+    for b in &browsers {
+        let r = a.request(RequestInfo::new("/increment").session_id(b.cookie.as_deref()));
+        let s = r.session().await.unwrap().unwrap();
+        s.insert("n", &2u64).unwrap();
+        requests.push(r);
+    }
+    cluster[0].pause();
+    let results = kit::no_hang(
+        "24 async finishes while a node is stopped",
+        Duration::from_secs(40),
+        futures::future::join_all(requests.iter().map(|r| r.finish())),
+    )
+    .await;
+    kit::no_hang("flush", Duration::from_secs(40), a.flush()).await;
+    cluster[0].resume();
+    let b = sticky_async(&cluster, "b");
+    assert!(wait_nodes_up(&[&b], Duration::from_secs(15)).await);
+    let mut wrong = Vec::new();
+    for (i, (browser, result)) in browsers.iter_mut().zip(results).enumerate() {
+        // A write that was not acknowledged may or may not be there.
+        let Ok(out) = result else { continue };
+        assert!(out.written, "{out:?}");
+        if let memkeep::session::CookieDecision::Set(id) = out.cookie {
+            browser.cookie = Some(id);
+        }
+        match browser.read_u64(&b, "n").await {
+            Ok(Some(2)) => {}
+            other => wrong.push(format!("session {i}: acknowledged n=2, reads {other:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "I2 (async): {wrong:#?}");
+    let stats = a.stats();
+    assert!(
+        stats.async_queue_full > 0 && stats.write_failures > 0,
+        "the scenario did not happen (queue never full, or no write met the stopped node): \
+         {stats:?}"
+    );
+    assert_eq!(stats.async_failures, 0, "{stats:?}");
+}
