@@ -415,3 +415,40 @@ async fn async_finishes_stay_bounded_with_a_full_queue_and_a_stopped_node_and_lo
     );
     assert_eq!(stats.async_failures, 0, "{stats:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// I2 kind "a failed request's change becomes visible": a request that changed its
+// session and then died without finishing (its handler panicked - the tower layer has
+// no `catch_unwind`, the client gets no response - or its future was dropped) saved
+// nothing; in sticky mode its change stays in the instance's memory copy, which the
+// next request reuses (the stored version did not move) and writes back.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_a_change_of_a_request_that_never_finished_is_never_saved() {
+    let cluster = Cluster::start(2);
+    let a = service(&cluster, config(&cluster, Mode::Sticky).route("a"));
+    let b = service(&cluster, config(&cluster, Mode::Sticky).route("b"));
+    let mut browser = logged_in(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let dead = a.request(RequestInfo::new("/checkout").session_id(Some(&cookie)));
+    let s = dead.session().await.unwrap().unwrap();
+    s.insert("cart", &99u64).unwrap();
+    drop(s);
+    drop(dead); // the handler panicked here: no finish, no response
+    let mut wrong = Vec::new();
+    match browser.read_u64(&a, "cart").await {
+        Ok(None) => {}
+        other => wrong.push(format!("next request on a: cart = {other:?}")),
+    }
+    browser.increment(&a, "n").await.unwrap();
+    let mut elsewhere = browser.clone();
+    match elsewhere.read_u64(&b, "cart").await {
+        Ok(None) => {}
+        other => wrong.push(format!("after a's next write, b reads cart = {other:?}")),
+    }
+    assert!(
+        wrong.is_empty(),
+        "I2: the change of a request that never finished (no response) is visible: \
+         {wrong:#?}"
+    );
+}
