@@ -452,3 +452,53 @@ async fn sticky_a_change_of_a_request_that_never_finished_is_never_saved() {
          {wrong:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// I2 "a failed load keeps the cookie": a session created while only one node was up
+// (its id names no backup); that node is stopped and the other comes back (empty)
+// before any request healed the session. The session can't be read: requests fail,
+// never hand out a new session or remove the cookie, and it is intact once its node
+// resumes.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_copy_session_whose_node_stops_fails_its_requests_and_keeps_its_cookie() {
+    let mut cluster = Cluster::start(2);
+    let a = unlocked(&cluster, Duration::from_secs(1800));
+    cluster[1].kill();
+    assert!(drive_down(&a, "n1", Duration::from_secs(10)).await);
+    let mut browser = logged_in(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    assert_eq!(browser.id().unwrap().backup(), None, "one copy: {cookie}");
+    cluster[1].restart();
+    cluster[0].pause();
+    assert!(drive_down(&a, "n0", Duration::from_secs(10)).await);
+    assert!(
+        kit::clients::wait_state(
+            a.client(),
+            "n1",
+            memkeep::NodeState::Up,
+            Duration::from_secs(15)
+        )
+        .await
+    );
+    let mut wrong = Vec::new();
+    for path in ["/read", "/write"] {
+        let r = a.request(RequestInfo::new(path).session_id(Some(&cookie)));
+        let got = r.get_or_create().await;
+        let out = r.finish().await;
+        if got.is_ok()
+            || out
+                .as_ref()
+                .is_ok_and(|o| o.cookie != memkeep::session::CookieDecision::Keep)
+        {
+            wrong.push(format!("{path}: get_or_create {got:?}, finish {out:?}"));
+        }
+    }
+    cluster[0].resume();
+    assert!(wait_nodes_up(&[&a], Duration::from_secs(15)).await);
+    match browser.read_u64(&a, "user").await {
+        Ok(Some(7)) => {}
+        other => wrong.push(format!("after the node resumed: user = {other:?}")),
+    }
+    assert!(wrong.is_empty(), "I2: {wrong:#?}");
+}
