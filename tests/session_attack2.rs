@@ -1,6 +1,8 @@
 //! Second round of attacks on the session layer: OTHER instances of the kinds of fault
 //! issue 7 lists (I1 invalidated-means-gone, I2 no acknowledged write lost / no refused
-//! write visible), with real memcached processes and several in-process instances.
+//! write visible / a failed load keeps the cookie, I3 fenced locks, I4 bounded work),
+//! with real memcached processes and several in-process instances. The passing tests
+//! guard paths the other suites do not reach.
 //!
 //! Public API only (plus raw looks at what the servers hold). Each failing test names
 //! the invariant it breaks in its assertion message.
