@@ -360,7 +360,14 @@ impl Engine {
             let started = Instant::now();
             let outcome = match self
                 .store
-                .replicate(&key, &mut snapshot.bytes, base, max_inactive, known)
+                .replicate(
+                    &key,
+                    &mut snapshot.bytes,
+                    base,
+                    max_inactive,
+                    known,
+                    policy == WritePolicy::Refuse,
+                )
                 .await
             {
                 Err(SessionError::Memcached(e)) if is_too_large(&e) => {

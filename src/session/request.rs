@@ -90,16 +90,25 @@ impl Drop for RequestInner {
             return;
         }
         let discard = changed || slot.must_discard();
+        if discard {
+            // Synchronously when the state is free (it is: this was the last request),
+            // so the next request cannot reuse the changed copy.
+            if let Ok(mut s) = slot.state.try_lock() {
+                s.session = None;
+                s.loaded = false;
+            }
+            self.engine.local.forget(&key, &slot);
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let engine = Arc::clone(&self.engine);
                 handle.spawn(async move {
                     if discard {
                         let mut s = slot.state.lock().await;
-                        s.session = None;
-                        s.loaded = false;
-                        drop(s);
-                        engine.local.forget(&key, &slot);
+                        if s.session.is_some() && slot.must_discard() {
+                            s.session = None;
+                            s.loaded = false;
+                        }
                     }
                     engine.release_lock(&key, &slot).await;
                 });
@@ -109,13 +118,6 @@ impl Drop for RequestInner {
             Err(_) => {
                 if let Ok(mut s) = slot.state.try_lock() {
                     s.lock = None;
-                    if discard {
-                        s.session = None;
-                        s.loaded = false;
-                    }
-                }
-                if discard {
-                    self.engine.local.forget(&key, &slot);
                 }
             }
         }

@@ -149,6 +149,9 @@ counters! {
     local_evictions,
     /// Candidate session ids beyond the per-request bound, ignored.
     candidates_ignored,
+    /// Tombstone hints that could not be recorded (every hint segment full, or a node
+    /// error): such a node, back with an old copy, relies on the other tombstones.
+    hint_failures,
     /// Validity refreshes (touch) of sessions that were only read.
     validity_refreshes,
     /// Sessions loaded from memcached and taken over by this instance (sticky mode).

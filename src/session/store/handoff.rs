@@ -3,13 +3,17 @@
 //!
 //! When a node misses an invalidation's tombstone (down, stopped, failing), every node
 //! that got the tombstone appends a hint line for it to the item `<prefix>hints:<node>`:
-//! `<32 hex key> <invalidated ms> <ttl s>\n`. Every instance looks for hints addressed to
-//! each node that is up (one `gets` per pair of nodes, every [`HANDOFF_PERIOD`]); it sets
-//! the tombstones on that node and then removes the hint list under the CAS token it read
-//! (a list that grew meanwhile is delivered again next time; delivery is idempotent). So
+//! `<32 hex key> <invalidated ms> <ttl s>\n`; when that item is full (memcached's item
+//! size limit, about 20,000 hints), to `<prefix>hints:<node>:1`, then `:2`, ... up to
+//! [`HINT_SEGMENTS`] segments. Every instance looks for hints addressed to each node that
+//! is up (one multi-key `get` of the segments per pair of nodes, every
+//! [`HANDOFF_PERIOD`]); it sets the tombstones on that node and then removes each segment
+//! under the CAS token it read (a segment that grew meanwhile is delivered again next
+//! time; delivery is idempotent). So
 //! a node that comes back with an old copy of an invalidated session gets the tombstone
 //! even when nobody presents the old id again and the invalidating instance is gone.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::{Expiry, NodeState, StoreMode, StoreOptions, StoreOutcome};
@@ -20,6 +24,10 @@ use crate::session::id::SessionKey;
 
 /// How often an instance looks for hints addressed to the nodes that are up.
 pub(crate) const HANDOFF_PERIOD: Duration = Duration::from_secs(1);
+
+/// Segments of one node's hint list: past `HINT_SEGMENTS` x ~20,000 hints pending for one
+/// node, a hint is not recorded (counted in `hint_failures`, logged as an error).
+pub(crate) const HINT_SEGMENTS: usize = 16;
 
 /// A hint list's lifetime: longer than any entry it holds needs (entries carry their own
 /// deadline; a delivered list is removed at once).
@@ -56,8 +64,13 @@ fn parse_hints(bytes: &[u8]) -> Vec<Hint> {
 }
 
 impl Store {
-    fn hints_key(&self, node: &str) -> String {
-        format!("{}hints:{node}", self.prefix)
+    /// The key of segment `n` of the hint list of `node`.
+    fn hints_key(&self, node: &str, n: usize) -> String {
+        if n == 0 {
+            format!("{}hints:{node}", self.prefix)
+        } else {
+            format!("{}hints:{node}:{n}", self.prefix)
+        }
     }
 
     /// Records, on each node of `holders`, that each node of `missed` lacks the tombstone
@@ -77,34 +90,39 @@ impl Store {
             .iter()
             .flat_map(|m| holders.iter().filter(move |h| *h != m).map(move |h| (m, h)))
             .collect();
-        let writes = pairs.into_iter().map(|(m, h)| async move {
-            (m, h, self.append_hint(h, &self.hints_key(m), line).await)
-        });
+        let writes = pairs
+            .into_iter()
+            .map(|(m, h)| async move { (m, h, self.append_hint(h, m, line).await) });
         for (missed, holder, result) in futures::future::join_all(writes).await {
             if let Err(e) = result {
-                tracing::warn!(node = %missed, holder = %holder, error = %e, "tombstone hint not recorded");
+                self.stats.hint_failures.fetch_add(1, Relaxed);
+                tracing::error!(node = %missed, holder = %holder, error = %e, "tombstone hint not recorded: if this node comes back with an old copy, only the tombstones on the other nodes hide it");
             }
         }
     }
 
-    async fn append_hint(&self, holder: &str, list: &str, line: &str) -> Result<(), crate::Error> {
+    /// Appends `line` to the first segment of `missed`'s hint list on `holder` that
+    /// takes it.
+    async fn append_hint(
+        &self,
+        holder: &str,
+        missed: &str,
+        line: &str,
+    ) -> Result<(), crate::Error> {
         let client = self.node(holder)?;
-        for _ in 0..3 {
-            if client.append(list, line).await? {
-                return Ok(());
-            }
-            let options = StoreOptions {
-                flags: 0,
-                expiry: Expiry::In(HINT_LIST_TTL),
-                cas: None,
-            };
-            if client.store(StoreMode::Add, list, line, options).await? == StoreOutcome::Stored {
-                return Ok(());
+        let mut last_error = None;
+        for segment in 0..HINT_SEGMENTS {
+            let list = self.hints_key(missed, segment);
+            match append_to(client, &list, line).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if e.is_node_failure() => return Err(e),
+                // Full (memcached's item size limit) or refused: the next segment.
+                Err(e) => last_error = Some(e),
             }
         }
-        Err(crate::Error::Server(
-            "tombstone hint list kept changing".into(),
-        ))
+        Err(last_error
+            .unwrap_or_else(|| crate::Error::Server("every tombstone hint segment is full".into())))
     }
 
     /// Delivers the hints addressed to every node that is up; `now_ms` is the current
@@ -124,11 +142,31 @@ impl Store {
     }
 
     async fn deliver_from(&self, target: &str, holder: &str, now_ms: u64) -> usize {
-        let list = self.hints_key(target);
+        let Ok(holder_client) = self.node(holder) else {
+            return 0;
+        };
+        let segments: Vec<String> = (0..HINT_SEGMENTS)
+            .map(|n| self.hints_key(target, n))
+            .collect();
+        // One round trip finds the segments that exist (usually none).
+        let Ok(present) = holder_client.get_many(segments.iter()).await else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for list in segments
+            .iter()
+            .filter(|k| present.contains_key(k.as_bytes()))
+        {
+            delivered += self.deliver_segment(target, holder, list, now_ms).await;
+        }
+        delivered
+    }
+
+    async fn deliver_segment(&self, target: &str, holder: &str, list: &str, now_ms: u64) -> usize {
         let (Ok(holder_client), Ok(target_client)) = (self.node(holder), self.node(target)) else {
             return 0;
         };
-        let Ok(Some(item)) = holder_client.gets(&list).await else {
+        let Ok(Some(item)) = holder_client.gets(list).await else {
             return 0;
         };
         let mut delivered = 0;
@@ -168,9 +206,7 @@ impl Store {
             expiry: Expiry::In(Duration::ZERO),
             cas: item.cas,
         };
-        let _ = holder_client
-            .store(StoreMode::Set, &list, b"", remove)
-            .await;
+        let _ = holder_client.store(StoreMode::Set, list, b"", remove).await;
         if delivered > 0 {
             tracing::info!(
                 node = target,
@@ -180,6 +216,24 @@ impl Store {
         }
         delivered
     }
+}
+
+/// `append`, or `add` when the segment does not exist; false when it kept changing.
+async fn append_to(client: &crate::Client, list: &str, line: &str) -> Result<bool, crate::Error> {
+    for _ in 0..3 {
+        if client.append(list, line).await? {
+            return Ok(true);
+        }
+        let options = StoreOptions {
+            flags: 0,
+            expiry: Expiry::In(HINT_LIST_TTL),
+            cas: None,
+        };
+        if client.store(StoreMode::Add, list, line, options).await? == StoreOutcome::Stored {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -68,6 +68,11 @@ impl Store {
     /// Writes `record` as version `base + 1` to every copy of the placement, primary
     /// first, relocating away from nodes that fail, then removes the copies a relocation
     /// left behind. See the module's rules. Returns where the copies are now.
+    ///
+    /// `verify_first` (writes that must never be visible when refused: locked requests,
+    /// `auto` read-only guesses): every copy of the placement is read again before the
+    /// primary is written, so a write made since this request's read - also by an
+    /// instance that placed the primary elsewhere - refuses it before anything is stored.
     pub(crate) async fn replicate(
         &self,
         key: &SessionKey,
@@ -75,9 +80,15 @@ impl Store {
         base: u64,
         max_inactive: Duration,
         known: &mut KnownCopies,
+        verify_first: bool,
     ) -> Result<Replicated, SessionError> {
         let new_version = base.saturating_add(1).min(TOMBSTONE_VERSION - 1);
         format::set_version(record, new_version);
+        if verify_first {
+            if let Some(refused) = self.newer_anywhere(key, base, known).await {
+                return Ok(refused);
+            }
+        }
         self.place_record(
             key,
             record,
@@ -88,6 +99,44 @@ impl Store {
             false,
         )
         .await
+    }
+
+    /// Reads every copy of the current placement again: `Some(Conflict)` or `Some(Gone)`
+    /// when one holds a version written after `base`. The fresh states replace what
+    /// `known` said (their CAS tokens serve the write that follows).
+    async fn newer_anywhere(
+        &self,
+        key: &SessionKey,
+        base: u64,
+        known: &mut KnownCopies,
+    ) -> Option<Replicated> {
+        let copies = self.copies(key, &[])?;
+        let reads = copies.nodes().map(|n| async move {
+            let item = self.node(n).ok()?.gets(self.data_key(key)).await.ok()?;
+            Some((n, item))
+        });
+        let mut refused = None;
+        for (node, item) in futures::future::join_all(reads).await.into_iter().flatten() {
+            match item {
+                None => known.set(node, CopyState::Missing),
+                Some(item) => {
+                    let version = format::decode(&item.value, key).map_or(0, |d| d.version);
+                    known.set(
+                        node,
+                        CopyState::Present {
+                            version,
+                            cas: item.cas.unwrap_or(0),
+                        },
+                    );
+                    if version == TOMBSTONE_VERSION {
+                        refused = Some(Replicated::Gone);
+                    } else if version > base && refused.is_none() {
+                        refused = Some(Replicated::Conflict);
+                    }
+                }
+            }
+        }
+        refused
     }
 
     /// Makes every copy of the placement hold at least `version` (the session as it was
