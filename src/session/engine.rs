@@ -524,9 +524,15 @@ impl Engine {
         session: &Session,
         known: &KnownCopies,
     ) -> Result<(), SessionError> {
+        // The tombstone must outlive every copy it hides: sized by the longer of the
+        // session's interval (as this request read it) and the configured one.
         let (id, max_inactive) = {
             let d = session.lock();
-            (d.id().clone(), d.max_inactive_interval())
+            (
+                d.id().clone(),
+                d.max_inactive_interval()
+                    .max(self.config.max_inactive_interval),
+            )
         };
         self.stats.invalidations.fetch_add(1, Relaxed);
         let mut nodes: Vec<String> = known.nodes().map(str::to_owned).collect();
