@@ -1,6 +1,6 @@
 //! The versioned stored format.
 //!
-//! A session record (`<key>` and `bak:<key>`):
+//! A session record (`<key>`, the same key on every node that holds a copy):
 //!
 //! | bytes | field |
 //! |---|---|
@@ -15,8 +15,9 @@
 //! | 45..53 | max inactive interval, ms |
 //! | 53.. | body: the codec's encoding of a list of `(name, bytes)` attributes (none in a tombstone) |
 //!
-//! A validity record (`validity:<key>` and `bak:validity:<key>`), rewritten by requests
-//! that only read the session (the data itself is only `touch`ed):
+//! A validity record (`validity:<key>`), written by the 0.1 layer for requests that only
+//! read the session; still read (when a record alone says the session expired), no
+//! longer written:
 //!
 //! | bytes | field |
 //! |---|---|

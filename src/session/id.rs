@@ -4,12 +4,11 @@
 //!   (hex rather than base64url because base64url's alphabet contains `-`, the field
 //!   separator). It is also the session's storage key, so it never changes for the
 //!   life of the session.
-//! * `nodeId`: the memcached node that holds the primary copy.
-//! * `backupNodeId` (an extension of MSM's format): the node that holds the `bak:` copy.
-//!   MSM recomputes "the next node" at read time, which names a different node when the
-//!   set of live nodes changed between the write and the read; naming the backup node
-//!   makes restore deterministic for every instance, whatever its view of the cluster.
-//!   `~` is an unreserved URL character and a valid cookie octet.
+//! * `nodeId`: the memcached node that held the primary copy at the last save.
+//! * `backupNodeId` (an extension of MSM's format): the node that held the second copy.
+//!   Both are hints for readers (which also look at the key's own nodes, see
+//!   `placement`), never authority: a client can edit them. `~` is an unreserved URL
+//!   character and a valid cookie octet.
 //! * `route`: the application instance that owns the session (for a sticky balancer, as
 //!   Tomcat's `jvmRoute`).
 //!

@@ -1,15 +1,15 @@
 //! MSM-style session backup and failover on memcached.
 //!
 //! A [`BackupSessionService`] keeps HTTP sessions for a service that runs as several
-//! instances, on top of the crate's memcached [`Client`](crate::Client): each session is
-//! written to the memcached node named in its id and backed up (`bak:` copy) to a second
-//! node named in the id too, so the next request, served by any live instance, finds the
-//! session as it was after the last acknowledged request, even when the instance that
-//! served it died, the node that held it died, or both.
+//! instances, on top of the crate's memcached [`Client`](crate::Client): each session has
+//! two copies on two memcached nodes named in its id, with a write version, so the next
+//! request, served by any live instance with any id, finds the session as the last
+//! acknowledged request left it, and an invalidated session never comes back (with at
+//! most one memcached node unavailable at a time, and any number of instances dying).
 //!
-//! See `docs/session.md` for the design (id format, storage keys, attribute storage,
-//! modes, locking, the loss window of async writes), the configuration reference and the
-//! statistics.
+//! See `docs/session.md` for the guarantee and its invariants first, then the design (id
+//! format, placement, the versioned store, modes, locking, the loss window of async
+//! writes), the configuration reference and the statistics.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), memkeep::session::SessionError> {
