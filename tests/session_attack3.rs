@@ -135,6 +135,40 @@ async fn a_proceed_request_never_gets_a_live_lock_holders_write_refused() {
     }
 }
 
+// The same kind with `uriPattern`: a request whose path does not match is an unlocked
+// writer (it merges); a matching request holding the live lock must not be refused
+// because of it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlocked_uri_pattern_request_never_gets_a_live_lock_holders_write_refused() {
+    let cluster = Cluster::start(2);
+    let a = non_sticky(&cluster, "uriPattern:^/checkout");
+    let b = non_sticky(&cluster, "uriPattern:^/checkout");
+    let browser = logged_in(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    // /checkout on a: locked; it changes `paid`.
+    let locked = a.request(RequestInfo::new("/checkout").session_id(Some(&cookie)));
+    let s = locked.get_or_create().await.unwrap();
+    s.insert("paid", &1u64).unwrap();
+    drop(s);
+    assert_eq!(a.stats().locks_acquired, 1);
+    // /prefs on b: not locked (the pattern does not match); it changes `theme`.
+    let mut other = browser.clone();
+    let (_, out) = other
+        .call(&b, "/prefs", |s| s.insert("theme", &2u64).unwrap())
+        .await
+        .unwrap();
+    assert!(out.written, "the unlocked request's write: {out:?}");
+    let finished = locked.finish().await;
+    assert!(
+        finished.as_ref().is_ok_and(|o| o.written),
+        "a /checkout request holding a live lock was refused because an unlocked \
+         (pattern not matching) request wrote meanwhile: {finished:?}"
+    );
+    assert_eq!(look(&a, &cookie, "paid").await.unwrap(), Some(Some(1)));
+    assert_eq!(look(&a, &cookie, "theme").await.unwrap(), Some(Some(2)));
+}
+
 // ---------------------------------------------------------------------------------------
 // I2 kind "an acknowledged write is never lost", operator side: a node renamed in the
 // configuration (same server, same data; every instance restarted with the new name).
