@@ -95,44 +95,57 @@ async fn a_save_the_backup_nodes_item_limit_refused_is_never_visible() {
 // and merges. It must not make the request that HOLDS the (live, renewed) lock fail:
 // that one's change is refused with `Conflict` although its lock never expired.
 
+/// A locked request on `holder_svc` (path `holder_path`) sets `held = 1` and waits; an
+/// unlocked request of the same session on `other_svc` (`other_path`) sets `other = 2`
+/// and finishes (acknowledged); then the locked request finishes. Checks that the holder
+/// of the live lock is not refused and that both changes survive.
+async fn live_lock_holder_then_unlocked_writer(
+    holder_svc: &BackupSessionService,
+    holder_path: &str,
+    other_svc: &BackupSessionService,
+    other_path: &str,
+    what: &str,
+) {
+    let browser = logged_in(holder_svc).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let locked = holder_svc.request(RequestInfo::new(holder_path).session_id(Some(&cookie)));
+    let s = locked.get_or_create().await.unwrap();
+    s.insert("held", &1u64).unwrap();
+    drop(s);
+    assert_eq!(holder_svc.stats().locks_acquired, 1, "this request holds the lock");
+    let mut other = browser.clone();
+    let (_, out) = other
+        .call(other_svc, other_path, |s| s.insert("other", &2u64).unwrap())
+        .await
+        .unwrap();
+    assert!(out.written, "the unlocked request's write: {out:?}");
+    // The lock holder finishes: its lock is alive (renewed).
+    let finished = locked.finish().await;
+    assert!(
+        finished.as_ref().is_ok_and(|o| o.written),
+        "a request holding a live lock was refused because an unlocked request ({what}) \
+         wrote meanwhile: {finished:?}"
+    );
+    for (attr, value) in [("held", 1), ("other", 2)] {
+        let seen = look(holder_svc, &cookie, attr).await.unwrap();
+        assert_eq!(
+            seen,
+            Some(Some(value)),
+            "both requests' changes survive (the unlocked writer merges): {attr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proceed_request_never_gets_a_live_lock_holders_write_refused() {
     let cluster = Cluster::start(2);
-    let holder_svc = non_sticky(&cluster, "all");
+    let holder = non_sticky(&cluster, "all");
     let proceeder = non_sticky_with(&cluster, "all", |b| {
         b.lock_wait(Duration::from_millis(300))
             .lock_timeout_policy(LockTimeoutPolicy::Proceed)
     });
-    let browser = logged_in(&holder_svc).await;
-    let cookie = browser.cookie.clone().unwrap();
-    // The holder takes the lock and changes `y`.
-    let holder = holder_svc.request(RequestInfo::new("/y").session_id(Some(&cookie)));
-    let s = holder.get_or_create().await.unwrap();
-    s.insert("y", &1u64).unwrap();
-    drop(s);
-    // Another instance waits 300 ms for the lock, proceeds unlocked, changes `x`.
-    let mut other = browser.clone();
-    let (_, out) = other
-        .call(&proceeder, "/x", |s| s.insert("x", &1u64).unwrap())
-        .await
-        .unwrap();
-    assert!(out.written, "the unlocked request's write: {out:?}");
+    live_lock_holder_then_unlocked_writer(&holder, "/y", &proceeder, "/x", "policy Proceed").await;
     assert_eq!(proceeder.stats().lock_proceeded_unlocked, 1);
-    // The lock holder finishes: its lock is alive (renewed), it serialized nothing wrong.
-    let finished = holder.finish().await;
-    assert!(
-        finished.as_ref().is_ok_and(|o| o.written),
-        "a request holding a live lock was refused because an unlocked (Proceed) request \
-         wrote meanwhile: {finished:?}"
-    );
-    for attr in ["x", "y"] {
-        let seen = look(&holder_svc, &cookie, attr).await.unwrap();
-        assert_eq!(
-            seen,
-            Some(Some(1)),
-            "both requests' changes survive (merge semantics of the unlocked writer): {attr}"
-        );
-    }
 }
 
 // The same kind with `uriPattern`: a request whose path does not match is an unlocked
@@ -142,31 +155,9 @@ async fn a_proceed_request_never_gets_a_live_lock_holders_write_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlocked_uri_pattern_request_never_gets_a_live_lock_holders_write_refused() {
     let cluster = Cluster::start(2);
-    let a = non_sticky(&cluster, "uriPattern:^/checkout");
-    let b = non_sticky(&cluster, "uriPattern:^/checkout");
-    let browser = logged_in(&a).await;
-    let cookie = browser.cookie.clone().unwrap();
-    // /checkout on a: locked; it changes `paid`.
-    let locked = a.request(RequestInfo::new("/checkout").session_id(Some(&cookie)));
-    let s = locked.get_or_create().await.unwrap();
-    s.insert("paid", &1u64).unwrap();
-    drop(s);
-    assert_eq!(a.stats().locks_acquired, 1);
-    // /prefs on b: not locked (the pattern does not match); it changes `theme`.
-    let mut other = browser.clone();
-    let (_, out) = other
-        .call(&b, "/prefs", |s| s.insert("theme", &2u64).unwrap())
-        .await
-        .unwrap();
-    assert!(out.written, "the unlocked request's write: {out:?}");
-    let finished = locked.finish().await;
-    assert!(
-        finished.as_ref().is_ok_and(|o| o.written),
-        "a /checkout request holding a live lock was refused because an unlocked \
-         (pattern not matching) request wrote meanwhile: {finished:?}"
-    );
-    assert_eq!(look(&a, &cookie, "paid").await.unwrap(), Some(Some(1)));
-    assert_eq!(look(&a, &cookie, "theme").await.unwrap(), Some(Some(2)));
+    let a = non_sticky(&cluster, "uriPattern:^/(login|checkout)");
+    let b = non_sticky(&cluster, "uriPattern:^/(login|checkout)");
+    live_lock_holder_then_unlocked_writer(&a, "/checkout", &b, "/prefs", "uriPattern").await;
 }
 
 // ---------------------------------------------------------------------------------------
