@@ -112,7 +112,11 @@ async fn live_lock_holder_then_unlocked_writer(
     let s = locked.get_or_create().await.unwrap();
     s.insert("held", &1u64).unwrap();
     drop(s);
-    assert_eq!(holder_svc.stats().locks_acquired, 1, "this request holds the lock");
+    assert_eq!(
+        holder_svc.stats().locks_acquired,
+        1,
+        "this request holds the lock"
+    );
     let mut other = browser.clone();
     let (_, out) = other
         .call(other_svc, other_path, |s| s.insert("other", &2u64).unwrap())
@@ -158,6 +162,23 @@ async fn an_unlocked_uri_pattern_request_never_gets_a_live_lock_holders_write_re
     let a = non_sticky(&cluster, "uriPattern:^/(login|checkout)");
     let b = non_sticky(&cluster, "uriPattern:^/(login|checkout)");
     live_lock_holder_then_unlocked_writer(&a, "/checkout", &b, "/prefs", "uriPattern").await;
+}
+
+// The same kind with `auto`: a request on a path remembered read-only is unlocked; when
+// it changes the session after all and nobody wrote since it loaded, it is written.
+// The request holding the live lock, finishing after it, must not be refused.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_read_only_guess_that_wrote_first_never_gets_a_live_lock_holder_refused() {
+    let cluster = Cluster::start(2);
+    let a = non_sticky(&cluster, "auto");
+    let b = non_sticky(&cluster, "auto");
+    // b learns /prefs as read-only (a request there that changed nothing).
+    let mut learner = logged_in(&b).await;
+    learner.visit(&b, "/prefs", |_| ()).await.unwrap();
+    let unlocked_before = b.stats().auto_readonly_unlocked;
+    live_lock_holder_then_unlocked_writer(&a, "/checkout", &b, "/prefs", "auto guess").await;
+    assert_eq!(b.stats().auto_readonly_unlocked, unlocked_before + 1);
 }
 
 // ---------------------------------------------------------------------------------------
