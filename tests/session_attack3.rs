@@ -330,3 +330,72 @@ async fn invalidate_then_create_in_one_request_leaves_only_the_new_session() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// I2 and I4 with the smallest memory bound: sticky, `max_local_sessions` = 1, three
+// sessions, each with two overlapping requests per round that set different
+// attributes. Evicting memory copies while other sessions' requests are in flight must
+// lose no acknowledged attribute and mix no sessions.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_memory_slot_with_overlapping_requests_loses_no_acknowledged_attribute() {
+    let cluster = Cluster::start(2);
+    let svc = BackupSessionService::new(
+        config(&cluster, Mode::Sticky)
+            .route("a")
+            .max_local_sessions(1)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut browsers = Vec::new();
+    for _ in 0..3 {
+        browsers.push(logged_in(&svc).await);
+    }
+    let rounds = 8u64;
+    let mut acknowledged: Vec<Vec<String>> = vec![Vec::new(); browsers.len()];
+    for round in 0..rounds {
+        let mut calls = Vec::new();
+        for (i, b) in browsers.iter().enumerate() {
+            for side in ["x", "y"] {
+                let mut b = b.clone();
+                let svc = &svc;
+                calls.push(async move {
+                    let name = format!("{side}{round}");
+                    let value = (i as u64) * 1000 + round;
+                    let n = name.clone();
+                    let out = b
+                        .call(svc, "/r", move |s| s.insert(&n, &value).unwrap())
+                        .await;
+                    (i, name, out)
+                });
+            }
+        }
+        for (i, name, out) in futures::future::join_all(calls).await {
+            if out.as_ref().is_ok_and(|(_, o)| o.written) {
+                acknowledged[i].push(name);
+            }
+        }
+    }
+    let mut wrong = Vec::new();
+    for (i, b) in browsers.iter().enumerate() {
+        let cookie = b.cookie.clone().unwrap();
+        for name in &acknowledged[i] {
+            let value: u64 = name[1..].parse::<u64>().unwrap() + (i as u64) * 1000;
+            let seen = look(&svc, &cookie, name).await;
+            if seen.as_ref().ok() != Some(&Some(Some(value))) {
+                wrong.push(format!(
+                    "session {i}: {name} = {seen:?}, acknowledged {value}"
+                ));
+            }
+        }
+    }
+    let total: usize = acknowledged.iter().map(Vec::len).sum();
+    assert!(total > 0, "some writes were acknowledged");
+    assert!(
+        wrong.is_empty(),
+        "I2 (max_local_sessions = 1, {total} acknowledged): {}",
+        session_kit::report(&wrong)
+    );
+    assert!(svc.stats().local_evictions > 0, "the bound was exercised");
+}
