@@ -20,7 +20,7 @@ use memkeep::session::{
     SessionError,
 };
 use memkeep::Protocol;
-use session_kit::{config, logged_in, look, non_sticky, non_sticky_with, Browser};
+use session_kit::{config, logged_in, look, non_sticky, non_sticky_with, service, Browser};
 
 // ---------------------------------------------------------------------------------------
 // I2 kind "a refused write is never visible": the primary accepts a record its backup
@@ -340,14 +340,12 @@ async fn invalidate_then_create_in_one_request_leaves_only_the_new_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_memory_slot_with_overlapping_requests_loses_no_acknowledged_attribute() {
     let cluster = Cluster::start(2);
-    let svc = BackupSessionService::new(
+    let svc = service(
+        &cluster,
         config(&cluster, Mode::Sticky)
             .route("a")
-            .max_local_sessions(1)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+            .max_local_sessions(1),
+    );
     let mut browsers = Vec::new();
     for _ in 0..3 {
         browsers.push(logged_in(&svc).await);
