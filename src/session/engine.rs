@@ -14,7 +14,7 @@ use super::model::{Session, SessionData, WriteSnapshot};
 use super::placement::Copies;
 use super::readonly_paths::ReadOnlyPaths;
 use super::stats::SessionStats;
-use super::store::{Fetched, KnownCopies, Latest, Replicated, Store};
+use super::store::{is_too_large, Fetched, KnownCopies, Latest, Replicated, Store};
 use super::writer::AsyncWriter;
 use super::SessionError;
 
@@ -22,15 +22,25 @@ use super::SessionError;
 const MERGE_ATTEMPTS: usize = 4;
 
 /// Whether a write that finds a newer stored version may merge onto it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum WritePolicy {
     /// Unlocked writers (`none`, sticky mode, `Proceed` after a lock wait ran out):
     /// their own changes are merged onto the newer version.
     Merge,
-    /// Locked requests and `auto` read-only guesses: a newer version means another
-    /// request wrote after this one read (its lock expired, or its guess was wrong);
-    /// the write is refused with [`SessionError::Conflict`].
+    /// `auto` read-only guesses: a newer version means another request wrote after this
+    /// one read (the guess was wrong); the write is refused with
+    /// [`SessionError::Conflict`].
     Refuse,
+    /// Locked requests: a newer version written while this request still holds its lock
+    /// (checked on the lock node) came from an unlocked writer (`Proceed`, a path the
+    /// locking mode does not lock, an `auto` guess): merged. Written while the lock was
+    /// lost (expired, taken by another request): refused - the version is the fence.
+    Locked {
+        /// The lock's node.
+        node: String,
+        /// This request's lock token.
+        token: String,
+    },
 }
 
 /// What a save did.
@@ -349,7 +359,7 @@ impl Engine {
         session: &Session,
         known: &mut KnownCopies,
         mut snapshot: WriteSnapshot,
-        policy: WritePolicy,
+        mut policy: WritePolicy,
     ) -> Result<Saved, SessionError> {
         let key = session.id().key();
         for _ in 0..MERGE_ATTEMPTS {
@@ -366,7 +376,7 @@ impl Engine {
                     base,
                     max_inactive,
                     known,
-                    policy == WritePolicy::Refuse,
+                    policy != WritePolicy::Merge,
                 )
                 .await
             {
@@ -390,26 +400,31 @@ impl Engine {
                     });
                 }
                 Replicated::Gone => return Ok(self.gone()),
-                Replicated::Conflict if policy == WritePolicy::Refuse => {
-                    self.stats.conflicts.fetch_add(1, Relaxed);
-                    tracing::warn!("session written by another request since this one read it; this request's change is refused (lock expired, or auto read-only guess)");
-                    return Err(SessionError::Conflict);
+                Replicated::Conflict if policy != WritePolicy::Merge => {
+                    let still_held = match &policy {
+                        WritePolicy::Locked { node, token } => {
+                            self.store.lock_is_held(node, &key, token).await
+                        }
+                        _ => false,
+                    };
+                    if !still_held {
+                        self.stats.conflicts.fetch_add(1, Relaxed);
+                        tracing::warn!("session written by another request since this one read it; this request's change is refused (lock lost, or auto read-only guess)");
+                        return Err(SessionError::Conflict);
+                    }
+                    // Written by an unlocked writer while this request held the lock.
+                    policy = WritePolicy::Merge;
+                    if let Some(gone) = self.merge_latest(session, &key, known).await? {
+                        return Ok(gone);
+                    }
+                    snapshot = session.lock().snapshot()?;
+                    if !snapshot.changed {
+                        return Ok(Saved::default());
+                    }
                 }
                 Replicated::Conflict => {
-                    let id = session.id();
-                    let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
-                    let now_ms = super::clock::unix_millis(self.config.clock.now());
-                    let fetched = self.store.fetch(&key, &hints, now_ms).await?;
-                    *known = fetched.known;
-                    match fetched.latest {
-                        Some(Latest::Tombstone) => return Ok(self.gone()),
-                        Some(Latest::Session {
-                            version, stored, ..
-                        }) => {
-                            self.stats.merges.fetch_add(1, Relaxed);
-                            session.lock().rebase(stored, version)?;
-                        }
-                        None => {}
+                    if let Some(gone) = self.merge_latest(session, &key, known).await? {
+                        return Ok(gone);
                     }
                     snapshot = session.lock().snapshot()?;
                     if !snapshot.changed {
@@ -420,6 +435,32 @@ impl Engine {
         }
         self.stats.conflicts.fetch_add(1, Relaxed);
         Err(SessionError::Conflict)
+    }
+
+    /// Re-reads the latest version and re-bases this request's own changes onto it.
+    /// `Some` when the session turned out to be invalidated.
+    async fn merge_latest(
+        &self,
+        session: &Session,
+        key: &SessionKey,
+        known: &mut KnownCopies,
+    ) -> Result<Option<Saved>, SessionError> {
+        let id = session.id();
+        let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
+        let now_ms = super::clock::unix_millis(self.config.clock.now());
+        let fetched = self.store.fetch(key, &hints, now_ms).await?;
+        *known = fetched.known;
+        match fetched.latest {
+            Some(Latest::Tombstone) => return Ok(Some(self.gone())),
+            Some(Latest::Session {
+                version, stored, ..
+            }) => {
+                self.stats.merges.fetch_add(1, Relaxed);
+                session.lock().rebase(stored, version)?;
+            }
+            None => {}
+        }
+        Ok(None)
     }
 
     fn gone(&self) -> Saved {
@@ -561,13 +602,5 @@ impl Engine {
     ) -> Result<Saved, SessionError> {
         self.write(session, known, snapshot, WritePolicy::Merge)
             .await
-    }
-}
-
-fn is_too_large(e: &crate::Error) -> bool {
-    match e {
-        crate::Error::ValueTooLarge { .. } => true,
-        crate::Error::Server(msg) => msg.contains("too large"),
-        _ => false,
     }
 }

@@ -180,14 +180,22 @@ impl SessionRequest {
             };
             let known =
                 engine.store.knows(id.node()) && id.backup().is_none_or(|b| engine.store.knows(b));
-            if !known {
+            // An id naming a node that is not configured (renamed, removed, or edited by
+            // the client) keeps its key: its node fields are only hints, so they are
+            // dropped and the key's own nodes are read.
+            let id = if known {
+                id
+            } else {
                 engine.stats.invalid_ids.fetch_add(1, Relaxed);
                 tracing::debug!(
                     node = id.node(),
-                    "session id names an unknown node; ignored"
+                    "session id names an unknown node; reading the key's own nodes"
                 );
-                continue;
-            }
+                match engine.store.without_unknown_hints(&id) {
+                    Some(id) => id,
+                    None => continue,
+                }
+            };
             if st.presented.is_none() {
                 st.presented = Some(candidate.clone());
             }
@@ -320,10 +328,13 @@ impl SessionRequest {
                 s.session = None;
                 gone = true;
             } else if result.is_ok() {
-                let policy = if s.lock.is_some() || (s.unlocked_guess && !st.locked_request) {
-                    WritePolicy::Refuse
-                } else {
-                    WritePolicy::Merge
+                let policy = match &s.lock {
+                    Some(l) => WritePolicy::Locked {
+                        node: l.node.clone(),
+                        token: l.token.clone(),
+                    },
+                    None if s.unlocked_guess && !st.locked_request => WritePolicy::Refuse,
+                    None => WritePolicy::Merge,
                 };
                 let changed = session.lock().is_changed().unwrap_or(true);
                 if changed && s.unlocked_guess && s.lock.is_none() {

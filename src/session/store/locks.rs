@@ -94,6 +94,17 @@ impl Store {
         }
     }
 
+    /// True when the lock on `node` still holds `token` (a failed read counts as lost).
+    pub(crate) async fn lock_is_held(&self, node: &str, key: &SessionKey, token: &str) -> bool {
+        match self.node(node) {
+            Ok(c) => matches!(
+                c.get(self.lock_key(key)).await,
+                Ok(Some(item)) if item.value.as_ref() == token.as_bytes()
+            ),
+            Err(_) => false,
+        }
+    }
+
     /// Removes the lock key only if it still holds `token`, atomically: the lock is read
     /// with its CAS token and overwritten, under that token, by an item that expires at
     /// once (a CAS-guarded delete both protocols can express).

@@ -37,7 +37,7 @@ mod write;
 pub(crate) use handoff::HANDOFF_PERIOD;
 
 use super::format::{self, Record, StoredSession, Validity};
-use super::id::SessionKey;
+use super::id::{SessionId, SessionKey};
 use super::placement::{Copies, Placement};
 use super::stats::SessionStats;
 use super::SessionError;
@@ -173,6 +173,16 @@ pub(crate) struct Store {
     repair_ttl: Duration,
 }
 
+/// True for a value a node refuses as larger than its item size limit (ours or the
+/// server's `-I`).
+pub(crate) fn is_too_large(e: &crate::Error) -> bool {
+    match e {
+        crate::Error::ValueTooLarge { .. } => true,
+        crate::Error::Server(msg) => msg.contains("too large"),
+        _ => false,
+    }
+}
+
 /// memcached's TTL for a duration: 1 s resolution, rounded up so an item never dies
 /// before the session it holds.
 pub(crate) fn ttl(d: Duration) -> Expiry {
@@ -232,6 +242,19 @@ impl Store {
 
     pub(crate) fn knows(&self, node: &str) -> bool {
         self.per_node.contains_key(node)
+    }
+
+    /// `id` with its unknown node fields dropped: the configured one it names, else the
+    /// first node of the key's order, as the primary hint; the route kept.
+    pub(crate) fn without_unknown_hints(&self, id: &SessionId) -> Option<SessionId> {
+        let key = id.key();
+        let primary = [Some(id.node()), id.backup()]
+            .into_iter()
+            .flatten()
+            .find(|n| self.knows(n))
+            .map(str::to_owned)
+            .or_else(|| self.placement.order(&key).first().map(|n| (*n).to_owned()))?;
+        SessionId::new(key, primary, None, id.route().map(str::to_owned)).ok()
     }
 
     /// Anything but `Down` is usable: a node still connecting gets the benefit of the

@@ -209,6 +209,16 @@ impl Store {
                             Replicated::Conflict
                         });
                     }
+                    // A node whose item limit is smaller than the primary's (`-I`)
+                    // can't hold this copy: the copy goes to another node (or the
+                    // session keeps one copy), rather than failing a save whose
+                    // primary copy is already stored.
+                    Err(e) if !written.is_empty() && is_too_large(&e) => {
+                        self.stats.write_failures.fetch_add(1, Relaxed);
+                        tracing::warn!(node, error = %e, "session copy too large for this node's item limit; placing the copy on another node");
+                        exclude.push(node.to_owned());
+                        continue 'placement;
+                    }
                     Err(e) if e.is_node_failure() => {
                         self.stats.write_failures.fetch_add(1, Relaxed);
                         tracing::warn!(node, error = %e, "session copy write failed; placing the copy on another node");
