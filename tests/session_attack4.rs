@@ -1,0 +1,80 @@
+//! Fourth round of attacks on the session layer: a merge that makes a session larger
+//! than `max_session_size`, and other instances of the kinds of fault issue 7 lists.
+//!
+//! Public API only. Each failing test names the invariant it breaks in its assertion
+//! message.
+
+mod kit;
+#[path = "kit/session.rs"]
+mod session_kit;
+
+use kit::Cluster;
+use memkeep::session::{RequestInfo, SessionError};
+use session_kit::{logged_in, look, non_sticky_with};
+
+// ---------------------------------------------------------------------------------------
+// I2 "an acknowledged write is never lost" / `max_session_size`: two overlapping
+// unlocked writers each add an attribute that fits the limit on its own; the second
+// one's merge makes the session larger than the limit. Either the second write is
+// refused (`TooLarge`, nothing of it visible) or it is acknowledged - but then the
+// session must stay usable: a later read-only request must not fail.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_past_max_session_size_never_leaves_an_unusable_session() {
+    let cluster = Cluster::start(3);
+    let max = 64 * 1024;
+    let build = || non_sticky_with(&cluster, "none", |b| b.max_session_size(max));
+    let a = build();
+    let b = build();
+    let browser = logged_in(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let blob = "x".repeat(40 * 1024);
+    // Both requests load the session (version 1), then each adds 40 KB.
+    let ra = a.request(RequestInfo::new("/a").session_id(Some(&cookie)));
+    let rb = b.request(RequestInfo::new("/b").session_id(Some(&cookie)));
+    ra.get_or_create()
+        .await
+        .unwrap()
+        .insert("blob_a", &blob)
+        .unwrap();
+    rb.get_or_create()
+        .await
+        .unwrap()
+        .insert("blob_b", &blob)
+        .unwrap();
+    let fa = ra.finish().await;
+    assert!(
+        fa.as_ref().is_ok_and(|o| o.written),
+        "the first write fits: {fa:?}"
+    );
+    let fb = rb.finish().await;
+    let b_acknowledged = fb.as_ref().is_ok_and(|o| o.written);
+    assert!(
+        b_acknowledged || matches!(fb, Err(SessionError::TooLarge { .. })),
+        "the second write is acknowledged or refused as too large: {fb:?}"
+    );
+    // A read-only request on either instance: it must succeed and see the acknowledged
+    // attributes (and not the refused one).
+    for (name, svc) in [("a", &a), ("b", &b)] {
+        let req = svc.request(RequestInfo::new("/page").session_id(Some(&cookie)));
+        let seen = req.session().await.map(|s| {
+            s.map(|s| {
+                (
+                    s.get::<u64>("user").unwrap(),
+                    s.get::<String>("blob_a").unwrap().is_some(),
+                    s.get::<String>("blob_b").unwrap().is_some(),
+                )
+            })
+        });
+        let finished = req.finish().await;
+        assert!(
+            matches!(seen, Ok(Some((Some(7), true, bb))) if bb == b_acknowledged)
+                && finished.is_ok(),
+            "I2: after a merge past max_session_size ({max} bytes; second write: {fb:?}), \
+             a read-only request on instance {name} sees {seen:?} and finishes with \
+             {finished:?}: the session is no longer usable"
+        );
+    }
+    // The user is still logged in, by any read.
+    assert_eq!(look(&a, &cookie, "user").await.ok(), Some(Some(Some(7))));
+}
