@@ -9,8 +9,8 @@ mod kit;
 mod session_kit;
 
 use kit::Cluster;
-use memkeep::session::{RequestInfo, SessionError};
-use session_kit::{logged_in, look, non_sticky_with};
+use memkeep::session::{Mode, RequestInfo, SessionError, WriteMode};
+use session_kit::{config, logged_in, look, non_sticky_with, service};
 
 // ---------------------------------------------------------------------------------------
 // I2 "an acknowledged write is never lost" / `max_session_size`: two overlapping
@@ -77,4 +77,68 @@ async fn a_merge_past_max_session_size_never_leaves_an_unusable_session() {
     }
     // The user is still logged in, by any read.
     assert_eq!(look(&a, &cookie, "user").await.ok(), Some(Some(Some(7))));
+}
+
+// ---------------------------------------------------------------------------------------
+// I2 "an acknowledged write is never lost", async mode: the loss window is only the
+// queue of an instance that DIES. Two sticky async instances write one session
+// concurrently; each write fits `max_session_size` (and memcached's 1 MB item limit)
+// on its own, and each `finish` is acknowledged (queued). The second queued write
+// merges onto the first and the merge is larger than memcached's item limit: the
+// background writer's write fails, and the acknowledged attribute is lost although
+// both instances are alive and flushed.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_async_an_acknowledged_write_whose_merge_outgrows_the_item_limit_is_not_lost() {
+    let cluster = Cluster::start(3);
+    let build = |route: &str| {
+        service(
+            &cluster,
+            config(&cluster, Mode::Sticky)
+                .route(route)
+                .write_mode(WriteMode::Async),
+        )
+    };
+    let a = build("a");
+    let b = build("b");
+    let browser = logged_in(&a).await;
+    a.flush().await;
+    let cookie = browser.cookie.clone().unwrap();
+    let blob = "x".repeat(600 * 1024);
+    let ra = a.request(RequestInfo::new("/a").session_id(Some(&cookie)));
+    let rb = b.request(RequestInfo::new("/b").session_id(Some(&cookie)));
+    ra.get_or_create()
+        .await
+        .unwrap()
+        .insert("blob_a", &blob)
+        .unwrap();
+    rb.get_or_create()
+        .await
+        .unwrap()
+        .insert("blob_b", &blob)
+        .unwrap();
+    let fa = ra.finish().await;
+    assert!(fa.as_ref().is_ok_and(|o| o.written), "a's write: {fa:?}");
+    a.flush().await;
+    let fb = rb.finish().await;
+    let b_acknowledged = fb.as_ref().is_ok_and(|o| o.written);
+    b.flush().await;
+    // Whatever b was told, what it was told must hold.
+    let seen_b = {
+        let req = a.request(RequestInfo::new("/page").session_id(Some(&cookie)));
+        let seen = req
+            .session()
+            .await
+            .map(|s| s.map(|s| s.get::<String>("blob_b").unwrap().is_some()));
+        let _ = req.finish().await;
+        seen
+    };
+    assert!(
+        matches!(seen_b, Ok(Some(v)) if v == b_acknowledged),
+        "I2: instance b's write was answered {fb:?} (acknowledged: {b_acknowledged}), \
+         both instances are alive and flushed, yet a later request sees blob_b: {seen_b:?} \
+         (stats of b: oversized {}, write failures {})",
+        b.stats().oversized,
+        b.stats().write_failures
+    );
 }
