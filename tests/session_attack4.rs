@@ -8,9 +8,13 @@ mod kit;
 #[path = "kit/session.rs"]
 mod session_kit;
 
-use kit::Cluster;
-use memkeep::session::{Mode, RequestInfo, SessionError, WriteMode};
-use session_kit::{config, logged_in, look, non_sticky_with, service};
+use std::time::Duration;
+
+use kit::{no_hang, Cluster};
+use memkeep::session::{
+    BackupSessionService, CookieDecision, Mode, RequestInfo, SessionError, WriteMode,
+};
+use session_kit::{config, fast_client, index_of, logged_in, look, non_sticky_with, service};
 
 // ---------------------------------------------------------------------------------------
 // I2 "an acknowledged write is never lost" / `max_session_size`: two overlapping
@@ -140,5 +144,66 @@ async fn sticky_async_an_acknowledged_write_whose_merge_outgrows_the_item_limit_
          (stats of b: oversized {}, write failures {})",
         b.stats().oversized,
         b.stats().write_failures
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// I1 "nothing writes it back: not an async-mode queued write": a login on sticky async
+// instance A is acknowledged (queued); its primary node is stopped, so A's background
+// writer is still waiting on it (A has a long operation timeout). The user logs out on
+// instance B (short timeout): B finds no copy yet, its logout is acknowledged and the
+// cookie removed. Then the node resumes and A's queued write lands: the logged-out
+// session is served again with the old id.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_async_a_logout_elsewhere_before_the_first_write_landed_stays_logged_out() {
+    let mut cluster = Cluster::start(3);
+    let a = {
+        let config = config(&cluster, Mode::Sticky)
+            .route("a")
+            .write_mode(WriteMode::Async)
+            .operation_timeout(Duration::from_secs(8))
+            .build()
+            .unwrap();
+        BackupSessionService::with_client(config, fast_client(&cluster, Duration::from_secs(8)))
+            .unwrap()
+    };
+    let b = service(
+        &cluster,
+        config(&cluster, Mode::Sticky)
+            .route("b")
+            .write_mode(WriteMode::Async),
+    );
+    let login = a.request(RequestInfo::new("/login"));
+    let session = login.get_or_create().await.unwrap();
+    session.insert("user", &7u64).unwrap();
+    let primary = index_of(session.id().node());
+    drop(session);
+    cluster.nodes[primary].pause();
+    let out = login.finish().await.unwrap();
+    assert!(out.written, "the login is acknowledged (queued): {out:?}");
+    let cookie = match out.cookie {
+        CookieDecision::Set(id) => id,
+        other => panic!("the login sets a cookie: {other:?}"),
+    };
+    // Logout on B while A's write waits on the stopped primary.
+    let r = b.request(RequestInfo::new("/logout").session_id(Some(&cookie)));
+    let before = r.session().await.map(|s| s.is_some());
+    r.invalidate().await.unwrap();
+    let logout = r.finish().await;
+    assert!(logout.is_ok(), "the logout is acknowledged: {logout:?}");
+    cluster.nodes[primary].resume();
+    no_hang("A's queue drains", Duration::from_secs(30), a.flush()).await;
+    let mut seen = Vec::new();
+    for (name, svc) in [("a", &a), ("b", &b)] {
+        let user = look(svc, &cookie, "user").await;
+        if !matches!(user, Ok(None)) {
+            seen.push(format!("instance {name}: {user:?}"));
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "I1: the logout on b (it saw the session: {before:?}; finish: {logout:?}) was \
+         acknowledged, yet A's queued login write brought the session back: {seen:?}"
     );
 }
