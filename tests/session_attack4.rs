@@ -207,3 +207,62 @@ async fn sticky_async_a_logout_elsewhere_before_the_first_write_landed_stays_log
          acknowledged, yet A's queued login write brought the session back: {seen:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Guard, codecs: instances configured with different codecs (MessagePack, JSON) share
+// sessions; overlapping unlocked writers on both merge attribute by attribute, and
+// every instance reads every acknowledged attribute, whichever codec created the session.
+
+#[cfg(feature = "codec-json")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_across_instances_with_different_codecs_keep_every_acknowledged_attribute() {
+    use memkeep::session::CodecKind;
+    let cluster = Cluster::start(3);
+    let build = |mode: Mode, route: &str, codec: CodecKind| {
+        let builder = config(&cluster, mode).codec(codec).locking_str("none");
+        let builder = if mode == Mode::Sticky {
+            builder.route(route)
+        } else {
+            builder
+        };
+        service(&cluster, builder)
+    };
+    for mode in [Mode::NonSticky, Mode::Sticky] {
+        for (first, second) in [
+            (CodecKind::MessagePack, CodecKind::Json),
+            (CodecKind::Json, CodecKind::MessagePack),
+        ] {
+            let a = build(mode, "a", first);
+            let b = build(mode, "b", second);
+            let browser = logged_in(&a).await;
+            let cookie = browser.cookie.clone().unwrap();
+            let ra = a.request(RequestInfo::new("/a").session_id(Some(&cookie)));
+            let rb = b.request(RequestInfo::new("/b").session_id(Some(&cookie)));
+            let sa = ra.get_or_create().await.unwrap();
+            let sb = rb.get_or_create().await.unwrap();
+            sa.insert("from_a", &1u64).unwrap();
+            sa.insert("both", &10u64).unwrap();
+            sb.insert("from_b", &2u64).unwrap();
+            sb.insert("both", &20u64).unwrap();
+            drop((sa, sb));
+            let fa = ra.finish().await;
+            let fb = rb.finish().await;
+            assert!(
+                fa.as_ref().is_ok_and(|o| o.written) && fb.as_ref().is_ok_and(|o| o.written),
+                "{mode:?} {first:?}/{second:?}: both unlocked writes are acknowledged: \
+                 {fa:?} {fb:?}"
+            );
+            for (name, svc) in [("a", &a), ("b", &b)] {
+                for (attr, want) in [("user", 7), ("from_a", 1), ("from_b", 2), ("both", 20)] {
+                    let seen = look(svc, &cookie, attr).await;
+                    assert_eq!(
+                        seen.ok(),
+                        Some(Some(Some(want))),
+                        "{mode:?}, session created with {first:?}, merged by {second:?}: \
+                         instance {name} reads {attr}"
+                    );
+                }
+            }
+        }
+    }
+}
