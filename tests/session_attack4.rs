@@ -266,3 +266,116 @@ async fn merges_across_instances_with_different_codecs_keep_every_acknowledged_a
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// I2 "a refused write is never visible", with a stopped primary: an `auto` read-only
+// guess (instance a, long operation timeout) checks the copies (no newer version yet),
+// then sends its write to the primary, which is SIGSTOPped: the write waits in the
+// node's socket. Meanwhile an unlocked writer on instance b writes (relocating off the
+// stopped node). a's write goes on to the next node, finds b's newer version and is
+// refused (`Conflict`). Then the primary resumes and applies the write that waited in
+// its socket: a copy with the same version number as b's, holding the REFUSED content.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_that_waited_in_a_stopped_primarys_socket_is_never_visible() {
+    // Whether the write waiting in the stopped node's socket is still applied when the
+    // node resumes depends on scheduling: a few rounds (about 5 s each).
+    for round in 0..4 {
+        let wrong = refused_write_in_a_stopped_primarys_socket().await;
+        assert!(
+            wrong.is_empty(),
+            "I2 (round {round}): {}",
+            session_kit::report(&wrong)
+        );
+    }
+}
+
+/// One round: returns the wrong outcomes.
+async fn refused_write_in_a_stopped_primarys_socket() -> Vec<String> {
+    let mut cluster = Cluster::start(3);
+    let slow = {
+        let config = config(&cluster, Mode::NonSticky)
+            .locking_str("auto")
+            .operation_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        BackupSessionService::with_client(config, fast_client(&cluster, Duration::from_secs(2)))
+            .unwrap()
+    };
+    let fast = |cluster: &Cluster| {
+        service(
+            cluster,
+            config(cluster, Mode::NonSticky).locking_str("none"),
+        )
+    };
+    let b = fast(&cluster);
+    let browser = logged_in(&b).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let primary = index_of(browser.id().unwrap().node());
+    // "/ro" completes without a change: remembered read-only by `slow`.
+    let mut reader = browser.clone();
+    reader.visit(&slow, "/ro", |_| ()).await.unwrap();
+    let r = slow.request(RequestInfo::new("/ro").session_id(Some(&cookie)));
+    let w = b.request(RequestInfo::new("/w").session_id(Some(&cookie)));
+    for (req, attr, value) in [(&r, "refused_r", 1u64), (&w, "acked_w", 2)] {
+        let s = req.session().await.unwrap().unwrap();
+        s.insert(attr, &value).unwrap();
+    }
+    assert_eq!(
+        slow.stats().auto_readonly_unlocked,
+        1,
+        "r is an unlocked guess"
+    );
+    cluster.nodes[primary].pause();
+    let refused = tokio::spawn(async move { r.finish().await });
+    // r's check of the copies has read the backup; its primary read waits (2 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out_w = w.finish().await;
+    assert!(out_w.as_ref().is_ok_and(|o| o.written), "w: {out_w:?}");
+    let out_r = no_hang("r's finish", Duration::from_secs(30), refused)
+        .await
+        .unwrap();
+    cluster.nodes[primary].resume();
+    // Let the resumed node work through what waited in its sockets.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked_r = out_r.as_ref().is_ok_and(|o| o.written);
+    let mut ids = vec![cookie];
+    for out in [&out_r, &out_w].into_iter().flatten() {
+        if let CookieDecision::Set(new) = &out.cookie {
+            ids.push(new.clone());
+        }
+    }
+    let c = fast(&cluster);
+    let mut wrong = Vec::new();
+    for id in &ids {
+        let seen_r = look(&c, id, "refused_r").await;
+        let seen_w = look(&c, id, "acked_w").await;
+        if seen_w.as_ref().ok() != Some(&Some(Some(2))) {
+            wrong.push(format!(
+                "id {id}: w = {seen_w:?}: w's acknowledged write lost"
+            ));
+        }
+        if !acked_r
+            && seen_r
+                .as_ref()
+                .is_ok_and(|v| v.is_some_and(|v| v.is_some()))
+        {
+            wrong.push(format!(
+                "id {id}: r = {seen_r:?}: r's refused write visible"
+            ));
+        }
+    }
+    // No copy, on any node, holds the refused change.
+    let key = ids[0].split('-').next().unwrap();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let held = kit::memcached::raw::get_bytes(&node.addr(), key);
+        let marker = b"refused_r";
+        if !acked_r && held.is_some_and(|v| v.windows(marker.len()).any(|w| w == marker)) {
+            wrong.push(format!("node n{n} holds a copy with r's refused change"));
+        }
+    }
+    if !wrong.is_empty() {
+        wrong.push(format!("r was answered {out_r:?}, w {out_w:?}"));
+    }
+    wrong
+}

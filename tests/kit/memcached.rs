@@ -451,6 +451,26 @@ pub mod raw {
         }
     }
 
+    /// `get key` straight from the server: the raw value bytes, if any (binary safe).
+    pub fn get_bytes(addr: &str, key: &str) -> Option<Vec<u8>> {
+        let mut s = connect(addr);
+        s.write_all(format!("get {key}\r\n").as_bytes())
+            .expect("raw write");
+        let mut r = BufReader::new(s);
+        let mut header = String::new();
+        r.read_line(&mut header).expect("raw read (5 s limit)");
+        let len: usize = header
+            .strip_prefix("VALUE ")?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()?;
+        let mut value = vec![0u8; len + 2];
+        std::io::Read::read_exact(&mut r, &mut value).expect("raw read of the value");
+        value.truncate(len);
+        Some(value)
+    }
+
     /// `get key` straight from the server: the value as a string, if any.
     pub fn get(addr: &str, key: &str) -> Option<String> {
         let lines = exchange(addr, format!("get {key}\r\n").as_bytes(), &["END"]);
