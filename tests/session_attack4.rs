@@ -379,3 +379,48 @@ async fn refused_write_in_a_stopped_primarys_socket() -> Vec<String> {
     }
     wrong
 }
+
+// ---------------------------------------------------------------------------------------
+// Login rotation (`create`) while the old session's primary node is stopped: the new
+// session is acknowledged and readable on another instance, and the old one is gone
+// (after the node resumes too).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_while_the_old_sessions_primary_is_stopped_rotates_the_session() {
+    let mut cluster = Cluster::start(3);
+    let a = service(
+        &cluster,
+        config(&cluster, Mode::NonSticky).locking_str("all"),
+    );
+    let b = service(
+        &cluster,
+        config(&cluster, Mode::NonSticky).locking_str("all"),
+    );
+    let browser = logged_in(&a).await;
+    let old = browser.cookie.clone().unwrap();
+    let primary = index_of(browser.id().unwrap().node());
+    cluster.nodes[primary].pause();
+    let login = a.request(RequestInfo::new("/login").session_id(Some(&old)));
+    let created = login.create().await;
+    let new_id = created.map(|s| {
+        s.insert("user", &8u64).unwrap();
+        s.id().to_string()
+    });
+    let out = login.finish().await;
+    cluster.nodes[primary].resume();
+    assert!(
+        new_id.is_ok() && out.as_ref().is_ok_and(|o| o.written),
+        "a login rotation with one node stopped is acknowledged: create {new_id:?}, \
+         finish {out:?}"
+    );
+    let new_id = match out.unwrap().cookie {
+        CookieDecision::Set(id) => id,
+        other => panic!("the rotation sets the new cookie: {other:?}"),
+    };
+    assert_eq!(look(&b, &new_id, "user").await.ok(), Some(Some(Some(8))));
+    assert_eq!(
+        look(&b, &old, "user").await.ok(),
+        Some(None),
+        "I1: the rotated-out session is gone"
+    );
+}
