@@ -14,7 +14,9 @@ use kit::{no_hang, Cluster};
 use memkeep::session::{
     BackupSessionService, CookieDecision, Mode, RequestInfo, SessionError, WriteMode,
 };
-use session_kit::{config, fast_client, index_of, logged_in, look, non_sticky_with, service};
+use session_kit::{
+    config, fast_client, id_variants, index_of, logged_in, look, non_sticky_with, service,
+};
 
 // ---------------------------------------------------------------------------------------
 // I2 "an acknowledged write is never lost" / `max_session_size`: two overlapping
@@ -423,4 +425,40 @@ async fn create_while_the_old_sessions_primary_is_stopped_rotates_the_session() 
         Some(None),
         "I1: the rotated-out session is gone"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// A logout whose Cookie header carries a forged variant of the id first, then the real
+// id twice: the session is gone for every id variant, on every instance.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_presenting_a_forged_variant_and_the_id_twice_is_gone_for_every_variant() {
+    let cluster = Cluster::start(3);
+    let a = non_sticky_with(&cluster, "all", |b| b);
+    let b = non_sticky_with(&cluster, "none", |b| b);
+    let browser = logged_in(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let id = browser.id().unwrap();
+    let variants = id_variants(id.key(), &cluster.ids(), &["r1"]);
+    let forged = variants
+        .iter()
+        .find(|v| **v != cookie && !v.contains(&format!("-{}", id.node())))
+        .unwrap()
+        .clone();
+    let header = format!("JSESSIONID={forged}; JSESSIONID={cookie}; JSESSIONID={cookie}");
+    let ids = a.ids_from_cookie_header(&header);
+    let r = a.request(RequestInfo::new("/logout").session_ids(ids));
+    r.invalidate().await.unwrap();
+    let out = r.finish().await;
+    assert!(out.is_ok(), "the logout is acknowledged: {out:?}");
+    let mut seen = Vec::new();
+    for (name, svc) in [("a", &a), ("b", &b)] {
+        for v in &variants {
+            let user = look(svc, v, "user").await;
+            if !matches!(user, Ok(None)) {
+                seen.push(format!("{name} {v}: {user:?}"));
+            }
+        }
+    }
+    assert!(seen.is_empty(), "I1: {}", session_kit::report(&seen));
 }
