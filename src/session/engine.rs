@@ -319,14 +319,16 @@ impl Engine {
     ) -> Result<Saved, SessionError> {
         let snapshot = session.lock().snapshot()?;
         let size = snapshot.bytes.len();
-        if size > self.config.max_session_size {
-            return Err(self.too_large(size));
-        }
         self.stats
             .serialization_us
             .record_duration(snapshot.serialize_time);
+        // An unchanged session is only refreshed, whatever its size (a session that grew
+        // past the limit through another request's merge stays readable).
         if !snapshot.changed {
             return self.refresh(session, s, snapshot).await;
+        }
+        if size > self.config.max_session_size {
+            return Err(self.too_large(size));
         }
         self.stats.session_size_bytes.record(size as u64);
         if let Some(writer) = &self.writer {
@@ -421,6 +423,10 @@ impl Engine {
                     if !snapshot.changed {
                         return Ok(Saved::default());
                     }
+                    // The merged session must fit too: refused, nothing written.
+                    if snapshot.bytes.len() > self.config.max_session_size {
+                        return Err(self.too_large(snapshot.bytes.len()));
+                    }
                 }
                 Replicated::Conflict => {
                     if let Some(gone) = self.merge_latest(session, &key, known).await? {
@@ -429,6 +435,10 @@ impl Engine {
                     snapshot = session.lock().snapshot()?;
                     if !snapshot.changed {
                         return Ok(Saved::default());
+                    }
+                    // The merged session must fit too: refused, nothing written.
+                    if snapshot.bytes.len() > self.config.max_session_size {
+                        return Err(self.too_large(snapshot.bytes.len()));
                     }
                 }
             }
@@ -585,6 +595,20 @@ impl Engine {
         let now = super::clock::unix_millis(self.config.clock.now());
         self.store
             .invalidate(&id.key(), &nodes, now, max_inactive)
+            .await
+    }
+
+    /// Invalidates the key of an id under which no session was found (see
+    /// `SessionRequest::invalidate`): tombstones on the id's nodes and every usable node.
+    pub(crate) async fn invalidate_id(&self, id: &SessionId) -> Result<(), SessionError> {
+        let nodes: Vec<String> = std::iter::once(id.node())
+            .chain(id.backup())
+            .filter(|n| self.store.knows(n))
+            .map(str::to_owned)
+            .collect();
+        let now = super::clock::unix_millis(self.config.clock.now());
+        self.store
+            .invalidate(&id.key(), &nodes, now, self.config.max_inactive_interval)
             .await
     }
 

@@ -37,6 +37,9 @@ struct ReqState {
     /// Sessions this request replaced with `create`, with what was known of their
     /// copies: invalidated at `finish`.
     replaced: Vec<(Session, KnownCopies)>,
+    /// `invalidate()` found no session under the id presented: its key still gets
+    /// tombstones at `finish` (a write of it may be queued, or in flight, elsewhere).
+    invalidate_presented: Option<SessionId>,
     finished: bool,
 }
 
@@ -292,9 +295,22 @@ impl SessionRequest {
 
     /// Invalidates the request's session (if it has one): every copy is replaced by a
     /// tombstone when the request finishes, and the cookie is removed.
+    ///
+    /// When the request presented an id but no session was found under it, that id's
+    /// key is invalidated all the same: a write of it may still be queued on another
+    /// instance (async mode) or in flight on a node that was away.
     pub async fn invalidate(&self) -> Result<(), SessionError> {
-        if let Some(s) = self.session().await? {
-            s.invalidate();
+        let mut st = self.inner.state.lock().await;
+        match self.load(&mut st).await? {
+            Some(s) => s.invalidate(),
+            None => {
+                let engine = &self.inner.engine;
+                st.invalidate_presented = st
+                    .presented
+                    .as_deref()
+                    .and_then(SessionId::parse)
+                    .and_then(|id| engine.store.without_unknown_hints(&id));
+            }
         }
         Ok(())
     }
@@ -313,6 +329,11 @@ impl SessionRequest {
         let mut result: Result<(), SessionError> = Ok(());
         for (old, known) in std::mem::take(&mut st.replaced) {
             if let Err(e) = engine.invalidate(&old, &known).await {
+                result = Err(e);
+            }
+        }
+        if let Some(id) = st.invalidate_presented.take() {
+            if let Err(e) = engine.invalidate_id(&id).await {
                 result = Err(e);
             }
         }

@@ -169,9 +169,9 @@ impl Store {
     async fn place_record(
         &self,
         key: &SessionKey,
-        record: &[u8],
+        record: &mut [u8],
         base: u64,
-        new_version: u64,
+        mut new_version: u64,
         expiry: Expiry,
         known: &mut KnownCopies,
         repair: bool,
@@ -224,6 +224,15 @@ impl Store {
                         tracing::warn!(node, error = %e, "session copy write failed; placing the copy on another node");
                         exclude.push(node.to_owned());
                         last_error = Some(e);
+                        // The failed write's outcome is unknown: it may still land (a
+                        // stopped node runs what waits in its socket when it resumes).
+                        // Nothing of this save is stored yet, so it goes on one version
+                        // higher: a late landing of the failed write, or of another
+                        // writer's attempt at `base + 1`, is then older.
+                        if written.is_empty() && !repair && new_version == base + 1 {
+                            new_version += 1;
+                            format::set_version(record, new_version);
+                        }
                         continue 'placement;
                     }
                     Err(e) => return Err(e.into()),
