@@ -402,33 +402,22 @@ impl Engine {
                     });
                 }
                 Replicated::Gone => return Ok(self.gone()),
-                Replicated::Conflict if policy != WritePolicy::Merge => {
-                    let still_held = match &policy {
-                        WritePolicy::Locked { node, token } => {
-                            self.store.lock_is_held(node, &key, token).await
-                        }
-                        _ => false,
-                    };
-                    if !still_held {
-                        self.stats.conflicts.fetch_add(1, Relaxed);
-                        tracing::warn!("session written by another request since this one read it; this request's change is refused (lock lost, or auto read-only guess)");
-                        return Err(SessionError::Conflict);
-                    }
-                    // Written by an unlocked writer while this request held the lock.
-                    policy = WritePolicy::Merge;
-                    if let Some(gone) = self.merge_latest(session, &key, known).await? {
-                        return Ok(gone);
-                    }
-                    snapshot = session.lock().snapshot()?;
-                    if !snapshot.changed {
-                        return Ok(Saved::default());
-                    }
-                    // The merged session must fit too: refused, nothing written.
-                    if snapshot.bytes.len() > self.config.max_session_size {
-                        return Err(self.too_large(snapshot.bytes.len()));
-                    }
-                }
                 Replicated::Conflict => {
+                    if policy != WritePolicy::Merge {
+                        let still_held = match &policy {
+                            WritePolicy::Locked { node, token } => {
+                                self.store.lock_is_held(node, &key, token).await
+                            }
+                            _ => false,
+                        };
+                        if !still_held {
+                            self.stats.conflicts.fetch_add(1, Relaxed);
+                            tracing::warn!("session written by another request since this one read it; this request's change is refused (lock lost, or auto read-only guess)");
+                            return Err(SessionError::Conflict);
+                        }
+                        // Written by an unlocked writer while this request held the lock.
+                        policy = WritePolicy::Merge;
+                    }
                     if let Some(gone) = self.merge_latest(session, &key, known).await? {
                         return Ok(gone);
                     }

@@ -75,6 +75,24 @@ impl Attr {
     }
 }
 
+/// Attributes as stored: clean (their hash recorded), none handed out mutably.
+fn stored_attrs(attributes: Vec<(String, Vec<u8>)>) -> BTreeMap<String, Attr> {
+    attributes
+        .into_iter()
+        .map(|(name, bytes)| {
+            let stored_hash = Some(hash_bytes(&bytes));
+            (
+                name,
+                Attr {
+                    bytes,
+                    stored_hash,
+                    live: None,
+                },
+            )
+        })
+        .collect()
+}
+
 /// The state of one session. Reached through [`Session::lock`] (as a [`SessionGuard`])
 /// or through the convenience methods of [`Session`].
 pub struct SessionData {
@@ -144,21 +162,7 @@ impl SessionData {
         last_access_ms: u64,
         version: u64,
     ) -> Self {
-        let attrs = stored
-            .attributes
-            .into_iter()
-            .map(|(name, bytes)| {
-                let h = hash_bytes(&bytes);
-                (
-                    name,
-                    Attr {
-                        bytes,
-                        stored_hash: Some(h),
-                        live: None,
-                    },
-                )
-            })
-            .collect();
+        let attrs = stored_attrs(stored.attributes);
         SessionData {
             id,
             codec: stored.codec,
@@ -460,21 +464,7 @@ impl SessionData {
         version: u64,
     ) -> Result<(), SessionError> {
         let codec = self.codec;
-        let mut merged: BTreeMap<String, Attr> = stored
-            .attributes
-            .into_iter()
-            .map(|(name, bytes)| {
-                let h = hash_bytes(&bytes);
-                (
-                    name,
-                    Attr {
-                        bytes,
-                        stored_hash: Some(h),
-                        live: None,
-                    },
-                )
-            })
-            .collect();
+        let mut merged = stored_attrs(stored.attributes);
         for (name, mut attr) in std::mem::take(&mut self.attrs) {
             let bytes = attr.current_bytes(codec)?;
             let own_change = attr.stored_hash != Some(hash_bytes(&bytes));
