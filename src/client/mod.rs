@@ -1,6 +1,7 @@
 //! The client: routing keys to nodes, applying the failure policy, and the operations.
 
 mod config;
+mod stampede;
 #[cfg(feature = "tls")]
 mod tls;
 mod types;
@@ -25,11 +26,14 @@ use crate::{Error, Result};
 /// `Duration::MAX`).
 const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
+pub use crate::protocol::RecacheFlags;
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
+pub use stampede::{ComputeError, ComputeOptions, Computed, Source};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
 pub use types::{
-    CasOutcome, Credentials, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome,
+    CasOutcome, Credentials, Expiry, GetOptions, Item, Metrics, NodeStatus, StoreOptions,
+    StoreOutcome,
 };
 
 /// An async memcached client over a set of nodes.
@@ -190,6 +194,59 @@ impl Client {
         Ok(value.map(item))
     }
 
+    /// Reads `key` with the meta protocol's retrieval options: vivify on miss and a
+    /// recache threshold (see [`GetOptions`]; they need the meta protocol), the CAS
+    /// token, touch. `None` on a miss (never with `vivify_on_miss`: a miss then creates
+    /// the placeholder and returns it, empty, with [`RecacheFlags::win`]).
+    ///
+    /// This is the low-level form of [`Client::get_or_compute`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memkeep::Client) -> memkeep::Result<()> {
+    /// use memkeep::GetOptions;
+    /// use std::time::Duration;
+    ///
+    /// let options = GetOptions {
+    ///     vivify_on_miss: Some(Duration::from_secs(10)),
+    ///     ..GetOptions::default()
+    /// };
+    /// if let Some(item) = client.get_with("report", options).await? {
+    ///     if item.recache.win {
+    ///         // This caller alone recomputes the value, then stores it.
+    ///     } else if item.recache.already_won && item.value.is_empty() {
+    ///         // Another caller is computing it and there is no value yet: retry later.
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: GetOptions,
+    ) -> Result<Option<Item>> {
+        let key = key.as_ref();
+        let now = SystemTime::now();
+        let touch = options.touch.map(|e| e.to_exptime(now));
+        let cmd = if options.needs_meta() {
+            Command::GetRecache {
+                key,
+                vivify: options
+                    .vivify_on_miss
+                    .map(|d| Expiry::In(d.max(Duration::from_secs(1))).to_exptime(now)),
+                recache: options.recache_below.map(types::ceil_secs),
+                touch,
+            }
+        } else {
+            Command::Get {
+                key,
+                cas: options.cas,
+                touch,
+            }
+        };
+        let value = self.keyed(key, cmd, outcome::item).await?;
+        Ok(value.map(item))
+    }
+
     /// Reads many keys: split by node, one pipelined batch per node, all nodes at
     /// once. Misses are absent from the map. Fails as a whole if any node's batch fails.
     pub async fn get_many<I, K>(&self, keys: I) -> Result<HashMap<Vec<u8>, Item>>
@@ -337,6 +394,29 @@ impl Client {
         let key = key.as_ref();
         self.keyed(key, Command::Delete { key }, outcome::delete)
             .await
+    }
+
+    /// Invalidates `key` instead of deleting it (meta `md` with `I`): memcached keeps
+    /// the value, marks it stale and gives it a new CAS token. The next read with
+    /// [`Client::get_with`] (or any `mg`) gets the value with [`RecacheFlags::stale`] and
+    /// [`RecacheFlags::win`], and readers after it [`RecacheFlags::stale`] and
+    /// [`RecacheFlags::already_won`], until a store replaces the item (a plain store
+    /// clears both). `stale_for` sets a new expiry (meta `T`), bounding how long the
+    /// stale value may be served; `None` keeps the current one. False if the key was
+    /// missing. Needs the meta protocol.
+    pub async fn invalidate(
+        &self,
+        key: impl AsRef<[u8]>,
+        stale_for: Option<Expiry>,
+    ) -> Result<bool> {
+        let key = key.as_ref();
+        let exptime = stale_for.map(|e| e.to_exptime(SystemTime::now()));
+        let cmd = Command::Invalidate {
+            key,
+            exptime,
+            cas: None,
+        };
+        self.keyed(key, cmd, outcome::delete).await
     }
 
     /// Adds `delta` to the decimal number stored at `key`; `None` if it is missing.
@@ -546,6 +626,12 @@ impl Client {
     /// Refuses what the protocol can't carry, before anything is queued.
     fn check(&self, cmd: &Command<'_>) -> Result<()> {
         let binary_ok = self.inner.protocol == Protocol::Meta;
+        if cmd.is_meta_only() && !binary_ok {
+            return Err(Error::MetaProtocolRequired(match cmd {
+                Command::Invalidate { .. } => "invalidation (md with I)",
+                _ => "vivify on miss or a recache threshold (mg with N or R)",
+            }));
+        }
         for key in cmd.keys() {
             validate_key(key, binary_ok)?;
         }
@@ -863,6 +949,7 @@ fn item(value: Value) -> Item {
         value: value.data,
         flags: value.flags,
         cas: value.cas,
+        recache: value.recache,
     }
 }
 
