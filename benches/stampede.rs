@@ -75,10 +75,7 @@ async fn one_caller(client: Client, backend: Backend, scenario: Scenario) -> Dur
             Ok(Some(_)) => {}
             _ => {
                 let value = backend.compute().await.expect("backend");
-                client
-                    .set("hot", value, options.expiry)
-                    .await
-                    .expect("set");
+                client.set("hot", value, options.expiry).await.expect("set");
             }
         },
         Scenario::Protected => {
