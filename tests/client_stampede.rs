@@ -513,6 +513,72 @@ async fn keys_across_nodes_are_each_computed_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_follows_the_failure_policy() {
+    let mut cluster = Cluster::start(3);
+    let redistribute = meta_client(&cluster);
+    let fail_fast = kit::builder(&cluster, Protocol::Meta)
+        .failure_policy(memkeep::FailurePolicy::FailFast)
+        .operation_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(kit::wait_all_up(&redistribute, LIMIT).await);
+    assert!(kit::wait_all_up(&fail_fast, LIMIT).await);
+    cluster.nodes[1].kill();
+    for client in [&redistribute, &fail_fast] {
+        assert!(
+            kit::wait_state(client, "n1", memkeep::NodeState::Down, LIMIT).await,
+            "{:?}",
+            client.nodes()
+        );
+    }
+    // Redistribute: every key, n1's included, is computed once on a live node.
+    let counters: Vec<Arc<Counter>> = (0..30).map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for (k, counter) in counters.iter().enumerate() {
+        for _ in 0..20 {
+            let (client, compute) = (
+                redistribute.clone(),
+                counter.compute(Duration::from_millis(30)),
+            );
+            tasks.push(tokio::spawn(async move {
+                client
+                    .get_or_compute(format!("key:{k}"), &options(), compute)
+                    .await
+            }));
+        }
+    }
+    for task in tasks {
+        let result = kit::no_hang("a caller", LIMIT, task).await.unwrap();
+        assert_eq!(result.unwrap().value, "v1");
+    }
+    assert!(counters.iter().all(|c| c.started() == 1));
+    // FailFast: keys of the dead node fail without computing; the others are served.
+    let (mut refused, mut served) = (0, 0);
+    for k in 0..30 {
+        let counter = Arc::new(Counter::default());
+        let key = format!("other:{k}");
+        match fail_fast
+            .get_or_compute(key, &options(), counter.compute(Duration::ZERO))
+            .await
+        {
+            Err(ComputeError::Cache(e)) if e.is_node_failure() => {
+                assert_eq!(counter.started(), 0);
+                refused += 1;
+            }
+            Ok(r) => {
+                assert_eq!((r.value.as_ref(), counter.started()), (&b"v1"[..], 1));
+                served += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        refused > 0 && served > 0,
+        "refused {refused}, served {served}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_protocol_mode_is_refused_before_anything_is_sent() {
     let cluster = Cluster::start(1);
     let client = kit::client(&cluster, Protocol::Text);
