@@ -60,9 +60,9 @@ pub mod session;
 #[cfg(feature = "tls")]
 pub use client::TlsConfig;
 pub use client::{
-    CasOutcome, Client, ClientBuilder, ComputeError, ComputeOptions, Computed, Credentials, Expiry,
-    FailurePolicy, GetOptions, Item, Metrics, NodeConfig, NodeStatus, Protocol, RecacheFlags,
-    Source, StoreOptions, StoreOutcome,
+    CasOutcome, Client, ClientBuilder, ComputeError, ComputeOptions, ComputeSource, Computed,
+    Credentials, Expiry, FailurePolicy, GetOptions, Item, Metrics, NodeConfig, NodeStatus,
+    Protocol, RecacheFlags, StoreOptions, StoreOutcome,
 };
 pub use error::{Error, Result, UnavailableNode};
 pub use node::NodeState;

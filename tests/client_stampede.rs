@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use kit::{Cluster, Rng};
 use memkeep::{
-    Client, ComputeError, ComputeOptions, Computed, Error, Expiry, GetOptions, Protocol, Source,
+    Client, ComputeError, ComputeOptions, ComputeSource, Computed, Error, Expiry, GetOptions,
+    Protocol,
 };
 
 /// Bound of each test's waits: generous (a loaded 2-core machine), never asserted on.
@@ -119,7 +120,7 @@ async fn stampede(
     out
 }
 
-fn count(results: &[Computed], source: Source) -> usize {
+fn count(results: &[Computed], source: ComputeSource) -> usize {
     results.iter().filter(|r| r.source == source).count()
 }
 
@@ -200,14 +201,14 @@ async fn a_thousand_callers_on_an_expired_key_compute_it_once() {
     let counter = Arc::new(Counter::default());
     let results = stampede(&client, "hot", 1000, &counter, Duration::from_millis(200)).await;
     assert_eq!(counter.started(), 1, "recomputations");
-    assert_eq!(count(&results, Source::Computed), 1);
+    assert_eq!(count(&results, ComputeSource::Computed), 1);
     // No stale value exists after an expiry: everyone gets the one computed value.
     assert!(results.iter().all(|r| r.value == "v1"), "{results:?}");
-    assert_eq!(count(&results, Source::Stale), 0);
+    assert_eq!(count(&results, ComputeSource::Stale), 0);
     println!(
         "awaited {}, hit {}",
-        count(&results, Source::Awaited),
-        count(&results, Source::Hit)
+        count(&results, ComputeSource::Awaited),
+        count(&results, ComputeSource::Hit)
     );
     assert_eq!(client.get("hot").await.unwrap().unwrap().value, "v1");
 }
@@ -239,7 +240,7 @@ async fn a_thousand_callers_on_an_invalidated_key_serve_stale_while_one_computes
                         Ok::<_, std::io::Error>("v1")
                     })
                     .await;
-                if matches!(&result, Ok(r) if r.source != Source::Computed) {
+                if matches!(&result, Ok(r) if r.source != ComputeSource::Computed) {
                     done.add_permits(1);
                 }
                 result
@@ -254,10 +255,10 @@ async fn a_thousand_callers_on_an_invalidated_key_serve_stale_while_one_computes
         results.push(result.unwrap());
     }
     assert_eq!(computations.load(Ordering::SeqCst), 1, "recomputations");
-    assert_eq!(count(&results, Source::Computed), 1);
-    assert_eq!(count(&results, Source::Stale), callers - 1);
+    assert_eq!(count(&results, ComputeSource::Computed), 1);
+    assert_eq!(count(&results, ComputeSource::Stale), callers - 1);
     for r in &results {
-        let expected = if r.source == Source::Stale {
+        let expected = if r.source == ComputeSource::Stale {
             "v0"
         } else {
             "v1"
@@ -288,7 +289,7 @@ async fn early_recache_refreshes_before_expiry_with_one_recomputation() {
         .unwrap();
     assert_eq!(
         (first.value.as_ref(), first.source),
-        (&b"v1"[..], Source::Computed)
+        (&b"v1"[..], ComputeSource::Computed)
     );
     // Read with 20 concurrent callers at a time until the refreshed value shows.
     let mut seen = Vec::new();
@@ -317,14 +318,18 @@ async fn early_recache_refreshes_before_expiry_with_one_recomputation() {
         2,
         "the first computation and one refresh"
     );
-    assert_eq!(count(&seen, Source::Refreshing), 1, "one early-recache win");
+    assert_eq!(
+        count(&seen, ComputeSource::Refreshing),
+        1,
+        "one early-recache win"
+    );
     // Nobody ever missed: every read got the old or the refreshed value, the
     // refresh came before the expiry.
-    assert_eq!(count(&seen, Source::Computed), 0);
+    assert_eq!(count(&seen, ComputeSource::Computed), 0);
     assert!(seen.iter().all(|r| r.value == "v1" || r.value == "v2"));
     let refreshing = seen
         .iter()
-        .find(|r| r.source == Source::Refreshing)
+        .find(|r| r.source == ComputeSource::Refreshing)
         .unwrap();
     assert_eq!(
         refreshing.value, "v1",
@@ -356,7 +361,7 @@ async fn a_winner_that_never_stores_holds_others_up_only_for_the_placeholder_ttl
         1,
         "one caller won once the placeholder expired"
     );
-    assert_eq!(count(&results, Source::Computed), 1);
+    assert_eq!(count(&results, ComputeSource::Computed), 1);
     assert!(results.iter().all(|r| r.value == "v1"));
 }
 
@@ -391,7 +396,7 @@ async fn a_winner_cancelled_mid_computation_lets_another_caller_win() {
     assert!(winner.await.unwrap_err().is_cancelled());
     let results = kit::no_hang("the waiters", LIMIT, waiters).await.unwrap();
     assert_eq!(counter.started(), 1, "exactly one waiter took over");
-    assert_eq!(count(&results, Source::Computed), 1);
+    assert_eq!(count(&results, ComputeSource::Computed), 1);
     assert!(results.iter().all(|r| r.value == "v1"), "{results:?}");
 }
 
@@ -441,7 +446,7 @@ async fn random_drops_never_let_two_callers_compute_at_once() {
                 .unwrap();
             match result {
                 Some(Ok(r)) => {
-                    if round == 0 || r.source != Source::Stale {
+                    if round == 0 || r.source != ComputeSource::Stale {
                         values.insert(r.value);
                     } else {
                         assert_eq!(r.value, "v0");
@@ -453,7 +458,7 @@ async fn random_drops_never_let_two_callers_compute_at_once() {
         for task in dropped {
             if let Some(result) = kit::no_hang("a dropped caller", LIMIT, task).await.unwrap() {
                 let r = result.unwrap();
-                assert!(r.value != "v0" || r.source == Source::Stale, "{r:?}");
+                assert!(r.value != "v0" || r.source == ComputeSource::Stale, "{r:?}");
             }
         }
         // A last reader that won't take a stale value: it gets the computed one, or

@@ -28,7 +28,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 pub use crate::protocol::RecacheFlags;
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
-pub use stampede::{ComputeError, ComputeOptions, Computed, Source};
+pub use stampede::{ComputeError, ComputeOptions, ComputeSource, Computed};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
 pub use types::{

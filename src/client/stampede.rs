@@ -86,13 +86,13 @@ pub struct Computed {
     /// The value.
     pub value: Bytes,
     /// Where it came from.
-    pub source: Source,
+    pub source: ComputeSource,
 }
 
 /// Where a [`Computed`] value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Source {
+pub enum ComputeSource {
     /// A hit: the cached value, served as it was (another caller may be refreshing it
     /// early).
     Hit,
@@ -243,18 +243,18 @@ impl Client {
     /// against a cache stampede, built on the meta protocol's recache flags (memcached
     /// decides the winner atomically, across every client process).
     ///
-    /// - A fresh hit is returned ([`Source::Hit`]).
+    /// - A fresh hit is returned ([`ComputeSource::Hit`]).
     /// - On a miss memcached creates an empty placeholder (meta `N`, living
     ///   [`ComputeOptions::placeholder_ttl`]) and gives exactly one caller the win flag
     ///   (`W`): it runs `compute`, stores the value with the CAS token it won (so a value
     ///   computed before a later [`Client::invalidate`] never overwrites it) and returns
-    ///   it ([`Source::Computed`]).
+    ///   it ([`ComputeSource::Computed`]).
     /// - Callers that lost (`Z`) serve the stale value if there is one
-    ///   ([`Source::Stale`], after [`Client::invalidate`]) or else poll with backoff until
-    ///   the winner's value appears ([`Source::Awaited`]), for at most
+    ///   ([`ComputeSource::Stale`], after [`Client::invalidate`]) or else poll with backoff until
+    ///   the winner's value appears ([`ComputeSource::Awaited`]), for at most
     ///   [`ComputeOptions::max_wait`].
     /// - A hit that wins the early recache returns the current value at once
-    ///   ([`Source::Refreshing`]) and recomputes it in a task spawned on the current
+    ///   ([`ComputeSource::Refreshing`]) and recomputes it in a task spawned on the current
     ///   tokio runtime; that is why `compute` must be `Send + 'static`.
     ///
     /// Cancellation safety: a winner that is dropped, or whose `compute` fails, hands
@@ -325,9 +325,9 @@ impl Client {
             match decide(item, options.serve_stale) {
                 Decision::Serve { value, stale } => {
                     let source = match (stale, waited) {
-                        (true, _) => Source::Stale,
-                        (false, true) => Source::Awaited,
-                        (false, false) => Source::Hit,
+                        (true, _) => ComputeSource::Stale,
+                        (false, true) => ComputeSource::Awaited,
+                        (false, false) => ComputeSource::Hit,
                     };
                     return Ok(Computed { value, source });
                 }
@@ -346,7 +346,7 @@ impl Client {
                     guard.disarm();
                     return Ok(Computed {
                         value,
-                        source: Source::Computed,
+                        source: ComputeSource::Computed,
                     });
                 }
                 Decision::Refresh { value, cas } => {
@@ -364,7 +364,7 @@ impl Client {
                     });
                     return Ok(Computed {
                         value,
-                        source: Source::Refreshing,
+                        source: ComputeSource::Refreshing,
                     });
                 }
                 Decision::Wait => {
