@@ -377,7 +377,9 @@ impl Client {
                         return Err(ComputeError::WaitTimedOut { waited: elapsed });
                     };
                     tokio::time::sleep(jittered(pause).min(left)).await;
-                    pause = (pause * 2).min(options.poll_max.max(options.poll_min));
+                    pause = pause
+                        .saturating_mul(2)
+                        .min(options.poll_max.max(options.poll_min));
                     waited = true;
                 }
             }

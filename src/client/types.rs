@@ -77,8 +77,10 @@ pub struct Item {
     /// The CAS token, when the operation asked for it (`gets`, and every read with
     /// vivify on miss or a recache threshold).
     pub cas: Option<u64>,
-    /// The meta protocol's recache indications (`W` won, `Z` already won, `X` stale);
-    /// all false for a plain read of an item that was never invalidated.
+    /// The meta protocol's recache indications (`W` won, `Z` already won, `X` stale),
+    /// on every read in meta mode. A plain read sees `Z` (and an empty value) on a
+    /// placeholder someone won, `Z`/`X` on a value being recomputed; all false in text
+    /// mode.
     pub recache: RecacheFlags,
 }
 

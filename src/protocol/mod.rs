@@ -127,9 +127,9 @@ pub(crate) struct MetaFrame {
 /// recompute the value, so that a hot key that expires or is invalidated is recomputed
 /// once instead of by every caller at once (a cache stampede).
 ///
-/// All three are false for items read without the vivify or recache options and
-/// never marked stale, and always false in text-protocol mode (the text protocol has no
-/// such flags).
+/// memcached sends them on any `mg` of an item in that state, plain reads included
+/// (a plain `get` of a placeholder someone won returns it empty with `already_won`).
+/// They are always false in text-protocol mode (the text protocol has no such flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct RecacheFlags {
