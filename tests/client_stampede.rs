@@ -165,6 +165,23 @@ async fn recache_flags_are_read_as_memcached_sends_them() {
     );
     // Invalidating a missing key says so.
     assert!(!client.invalidate("absent", None).await.unwrap());
+    // Any meta read takes the win of an invalidated item, a plain `get` included (the
+    // text `get` does not): get_or_compute callers then serve the stale value, and
+    // nobody recomputes it, until the item's stale TTL ends (documented caveat).
+    client.set("p", "old", ttl).await.unwrap();
+    assert!(client.invalidate("p", None).await.unwrap());
+    let plain = client.get("p").await.unwrap().unwrap();
+    assert!(plain.recache.win && plain.recache.stale, "{plain:?}");
+    let counter = Arc::new(Counter::default());
+    let served = client
+        .get_or_compute("p", &options(), counter.compute(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (served.value.as_ref(), served.source),
+        (&b"old"[..], ComputeSource::Stale)
+    );
+    assert_eq!(counter.started(), 0);
     // The recache threshold: a hit whose remaining TTL is below it wins, once.
     client
         .set("r", "v", Expiry::In(Duration::from_secs(30)))

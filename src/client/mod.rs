@@ -404,6 +404,9 @@ impl Client {
     /// clears both). `stale_for` sets a new expiry (meta `T`), bounding how long the
     /// stale value may be served; `None` keeps the current one. False if the key was
     /// missing. Needs the meta protocol.
+    ///
+    /// Any meta read takes that win, a plain [`Client::get`] included, so a key read
+    /// both ways can stay stale until it expires: prefer a `stale_for` bound.
     pub async fn invalidate(
         &self,
         key: impl AsRef<[u8]>,

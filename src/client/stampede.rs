@@ -264,7 +264,10 @@ impl Client {
     /// caller waits longer than `max_wait`, and none longer than the placeholder's TTL
     /// plus one poll interval for want of a live winner. (A dropped winner of a stale
     /// item whose hand-back fails leaves others serving the stale value until the item
-    /// expires: give [`Client::invalidate`] a stale TTL.)
+    /// expires: give [`Client::invalidate`] a stale TTL.) Any meta read takes the win of
+    /// an invalidated item, a plain [`Client::get`] included: read keys protected this
+    /// way only through `get_or_compute`, or a plain read of an invalidated key leaves
+    /// it stale, served and never recomputed until it expires.
     ///
     /// Routing, failure policy and timeouts are those of every keyed operation (each
     /// read and store is one). Needs the meta protocol: in text mode the call fails with
