@@ -27,6 +27,7 @@ const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::TlsConfig;
 pub use types::{
     CasOutcome, Credentials, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome,
