@@ -62,7 +62,21 @@ run_step() {
     return 0
 }
 
+# The all-targets build needs about 3 GB (target dir and the fuzz build); a full disk
+# shows up later as a linker "Bus error" or "No space left on device": say it first.
+check_disk() {
+    local dir=${CARGO_TARGET_DIR:-$ROOT/target} need_kb=$((4 * 1024 * 1024)) free_kb
+    mkdir -p "$dir" 2>/dev/null
+    free_kb=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')
+    if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+        echo "test: WARNING: only $((free_kb / 1024)) MB free where the build goes ($dir);" \
+            "the build and tests need about 4 GB: free some space, or steps will fail with" \
+            "'No space left on device' or a linker 'Bus error'" >&2
+    fi
+}
+
 step_deps() {
+    check_disk
     # shellcheck source=scripts/install-deps.sh
     source "$ROOT/scripts/install-deps.sh"
     memkeep_install_deps

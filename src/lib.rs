@@ -47,6 +47,9 @@
 //!
 //! The design, with its trade-offs, is in `docs/design.md`.
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs` (Cargo.toml's [package.metadata.docs.rs]): items behind a
+// feature carry the feature's label there.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
 mod client;
@@ -58,6 +61,7 @@ mod protocol;
 pub mod session;
 
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use client::TlsConfig;
 pub use client::{
     CasOutcome, Client, ClientBuilder, ComputeError, ComputeOptions, ComputeSource, Computed,
@@ -129,3 +133,10 @@ pub mod __bench {
         frames
     }
 }
+
+// The README's code blocks are compiled as doc tests, so a pasted example always builds.
+// They need the `axum` feature (the session example); `scripts/test.sh` runs the doc tests
+// with every feature.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

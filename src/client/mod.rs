@@ -30,6 +30,7 @@ pub use crate::protocol::RecacheFlags;
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
 pub use stampede::{ComputeError, ComputeOptions, ComputeSource, Computed};
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::TlsConfig;
 pub use types::{
     CasOutcome, Credentials, Expiry, GetOptions, Item, Metrics, NodeStatus, StoreOptions,

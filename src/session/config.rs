@@ -279,6 +279,8 @@ impl SessionConfigBuilder {
 
     /// Failover node ids, comma or space separated: used for new sessions only when no
     /// other node is up (list the memcached on this instance's own machine here).
+    /// Sticky mode only (as in memcached-session-manager): [`build`](Self::build) refuses
+    /// it with [`Mode::NonSticky`].
     pub fn failover_nodes(mut self, ids: impl Into<String>) -> Self {
         self.failover_nodes = Some(ids.into());
         self
@@ -455,6 +457,15 @@ impl SessionConfigBuilder {
                     "every node is a failover node; leave at least one node out of the list",
                 ));
             }
+        }
+        if self.mode == Mode::NonSticky && !failover_nodes.is_empty() {
+            return Err(SessionError::config(
+                "failover_nodes",
+                "failover nodes are a sticky-mode setting (they keep an instance's own machine's \
+                 node out of its sessions' placement); in non-sticky mode every instance serves \
+                 every session, so there is no own machine to avoid: remove failover_nodes or \
+                 use Mode::Sticky",
+            ));
         }
         let locking = self
             .locking
@@ -689,6 +700,26 @@ mod tests {
             let r = SessionConfig::builder().nodes(bad).build();
             assert_eq!(field_of(r), "nodes", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn failover_nodes_are_refused_in_non_sticky_mode() {
+        let r = SessionConfig::builder()
+            .nodes("n1:h:1,n2:h:2")
+            .mode(Mode::NonSticky)
+            .failover_nodes("n1")
+            .build();
+        let message = r
+            .as_ref()
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert_eq!(field_of(r), "failover_nodes");
+        assert!(message.contains("sticky"), "{message}");
+        let ok = SessionConfig::builder()
+            .nodes("n1:h:1,n2:h:2")
+            .mode(Mode::NonSticky)
+            .build();
+        assert!(ok.is_ok());
     }
 
     #[test]

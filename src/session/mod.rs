@@ -71,4 +71,5 @@ pub use service::{BackupSessionService, RequestInfo};
 pub use stats::{DistributionSnapshot, SessionStats, StatsSnapshot};
 
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
