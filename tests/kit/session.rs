@@ -128,6 +128,31 @@ impl Browser {
         Ok((r, outcome))
     }
 
+    /// A login: the session (created if needed) gets `user = 7`, is bound to
+    /// `principal` when one is given, and its id is rotated. Keeps the new cookie.
+    pub async fn login(
+        &mut self,
+        svc: &BackupSessionService,
+        principal: Option<&str>,
+    ) -> Result<SaveOutcome, SessionError> {
+        let req = svc.request(RequestInfo::new("/login").session_id(self.cookie.as_deref()));
+        let prepared = async {
+            let session = match principal {
+                Some(p) => req.bind_principal(p).await?,
+                None => req.get_or_create().await?,
+            };
+            session.insert("user", &7u64)?;
+            req.cycle_id().await
+        };
+        if let Err(e) = prepared.await {
+            let _ = req.finish().await;
+            return Err(e);
+        }
+        let outcome = req.finish().await?;
+        self.apply(&outcome);
+        Ok(outcome)
+    }
+
     /// Reads attribute `name` as a u64 (None: no session or no attribute).
     pub async fn read_u64(
         &mut self,
