@@ -130,7 +130,9 @@ impl Engine {
 
     /// Logs `principal` out everywhere; returns its new generation.
     pub(crate) async fn invalidate_principal(&self, principal: &str) -> Result<u64, SessionError> {
-        self.store.bump_principal(principal).await
+        let generation = self.store.bump_principal(principal).await?;
+        self.stats.principal_invalidations.fetch_add(1, Relaxed);
+        Ok(generation)
     }
 
     /// Rotates the id of `old` (loaded or created by this request; `known` what the

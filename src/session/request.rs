@@ -346,6 +346,20 @@ impl SessionRequest {
         Ok(session)
     }
 
+    /// Logs `principal` out everywhere, from a request handler (the same as
+    /// [`BackupSessionService::invalidate_principal`](super::BackupSessionService::invalidate_principal);
+    /// here so that a handler that only has the axum extractor can call it). This
+    /// request's own session, if bound to `principal`, is invalidated too.
+    pub async fn invalidate_principal(&self, principal: &str) -> Result<u64, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        let own = self.load(&mut st).await?;
+        let generation = self.inner.engine.invalidate_principal(principal).await?;
+        if let Some(s) = own.filter(|s| s.principal().as_deref() == Some(principal)) {
+            s.invalidate();
+        }
+        Ok(generation)
+    }
+
     /// Invalidates the request's session (if it has one): every copy is replaced by a
     /// tombstone when the request finishes, and the cookie is removed.
     ///

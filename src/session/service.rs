@@ -175,10 +175,6 @@ impl BackupSessionService {
     /// every memcached node (see docs/session.md, "Lifecycle").
     pub async fn invalidate_principal(&self, principal: &str) -> Result<u64, SessionError> {
         let generation = self.inner.invalidate_principal(principal).await?;
-        self.inner
-            .stats
-            .principal_invalidations
-            .fetch_add(1, Relaxed);
         Ok(generation)
     }
 
