@@ -31,8 +31,8 @@ use memkeep::session::{
 };
 use session_http::{cookie_value, hits};
 use session_kit::{
-    config, drive_down, id_variants, index_of, logged_in, logout, look, non_sticky, report,
-    service, sticky, wait_nodes_up, Browser,
+    config, drive_down, id_variants, index_of, logged_in, logout, look, lose_lock, non_sticky,
+    report, service, sticky, wait_nodes_up, Browser,
 };
 use tower::Layer;
 
@@ -486,17 +486,6 @@ fn locked_pair(cluster: &Cluster) -> (BackupSessionService, BackupSessionService
         )
     };
     (make(), make())
-}
-
-/// The lock item vanishes from every node, as when it expires while its holder's
-/// instance is stalled (a live holder renews it).
-fn lose_lock(cluster: &Cluster, lock_key: &str) {
-    let removed = cluster
-        .addrs()
-        .iter()
-        .filter(|addr| raw::delete(addr, lock_key))
-        .count();
-    assert_eq!(removed, 1, "the lock was held on one node");
 }
 
 #[tokio::test]

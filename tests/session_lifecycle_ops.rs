@@ -447,3 +447,40 @@ async fn every_listener_event_fires_on_its_instance_and_a_panicking_listener_bre
         seen_b.lock().unwrap()
     );
 }
+
+/// I3 holds for a rotation: a request whose lock expired, and whose session was written
+/// meanwhile under a newer lock, does not rotate (its change would overwrite that write):
+/// `Conflict`, the old id keeps the newer write, the new id never serves.
+#[tokio::test]
+async fn a_rotation_under_an_expired_lock_is_refused_when_the_session_was_written_since() {
+    let cluster = Cluster::start(2);
+    let make = || {
+        service(
+            &cluster,
+            config(&cluster, Mode::NonSticky)
+                .locking_str("all")
+                .lock_expiry(Duration::from_secs(1))
+                .lock_wait(Duration::from_secs(5)),
+        )
+    };
+    let (a, b) = (make(), make());
+    let mut browser = Browser::new();
+    browser.increment(&a, "n").await.unwrap();
+    let cookie = browser.cookie.clone().unwrap();
+    let lock_key = format!("lock:{}", browser.id().unwrap().key());
+    let ra = a.request(RequestInfo::new("/login").session_id(Some(&cookie)));
+    let sa = ra.cycle_id().await.unwrap().unwrap();
+    session_kit::lose_lock(&cluster, &lock_key);
+    assert_eq!(browser.clone().increment(&b, "n").await.unwrap(), 2);
+    sa.insert("n", &99u64).unwrap();
+    drop(sa);
+    let out = ra.finish().await;
+    assert!(
+        matches!(out, Err(memkeep::session::SessionError::Conflict)),
+        "a rotation under a lost lock gave {out:?}"
+    );
+    for svc in [&a, &b] {
+        assert_eq!(browser.clone().read_u64(svc, "n").await.unwrap(), Some(2));
+    }
+    assert_eq!(a.stats().id_rotations, 0);
+}

@@ -135,16 +135,40 @@ impl Engine {
         Ok(generation)
     }
 
+    /// Tombstones the new key of a rotation that did not complete (nobody was given its
+    /// id): no statistics, no event.
+    async fn discard_rotated(
+        &self,
+        session: &Session,
+        known: &KnownCopies,
+    ) -> Result<(), SessionError> {
+        let id = session.id();
+        let nodes: Vec<String> = known
+            .nodes()
+            .chain(std::iter::once(id.node()).chain(id.backup()))
+            .map(str::to_owned)
+            .collect();
+        let now = super::clock::unix_millis(self.config.clock.now());
+        self.store
+            .invalidate(&id.key(), &nodes, now, session.max_inactive_interval())
+            .await
+    }
+
     /// Rotates the id of `old` (loaded or created by this request; `known` what the
     /// request knows of its copies): the session, with this request's changes, is
     /// written under a new random key (every copy acknowledged), THEN the old key is
     /// retired - tombstones placed like a write based on the version copied, so a write
     /// of the old key that landed meanwhile is copied over too (and the tombstones
     /// retried), and one landing later is refused - and finally spread to every node.
+    ///
+    /// `policy` is the request's own write policy: a locked request whose lock was lost,
+    /// or an `auto` read-only guess, that finds the old key written since it read it
+    /// does not merge: the rotation is refused (`Conflict`), as its write would be.
     pub(crate) async fn rotate(
         &self,
         old: &Session,
         known: &mut KnownCopies,
+        policy: WritePolicy,
     ) -> Result<Rotated, SessionError> {
         let old_id = old.id();
         let old_key = old_id.key();
@@ -204,26 +228,38 @@ impl Engine {
                     return Ok(Rotated::Done(session, new_known));
                 }
                 Ok(Replicated::Gone) => {
-                    self.invalidate(&session, &new_known).await?;
+                    self.discard_rotated(&session, &new_known).await?;
                     return Ok(Rotated::Gone);
                 }
                 Ok(Replicated::Conflict) => {
+                    let may_merge = match &policy {
+                        WritePolicy::Merge => true,
+                        WritePolicy::Refuse => false,
+                        WritePolicy::Locked { node, token } => {
+                            self.store.lock_is_held(node, &old_key, token).await
+                        }
+                    };
+                    if !may_merge {
+                        self.stats.conflicts.fetch_add(1, Relaxed);
+                        let _ = self.discard_rotated(&session, &new_known).await;
+                        return Err(SessionError::Conflict);
+                    }
                     // Another request wrote the old key since it was copied: merge this
                     // request's own changes onto that version and copy again.
                     if self.merge_latest(old, &old_key, known).await?.is_some() {
-                        self.invalidate(&session, &new_known).await?;
+                        self.discard_rotated(&session, &new_known).await?;
                         return Ok(Rotated::Gone);
                     }
                 }
                 Err(e) => {
                     // The old key may still be live: the new one must not stay behind.
-                    let _ = self.invalidate(&session, &new_known).await;
+                    let _ = self.discard_rotated(&session, &new_known).await;
                     return Err(e);
                 }
             }
         }
         let orphan = Session::from_data(old.lock().rotated(new_id, new_version)?);
-        let _ = self.invalidate(&orphan, &new_known).await;
+        let _ = self.discard_rotated(&orphan, &new_known).await;
         self.stats.conflicts.fetch_add(1, Relaxed);
         Err(SessionError::Conflict)
     }

@@ -47,7 +47,8 @@ pub struct SessionEvent {
     pub session_id: String,
     /// The route in the session's id.
     pub route: Option<String>,
-    /// The id before a rotation (`IdChanged`) or a relocation (`Relocated`).
+    /// The id before a rotation (`IdChanged`), a relocation (`Relocated`) or a takeover
+    /// (`TakenOver`).
     pub previous_id: Option<String>,
     /// The route of the instance the event happened on (its configured route; `None`
     /// for a non-sticky instance without one).

@@ -9,7 +9,7 @@ use super::cookie::CookieDecision;
 use super::engine::{Engine, Saved, WritePolicy};
 use super::id::{SessionId, SessionKey};
 use super::lifecycle::Rotated;
-use super::local::Slot;
+use super::local::{Slot, SlotState};
 use super::model::Session;
 use super::store::KnownCopies;
 use super::SessionError;
@@ -127,6 +127,18 @@ impl Drop for RequestInner {
                 }
             }
         }
+    }
+}
+
+/// How a request's write may treat a newer stored version (see [`WritePolicy`]).
+fn write_policy(s: &SlotState, locked_request: bool) -> WritePolicy {
+    match &s.lock {
+        Some(l) => WritePolicy::Locked {
+            node: l.node.clone(),
+            token: l.token.clone(),
+        },
+        None if s.unlocked_guess && !locked_request => WritePolicy::Refuse,
+        None => WritePolicy::Merge,
     }
 }
 
@@ -418,7 +430,8 @@ impl SessionRequest {
                 gone = true;
             } else if result.is_ok() && st.rotate {
                 // The old key's slot is left below as for a gone session.
-                match engine.rotate(session, &mut s.known).await {
+                let policy = write_policy(&s, st.locked_request);
+                match engine.rotate(session, &mut s.known, policy).await {
                     Ok(Rotated::Done(new, known)) => {
                         outcome.written = true;
                         rotated = Some((new, known));
@@ -430,14 +443,7 @@ impl SessionRequest {
                 s.loaded = false;
                 gone = true;
             } else if result.is_ok() {
-                let policy = match &s.lock {
-                    Some(l) => WritePolicy::Locked {
-                        node: l.node.clone(),
-                        token: l.token.clone(),
-                    },
-                    None if s.unlocked_guess && !st.locked_request => WritePolicy::Refuse,
-                    None => WritePolicy::Merge,
-                };
+                let policy = write_policy(&s, st.locked_request);
                 let changed = session.lock().is_changed().unwrap_or(true);
                 if changed && s.unlocked_guess && s.lock.is_none() {
                     engine.stats.auto_readonly_misses.fetch_add(1, Relaxed);

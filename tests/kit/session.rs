@@ -304,3 +304,14 @@ pub async fn logout(svc: &BackupSessionService, cookie: &str) {
         "the logout removes the cookie"
     );
 }
+
+/// Makes a non-sticky lock vanish as it does when it expires (a stalled holder stops
+/// renewing it): the lock item `lock_key` is deleted from the one node that holds it.
+pub fn lose_lock(cluster: &Cluster, lock_key: &str) {
+    let removed = cluster
+        .addrs()
+        .iter()
+        .filter(|addr| crate::kit::memcached::raw::delete(addr, lock_key))
+        .count();
+    assert_eq!(removed, 1, "the lock was held on one node");
+}
