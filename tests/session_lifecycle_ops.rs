@@ -454,16 +454,7 @@ async fn every_listener_event_fires_on_its_instance_and_a_panicking_listener_bre
 #[tokio::test]
 async fn a_rotation_under_an_expired_lock_is_refused_when_the_session_was_written_since() {
     let cluster = Cluster::start(2);
-    let make = || {
-        service(
-            &cluster,
-            config(&cluster, Mode::NonSticky)
-                .locking_str("all")
-                .lock_expiry(Duration::from_secs(1))
-                .lock_wait(Duration::from_secs(5)),
-        )
-    };
-    let (a, b) = (make(), make());
+    let (a, b) = session_kit::locked_pair(&cluster);
     let mut browser = Browser::new();
     browser.increment(&a, "n").await.unwrap();
     let cookie = browser.cookie.clone().unwrap();

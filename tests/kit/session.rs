@@ -315,3 +315,17 @@ pub fn lose_lock(cluster: &Cluster, lock_key: &str) {
         .count();
     assert_eq!(removed, 1, "the lock was held on one node");
 }
+
+/// Two non-sticky instances with locking `all`, a 1 s lock expiry and a 5 s lock wait.
+pub fn locked_pair(cluster: &Cluster) -> (BackupSessionService, BackupSessionService) {
+    let make = || {
+        service(
+            cluster,
+            config(cluster, Mode::NonSticky)
+                .locking_str("all")
+                .lock_expiry(Duration::from_secs(1))
+                .lock_wait(Duration::from_secs(5)),
+        )
+    };
+    (make(), make())
+}
