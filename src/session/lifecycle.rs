@@ -271,3 +271,45 @@ impl super::config::SessionConfig {
         self.lifecycle.max_lifetime
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::codec::CodecKind;
+
+    #[test]
+    fn a_principal_binding_round_trips_through_the_record_with_every_codec_and_stays_hidden() {
+        for codec in CodecKind::ALL.into_iter().filter(|k| k.is_available()) {
+            let s = Session::detached(codec).unwrap();
+            s.insert("cart", &vec![1u32, 2]).unwrap();
+            let binding: Binding = ("ann".to_owned(), 3);
+            s.lock().insert_any(&principal_attr(), &binding).unwrap();
+            let bytes = s.lock().encode_record().unwrap();
+            let back = Session::from_record(s.id(), &bytes).unwrap();
+            assert_eq!(back.binding(), Some(binding.clone()), "{codec}");
+            assert_eq!(back.principal().as_deref(), Some("ann"));
+            assert_eq!(back.attribute_names(), vec!["cart".to_owned()], "{codec}");
+            assert_eq!(back.lock().len(), 1);
+            assert!(!back.contains(&principal_attr()));
+            assert_eq!(back.get::<Binding>(&principal_attr()).unwrap(), None);
+            assert!(
+                !back.remove(&principal_attr()),
+                "not removable by the application"
+            );
+            assert!(back.insert(&principal_attr(), &1u8).is_err(), "reserved");
+            back.lock().clear();
+            assert_eq!(back.principal().as_deref(), Some("ann"), "clear keeps it");
+        }
+    }
+
+    #[test]
+    fn a_record_without_a_binding_has_no_principal() {
+        let s = Session::detached(CodecKind::MessagePack).unwrap();
+        s.insert("a", &1u8).unwrap();
+        let bytes = s.lock().encode_record().unwrap();
+        assert_eq!(
+            Session::from_record(s.id(), &bytes).unwrap().principal(),
+            None
+        );
+    }
+}
