@@ -16,7 +16,7 @@ use super::SessionError;
 
 /// How many times a rotation copies the old key's latest version again when writes of
 /// the old key keep landing before its retirement.
-const ROTATION_ATTEMPTS: usize = 4;
+const ROTATION_ATTEMPTS: usize = 8;
 
 /// The reserved attribute holding a session's principal binding.
 fn principal_attr() -> String {
@@ -113,7 +113,7 @@ impl Engine {
         session: &Session,
         principal: &str,
     ) -> Result<(), SessionError> {
-        let generation = self.store.principal_generation(principal).await?;
+        let generation = self.store.settle_principal(principal).await?;
         let binding: Binding = (principal.to_owned(), generation);
         session.lock().insert_any(&principal_attr(), &binding)
     }

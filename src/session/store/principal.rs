@@ -10,15 +10,17 @@
 //!   plus one and writes it to every usable node, each copy only moving forward (`add`
 //!   where none is, `cas` where an older one is). Ok when at least one node holds it and
 //!   no node that answered refused it.
-//! * [`Store::principal_generation`] reads the first two nodes of the principal key's
-//!   preference order that answer and keeps the highest generation; a node found behind
-//!   is brought forward (read repair), so after every principal was read once since a
-//!   node fault, the two nodes read first hold the latest generation again.
+//! * [`Store::settle_principal`] (on bind) writes the current generation to every usable
+//!   node that lacks it, so the record normally exists on every node.
+//! * [`Store::principal_generation`] reads the principal key's preference order until
+//!   two nodes answered with a record (normally the first two: one parallel `get`) and
+//!   keeps the highest generation; a node found behind or empty is brought forward (read
+//!   repair).
 //!
-//! With at most one node unavailable at a time, a read's two answering nodes include
-//! one that was up when the generation was bumped (the bump wrote every usable node):
-//! the read sees the bump. Cost: one parallel `get` to two nodes per load of a bound
-//! session; a bump reads and writes every node.
+//! With at most one node unavailable at a time, the records a read finds include one
+//! from a node that was up when the generation was bumped (the bump wrote every usable
+//! node, and a node restarted empty since is read past). Cost: one parallel `get` to two
+//! nodes per load of a bound session; a bind and a bump read and write every node.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -133,8 +135,11 @@ impl Store {
         let mut answered: Vec<(String, Held)> = Vec::new();
         let mut last_error = None;
         let mut next = 0;
-        while answered.len() < 2 && next < order.len() {
-            let want = 2 - answered.len();
+        // Down the order until two nodes answered WITH a record (as session reads do):
+        // a node restarted empty does not hide the nodes further down that kept it.
+        let holding = |a: &[(String, Held)]| a.iter().filter(|(_, h)| h.cas.is_some()).count();
+        while holding(&answered) < 2 && next < order.len() {
+            let want = 2 - holding(&answered);
             let batch: Vec<&String> = order[next..].iter().take(want).collect();
             next += batch.len();
             let reads = batch.iter().map(|n| self.read_principal(n, &item));
@@ -157,10 +162,13 @@ impl Store {
             .map(|(_, h)| h.generation)
             .max()
             .unwrap_or(0);
-        if latest > 0 {
-            // Read repair: a node behind (restarted empty, back with old data) is
-            // brought forward, so the next node fault does not lose the generation.
-            let behind = answered.iter().filter(|(_, h)| h.generation < latest);
+        if holding(&answered) > 0 {
+            // Read repair: a node behind or without the record (restarted empty, back
+            // with old data) is brought forward, so the next node fault does not lose
+            // the generation.
+            let behind = answered
+                .iter()
+                .filter(|(_, h)| h.generation < latest || h.cas.is_none());
             let repairs = behind.map(|(n, h)| self.raise_principal(n, &item, latest, Some(*h)));
             for r in futures::future::join_all(repairs).await {
                 if let Err(e) = r {
@@ -174,6 +182,17 @@ impl Store {
     /// Logs a principal out everywhere: its generation goes one up on every usable node.
     /// Returns the new generation.
     pub(crate) async fn bump_principal(&self, principal: &str) -> Result<u64, SessionError> {
+        self.spread_principal(principal, 1).await
+    }
+
+    /// On bind: the principal's current generation, written to every usable node that
+    /// lacks it (so that later loads find the record on the first two nodes they read).
+    pub(crate) async fn settle_principal(&self, principal: &str) -> Result<u64, SessionError> {
+        self.spread_principal(principal, 0).await
+    }
+
+    /// Reads every usable node, writes the highest generation plus `step` to every one.
+    async fn spread_principal(&self, principal: &str, step: u64) -> Result<u64, SessionError> {
         let key = principal_key(principal);
         let item = self.principal_item(&key);
         let nodes: Vec<String> = self
@@ -202,7 +221,7 @@ impl Store {
             .map(|(_, h)| h.generation)
             .max()
             .unwrap_or(0)
-            .saturating_add(1);
+            .saturating_add(step);
         let writes = held
             .iter()
             .map(|(n, h)| self.raise_principal(n, &item, generation, Some(*h)));
