@@ -143,6 +143,7 @@ pub struct SessionConfig {
     pub(crate) max_local_sessions: usize,
     pub(crate) auto_readonly_bytes: usize,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lifecycle: super::lifecycle::LifecycleConfig,
 }
 
 impl fmt::Debug for SessionConfig {
@@ -230,6 +231,7 @@ pub struct SessionConfigBuilder {
     max_local_sessions: usize,
     auto_readonly_bytes: usize,
     clock: Arc<dyn Clock>,
+    pub(crate) lifecycle: super::lifecycle::LifecycleConfig,
 }
 
 impl Default for SessionConfigBuilder {
@@ -256,6 +258,7 @@ impl Default for SessionConfigBuilder {
             max_local_sessions: 100_000,
             auto_readonly_bytes: 64 * 1024,
             clock: Arc::new(SystemClock),
+            lifecycle: Default::default(),
         }
     }
 }
@@ -569,6 +572,7 @@ impl SessionConfigBuilder {
             max_local_sessions: self.max_local_sessions,
             auto_readonly_bytes: self.auto_readonly_bytes,
             clock: self.clock,
+            lifecycle: self.lifecycle,
         })
     }
 }
