@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
@@ -181,6 +181,12 @@ impl ConnectionHandle {
         let wanted = u32::try_from(bytes)
             .unwrap_or(u32::MAX)
             .clamp(1, self.max_queued_bytes);
+        // Room now (the usual case): no waiter to register.
+        match self.budget.clone().try_acquire_many_owned(wanted) {
+            Ok(permit) => return Ok(permit),
+            Err(TryAcquireError::Closed) => return Err(Error::Shutdown),
+            Err(TryAcquireError::NoPermits) => {}
+        }
         self.budget
             .clone()
             .acquire_many_owned(wanted)
@@ -196,6 +202,12 @@ impl ConnectionHandle {
     /// Queues `request`, waiting for room in the channel. Cancel-safe: dropping the
     /// future before it completes means the request was not queued.
     pub(crate) async fn send(&self, request: Request) -> Result<(), Error> {
+        // Room in the channel now (the usual case): no waiter to register.
+        let request = match self.tx.try_send(request) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Shutdown),
+            Err(mpsc::error::TrySendError::Full(request)) => request,
+        };
         self.tx.send(request).await.map_err(|_| Error::Shutdown)
     }
 
@@ -214,7 +226,7 @@ impl ConnectionHandle {
             permit: Some(permit),
         })
         .await?;
-        rx.await.unwrap_or(Err(Error::Shutdown))
+        rx.await.unwrap_or_else(|_| Err(Error::Shutdown))
     }
 
     /// Asks a driver waiting out a reconnect backoff to try again as soon as the storm
