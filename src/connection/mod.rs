@@ -595,13 +595,20 @@ impl Driver {
                 request = self.rx.recv(), if accepting => match request {
                     None => closing = true,
                     Some(request) => {
+                        // Others in flight: other callers are likely about to queue too.
+                        let concurrent = !self.in_flight.is_empty();
                         let mut open = OpenRun::Nothing;
                         self.enqueue(request, &mut write_buf, &mut open);
                         // Let the callers that are ready queue their requests first. On
                         // the multi-thread runtime a caller's send wakes this task into
                         // the worker's LIFO slot, ahead of the other woken callers; without
                         // this yield the driver would write one request per system call.
-                        tokio::task::yield_now().await;
+                        // A lone request (nothing else in flight: one caller at a time)
+                        // is written at once: the yield would only hand this task to the
+                        // other worker and cost that worker a wake-up per operation.
+                        if concurrent {
+                            tokio::task::yield_now().await;
+                        }
                         let mut taken = 1;
                         while taken < BATCH
                             && self.in_flight.len() < self.config.max_in_flight
