@@ -227,11 +227,16 @@ fn sub_slice(whole: &Bytes, part: &[u8]) -> Bytes {
     whole.slice_ref(part)
 }
 
-fn parse_num<T: std::str::FromStr>(s: &[u8], what: &str, line: &[u8]) -> Result<T, DecodeError> {
-    std::str::from_utf8(s)
-        .ok()
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|t| t.parse().ok())
+fn parse_num<T: TryFrom<u64>>(s: &[u8], what: &str, line: &[u8]) -> Result<T, DecodeError> {
+    // One pass over the digits; an empty field, a non-digit or an overflow of T is malformed.
+    let mut n: Option<u64> = (!s.is_empty()).then_some(0);
+    for &b in s {
+        n = n.and_then(|n| {
+            let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+            n.checked_mul(10)?.checked_add(digit)
+        });
+    }
+    n.and_then(|n| T::try_from(n).ok())
         .ok_or_else(|| malformed(&format!("bad {what}"), line))
 }
 
