@@ -46,6 +46,7 @@ pub mod id;
 mod local;
 mod lock;
 pub mod model;
+pub mod peer;
 mod placement;
 mod readonly_paths;
 mod request;

@@ -236,6 +236,12 @@ impl Store {
         })
     }
 
+    /// The same store with `n` copies per session (the peer backend's `backups`).
+    pub(crate) fn with_copies(mut self, n: usize) -> Self {
+        self.placement = self.placement.with_copies(n);
+        self
+    }
+
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }
