@@ -222,7 +222,8 @@ async fn the_endpoint_refuses_anyone_without_the_secret() {
     );
     let answer = exchange(
         port,
-        format!("{login}version\r\nms k 2 T0 MS O5\r\nhi\r\nmg k v c O6\r\nget k\r\n").as_bytes(),
+        format!("{login}version\r\nms k 2 T0 MS O5\r\nhi\r\nmg k v c O6\r\nincr k 1\r\n")
+            .as_bytes(),
     )
     .await;
     let lines: Vec<&str> = answer.split("\r\n").collect();
@@ -277,4 +278,47 @@ fn bad_peer_configurations_are_refused_naming_the_field() {
     assert_eq!(field(base().peer_secret("short")), "peer_secret");
     assert_eq!(field(base().nodes("n1:127.0.0.1:11211")), "peers");
     assert_eq!(field(base().peers("web1:127.0.0.1")), "peers");
+}
+
+/// The store's client pipelines many requests per connection and sends `get_many` as
+/// a text multi-get: the endpoint serves all of them (a refused command would drop the
+/// connection and fail every request in flight on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_and_multi_gets_all_succeed() {
+    let peers = Peers::new(2, Backups::One);
+    let web1 = peers.start("web1");
+    let port = peers.port("web1");
+    let c = Client::builder()
+        .node_config(NodeConfig::new(format!("127.0.0.1:{port}")).id("web1"))
+        .credentials(Credentials::new(PEER_PROTOCOL_USER, SECRET))
+        .build()
+        .unwrap();
+    let mut errors = Vec::new();
+    for round in 0..50 {
+        let futs = (0..100).map(|i| {
+            let c = c.clone();
+            async move {
+                let k = format!("k{}", i % 10);
+                c.set(&k, format!("v{round}-{i}"), memkeep::Expiry::Never)
+                    .await?;
+                let g = c.gets(&k).await?;
+                let many = c.get_many([k.as_str(), "absent"]).await?;
+                Ok::<_, memkeep::Error>(g.is_some() && many.len() == 1)
+            }
+        });
+        for r in futures::future::join_all(futs).await {
+            match r {
+                Ok(true) => {}
+                Ok(false) => errors.push("a stored key not found".to_owned()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(web1.peer_endpoint().unwrap().stats().protocol_errors, 0);
 }

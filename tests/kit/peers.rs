@@ -23,9 +23,17 @@ pub struct Peers {
 impl Peers {
     /// `n` peers.
     pub fn new(n: usize, backups: Backups) -> Peers {
+        let names: Vec<String> = (1..=n).map(|i| format!("web{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        Peers::named(&names, backups)
+    }
+
+    /// Peers with these routes.
+    pub fn named(routes: &[&str], backups: Backups) -> Peers {
         Peers {
-            peers: (1..=n)
-                .map(|i| (format!("web{i}"), crate::kit::memcached::free_port()))
+            peers: routes
+                .iter()
+                .map(|r| (r.to_string(), crate::kit::memcached::free_port()))
                 .collect(),
             backups,
         }

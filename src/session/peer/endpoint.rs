@@ -15,7 +15,8 @@
 //!   `mg <key> [v] [f] [c] [T<s>] [q] [b] [O<n>]`, `ms <key> <len> [F<n>] [T<s>] [C<n>]
 //!   [M<S|E|A|P|R>] [q] [b] [O<n>]`, `md <key> [C<n>] [q] [b] [O<n>]` with memcached's
 //!   semantics (CAS tokens, `add`, `append`, expiry `T`: seconds, `0` never, negative
-//!   expired at once, over 30 days a unix time);
+//!   expired at once, over 30 days a unix time), and the text multi-get `get`/`gets
+//!   <key>...` (up to 64 keys; the client sends it for `get_many`);
 //! * anything else (an unknown command or flag, a line over [`MAX_LINE`] bytes, a key
 //!   over 250 bytes, a data block not ended by CRLF) gets a `CLIENT_ERROR` and the
 //!   connection is closed; a value over the configured item size gets
@@ -49,6 +50,9 @@ pub const MAX_LINE: usize = 2048;
 
 /// The longest key (memcached's limit).
 const MAX_KEY: usize = 250;
+
+/// Most keys in one text `get`.
+const MAX_MULTI_GET: usize = 64;
 
 /// Bytes counted per entry beyond its key and value (bookkeeping).
 const ENTRY_OVERHEAD: usize = 64;
@@ -316,6 +320,9 @@ enum Command {
     Noop,
     Quit,
     Get(Meta),
+    /// Text `get`/`gets` of several keys (the client's multi-get): the keys as sent,
+    /// and whether CAS tokens are asked for.
+    GetMany(Vec<Bytes>, bool),
     Set(Meta, Bytes),
     /// A value over the item size, already skipped.
     TooLarge(Meta),
@@ -384,6 +391,15 @@ fn next_command(
         b"mn" if rest.is_empty() => Command::Noop,
         b"quit" if rest.is_empty() => Command::Quit,
         b"mg" => Command::Get(meta(&rest, 1, b"vfcqbTOk")?),
+        b"get" | b"gets" if !rest.is_empty() && rest.len() <= MAX_MULTI_GET => {
+            if rest
+                .iter()
+                .any(|k| k.len() > MAX_KEY || k.iter().any(|b| b.is_ascii_control()))
+            {
+                return Err(Close::Protocol("CLIENT_ERROR bad key"));
+            }
+            Command::GetMany(rest, verb.as_ref() == b"gets")
+        }
         b"md" => Command::Delete(meta(&rest, 1, b"qbOC")?),
         b"ms" => {
             let m = meta(&rest, 2, b"qbOFTCM")?;
@@ -557,6 +573,25 @@ fn execute(
         Command::Noop => out.extend_from_slice(b"MN\r\n"),
         Command::Quit => return Err(Close::Done),
         Command::Get(m) => get(shared, &m, out),
+        Command::GetMany(keys, with_cas) => {
+            for key in keys {
+                let Some(item) = shared.cache.get(key.as_ref()) else {
+                    continue;
+                };
+                let cas = if with_cas {
+                    format!(" {}", item.cas)
+                } else {
+                    String::new()
+                };
+                let size = item.value.len();
+                out.extend_from_slice(b"VALUE ");
+                out.extend_from_slice(&key);
+                out.extend_from_slice(format!(" {} {size}{cas}\r\n", item.flags).as_bytes());
+                out.extend_from_slice(&item.value);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"END\r\n");
+        }
         Command::Set(m, data) => set(shared, &m, data, out),
         Command::TooLarge(m) => {
             out.extend_from_slice(b"SERVER_ERROR object too large for cache");
