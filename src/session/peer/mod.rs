@@ -7,6 +7,24 @@
 //! endpoint's protocol (see [`endpoint`]). Everything above the store (id format,
 //! placement, versions, tombstones, the tower layer, statistics) is the memcached
 //! backend's, unchanged: a peer is a node whose id is the instance's route.
+//!
+//! A minimal configuration (the README's):
+//!
+//! ```rust,no_run
+//! # fn main() -> Result<(), memkeep::session::SessionError> {
+//! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! # let _guard = rt.enter();
+//! use memkeep::session::{BackupSessionService, SessionConfig};
+//!
+//! let sessions = BackupSessionService::new(
+//!     SessionConfig::builder()
+//!         .peers("web1:10.0.0.1:7001,web2:10.0.0.2:7001") // route:host:port, this instance among them
+//!         .route("web1")                                  // this instance
+//!         .peer_secret("change-me-to-a-long-random-secret") // the same on every peer
+//!         .build()?,
+//! )?;
+//! # drop(sessions); Ok(()) }
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
