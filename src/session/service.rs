@@ -149,6 +149,7 @@ impl BackupSessionService {
         AsyncWriter::start(&inner);
         if inner.config.mode == Mode::Sticky {
             tokio::spawn(sweeper(Arc::downgrade(&inner)));
+            tokio::spawn(super::store::rereplicate::run(Arc::downgrade(&inner)));
         }
         tokio::spawn(hint_deliverer(Arc::downgrade(&inner)));
         Ok(BackupSessionService { inner, peer: None })

@@ -31,6 +31,7 @@ use crate::{Client, Expiry, NodeState};
 mod handoff;
 mod locks;
 mod read;
+pub(crate) mod rereplicate;
 mod tombstone;
 mod write;
 
