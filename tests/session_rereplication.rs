@@ -90,6 +90,11 @@ async fn a_killed_memcached_nodes_sessions_get_their_second_copy_back_without_re
     cluster[0].kill();
     // No request: the owner notices n0 is gone and re-places those copies.
     let lacking = until_two_copies(&observer, &["n1", "n2"], &on_n0).await;
+    let want = on_n0.len() as u64;
+    kit::eventually(Duration::from_secs(5), || {
+        svc.stats().rereplications >= want
+    })
+    .await;
     let stats = svc.stats();
     assert!(
         lacking.is_empty(),
@@ -102,7 +107,7 @@ async fn a_killed_memcached_nodes_sessions_get_their_second_copy_back_without_re
     // n0 comes back empty: the sessions placed on it get their copy there again,
     // still without any request.
     cluster[0].restart();
-    let passes = svc.stats().rereplication_passes;
+    let before = svc.stats().rereplications;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut back = 0;
     while std::time::Instant::now() < deadline {
@@ -120,7 +125,12 @@ async fn a_killed_memcached_nodes_sessions_get_their_second_copy_back_without_re
         on_n0.len(),
         "the restarted node received its copies again"
     );
-    assert!(svc.stats().rereplication_passes > passes);
+    let want = before + on_n0.len() as u64;
+    let counted = kit::eventually(Duration::from_secs(5), || {
+        svc.stats().rereplications >= want
+    })
+    .await;
+    assert!(counted, "counted: {:?}", svc.stats());
     assert_eq!(
         until_two_copies(&observer, &all, &keys).await,
         Vec::<String>::new()
@@ -162,7 +172,12 @@ async fn a_dead_peers_sessions_get_their_second_copy_back_without_requests() {
         "{lacking} of {} sessions still have one copy",
         on_web2.len()
     );
-    assert!(web1.stats().rereplications >= on_web2.len() as u64);
+    let want = on_web2.len() as u64;
+    let counted = kit::eventually(Duration::from_secs(5), || {
+        web1.stats().rereplications >= want
+    })
+    .await;
+    assert!(counted, "{:?}", web1.stats());
     // And they survive the owner's death now.
     drop(web1);
     assert!(wait_peer(&web3, "web1", false).await);
