@@ -122,6 +122,13 @@ struct InstanceArgs {
     /// node is up; list the memcached on this instance's own machine.
     #[arg(long, value_name = "ID,...")]
     failover_nodes: Option<String>,
+    /// Peer backend instead of memcached (`--nodes` is then ignored): every instance's
+    /// replication endpoint as route:host:port comma-separated, this one's included.
+    #[arg(long, value_name = "ROUTE:HOST:PORT,...", requires = "peer_secret")]
+    replication_peers: Option<String>,
+    /// The peer backend's shared secret (16+ printable ASCII, the same on every peer).
+    #[arg(long, value_name = "SECRET")]
+    peer_secret: Option<String>,
     /// Sticky (memory primary, memcached backup) or non-sticky (memcached primary).
     #[arg(long, value_enum, default_value = "sticky")]
     mode: ModeArg,
@@ -180,6 +187,7 @@ async fn main() {
                 route: a.route,
                 nodes: a.nodes,
                 failover_nodes: a.failover_nodes,
+                replication: a.replication_peers.zip(a.peer_secret),
                 mode: a.mode.into(),
                 codec: a.codec,
                 locking: a.locking,
