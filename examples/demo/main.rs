@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run one instance of the test application (deploy several behind a balancer).
-    Instance(InstanceArgs),
+    Instance(Box<InstanceArgs>),
     /// Start 2 memcached, 2 instances and a balancer on 127.0.0.1, print the URL; Ctrl-C
     /// stops everything.
     Cluster(ClusterArgs),
@@ -182,6 +182,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Instance(a) => {
+            let a = *a;
             instance::run(instance::InstanceOptions {
                 listen: a.listen,
                 route: a.route,
