@@ -48,6 +48,8 @@ pub struct ClusterOptions {
     pub codec: CodecKind,
     /// The memcached binary (default: found on `$PATH` or in the Debian location).
     pub memcached: Option<PathBuf>,
+    /// The peer backend: the instances back each other up, no memcached is started.
+    pub peers: bool,
 }
 
 const BUILTIN_LABEL: &str =
@@ -160,7 +162,12 @@ fn mode_flag(mode: Mode) -> &'static str {
 
 /// Runs the cluster until a signal asks it to stop.
 pub async fn run(options: ClusterOptions) -> Result<(), Box<dyn std::error::Error>> {
-    let memcached = memcached_binary(options.memcached.clone())?;
+    // The peer backend starts no memcached: the binary is not needed.
+    let memcached = if options.peers {
+        PathBuf::from("memcached")
+    } else {
+        memcached_binary(options.memcached.clone())?
+    };
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("memkeep-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -178,7 +185,8 @@ async fn run_in(
     let root = crate::balancer::running_as_root();
     let mut procs: BTreeMap<String, Proc> = BTreeMap::new();
     let mut node_specs = Vec::new();
-    for id in ["n1", "n2"] {
+    let memcached_ids: &[&str] = if options.peers { &[] } else { &["n1", "n2"] };
+    for id in memcached_ids.iter().copied() {
         let port = free_port()?;
         let mut args = vec![
             "-l".to_owned(),
@@ -277,9 +285,22 @@ async fn run_in(
         }
     };
 
+    // Peer backend: each instance's replication endpoint, and a secret for this run.
+    let replication = if options.peers {
+        let ports = [free_port()?, free_port()?];
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        Some((
+            format!("web1:127.0.0.1:{},web2:127.0.0.1:{}", ports[0], ports[1]),
+            secret,
+        ))
+    } else {
+        None
+    };
     for (i, (route, addr)) in instance_addrs.iter().enumerate() {
         let (peer_route, peer_addr) = &instance_addrs[1 - i];
-        let args = vec![
+        let mut args = vec![
             "instance".to_owned(),
             "--listen".to_owned(),
             addr.to_string(),
@@ -301,6 +322,14 @@ async fn run_in(
             "--balancer-label".to_owned(),
             balancer_label.clone(),
         ];
+        if let Some((peers, secret)) = &replication {
+            args.extend([
+                "--replication-peers".to_owned(),
+                peers.clone(),
+                "--peer-secret".to_owned(),
+                secret.clone(),
+            ]);
+        }
         procs.insert(
             route.clone(),
             Proc {

@@ -99,7 +99,7 @@ pub async fn run(options: InstanceOptions) -> Result<(), Box<dyn std::error::Err
     if options.mode == Mode::Sticky {
         config = config.route(options.route.clone());
     }
-    if let Some(f) = &options.failover_nodes {
+    if let (Some(f), None) = (&options.failover_nodes, &options.replication) {
         config = config.failover_nodes(f.clone());
     }
     let service = BackupSessionService::new(config.build()?)?;

@@ -175,6 +175,10 @@ struct ClusterArgs {
     /// The memcached binary (default: `memcached` on $PATH or /usr/bin).
     #[arg(long, value_name = "PATH")]
     memcached: Option<PathBuf>,
+    /// The peer backend (Loose Cluster): the two instances keep each other's session
+    /// copies; no memcached is started. Sticky mode only.
+    #[arg(long)]
+    peers: bool,
 }
 
 #[tokio::main]
@@ -213,6 +217,7 @@ async fn main() {
                 mode: a.mode.into(),
                 codec: a.codec,
                 memcached: a.memcached,
+                peers: a.peers,
             })
             .await
         }
