@@ -186,7 +186,7 @@ async fn run_in(
     let mut procs: BTreeMap<String, Proc> = BTreeMap::new();
     let mut node_specs = Vec::new();
     let memcached_ids: &[&str] = if options.peers { &[] } else { &["n1", "n2"] };
-    for id in memcached_ids.iter().copied() {
+    for &id in memcached_ids {
         let port = free_port()?;
         let mut args = vec![
             "-l".to_owned(),
