@@ -19,8 +19,8 @@
 //!   <key>...` (up to 64 keys; the client sends it for `get_many`);
 //! * anything else (an unknown command or flag, a line over [`MAX_LINE`] bytes, a key
 //!   over 250 bytes, a data block not ended by CRLF) gets a `CLIENT_ERROR` and the
-//!   connection is closed; a value over the configured item size gets
-//!   `SERVER_ERROR object too large for cache` (its data is skipped).
+//!   connection is closed; so is a value over the configured item size, answered
+//!   `SERVER_ERROR object too large for cache` before its data is read.
 //!
 //! The cache is moka's: bounded in bytes (key + value + a fixed overhead per entry),
 //! every entry expiring with the TTL it was written with; entries pushed out by the
@@ -324,8 +324,6 @@ enum Command {
     /// and whether CAS tokens are asked for.
     GetMany(Vec<Bytes>, bool),
     Set(Meta, Bytes),
-    /// A value over the item size, already skipped.
-    TooLarge(Meta),
     Delete(Meta),
 }
 
@@ -407,12 +405,9 @@ fn next_command(
                 return Err(Close::Protocol("CLIENT_ERROR bad data length"));
             };
             if len > max_value {
-                // Skip the value (and its CRLF) without keeping it.
-                if buf.len() < nl + 1 + len + 2 {
-                    return Ok(None);
-                }
-                buf.advance(nl + 1 + len + 2);
-                return Ok(Some(Command::TooLarge(m)));
+                // Refused before its data is read, so a peer can't make this endpoint
+                // buffer a huge value (the client refuses such values before sending).
+                return Err(Close::Protocol("SERVER_ERROR object too large for cache"));
             }
             let Some(data) = take_block(buf, nl + 1, len)? else {
                 return Ok(None);
@@ -593,14 +588,6 @@ fn execute(
             out.extend_from_slice(b"END\r\n");
         }
         Command::Set(m, data) => set(shared, &m, data, out),
-        Command::TooLarge(m) => {
-            out.extend_from_slice(b"SERVER_ERROR object too large for cache");
-            if let Some(o) = &m.opaque {
-                out.extend_from_slice(b" O");
-                out.extend_from_slice(o);
-            }
-            out.extend_from_slice(b"\r\n");
-        }
         Command::Delete(m) => {
             let mut status = "NF";
             shared
@@ -761,7 +748,8 @@ mod tests {
 
     #[test]
     fn commands_outside_the_subset_are_refused() {
-        let cases: [(&[u8], bool); 5] = [
+        let cases: [(&[u8], bool); 6] = [
+            (b"ms k 99999 T0 MS\r\n", true),
             (b"incr k 1\r\n", true),
             (b"mg k v Zx\r\n", true),
             (b"version\r\n", false),
