@@ -1,6 +1,8 @@
 //! Service overhead: requests/s of one axum handler that changes its session (a counter),
-//! through memkeep's layer in sticky+sync, sticky+async and non-sticky modes, against the
-//! same handler with tower-sessions on its in-memory store (the floor), in one run.
+//! through memkeep's layer in sticky+sync, sticky+async and non-sticky modes, and in
+//! sticky+sync on the peer backend (a second in-process instance's endpoint keeps the other
+//! copy, no memcached), against the same handler with tower-sessions on its in-memory
+//! store (the floor), in one run.
 //!
 //! Run: `cargo bench --bench session_overhead --features axum`
 //! (needs `/usr/bin/memcached`, or `MEMKEEP_MEMCACHED=/path`).
@@ -231,6 +233,13 @@ where
     done.load(Ordering::Relaxed) as f64 / elapsed
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
@@ -304,6 +313,29 @@ fn main() {
             .expect("service");
             let router = Router::new().route("/", get(memkeep_counter));
             subjects.push((name.into(), Subject::Memkeep(svc, router)));
+        }
+        // The peer backend (no memcached): this instance and a second one whose
+        // replication endpoint keeps the other copy; sticky + sync.
+        let mut peer_services = Vec::new();
+        let name = "memkeep peers sticky+sync (2 instances, no memcached)";
+        if name.contains(only.as_str()) {
+            let ports = [free_port(), free_port()];
+            let peers = format!("bench:127.0.0.1:{},peer2:127.0.0.1:{}", ports[0], ports[1]);
+            for route in ["bench", "peer2"] {
+                peer_services.push(
+                    BackupSessionService::new(
+                        SessionConfig::builder()
+                            .peers(peers.clone())
+                            .peer_secret("bench-peer-secret-0123456789")
+                            .route(route)
+                            .build()
+                            .expect("config"),
+                    )
+                    .expect("service"),
+                );
+            }
+            let router = Router::new().route("/", get(memkeep_counter));
+            subjects.push((name.into(), Subject::Memkeep(peer_services[0].clone(), router)));
         }
 
         println!(

@@ -3,6 +3,7 @@
 #
 #   bash scripts/demo.sh                          # http://127.0.0.1:8080/
 #   bash scripts/demo.sh --port 9000 --balancer haproxy --mode non-sticky
+#   bash scripts/demo.sh --peers        # no memcached: the instances back each other up
 #
 # Starts two memcached servers, two demo instances (examples/demo) and a balancer on
 # 127.0.0.1 (Apache httpd with the deploy/apache2 configuration, else HAProxy, else a

@@ -481,3 +481,48 @@ fn the_demo_cluster_command_puts_apache_httpd_in_front_when_installed() {
     assert_ne!(after.route, page.route);
     assert_eq!(after.attributes.get("a").map(String::as_str), Some("1"));
 }
+
+/// `demo cluster --peers` (scripts/demo.sh --peers): the thesis' four-step walk with two
+/// instances and no memcached, behind HAProxy: the page is served, `a = 1` added on one
+/// instance is there after that instance is killed, and the id names the other instance
+/// as the backup node.
+#[test]
+fn the_demo_cluster_with_peers_runs_the_four_step_walk_without_memcached() {
+    let mut cluster = DemoCluster::start(&["--balancer", "haproxy", "--peers"]);
+    let procs = cluster.processes();
+    assert_eq!(procs.len(), 2, "two instances, no memcached: {procs:?}");
+    let mut visitor = Visitor::new(cluster.front, true);
+    let first = visitor.get(&[]).expect("the page through HAProxy");
+    let again = visitor.get(&[]).expect("refresh");
+    assert_eq!(again.route, first.route, "sticky");
+    let added = visitor
+        .post(&[("dataName", "a"), ("dataValue", "1")])
+        .expect("add a = 1");
+    assert_eq!(added.attributes.get("a").map(String::as_str), Some("1"));
+    let r = cluster.control("kill", &added.route);
+    assert_eq!(r.status, 303, "the kill button redirects back: {}", r.body);
+    // HAProxy needs its health check to take the killed server out (bounded wait: the
+    // balancer's, not the product's, timing).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let after_kill = loop {
+        match visitor.get(&[]) {
+            Ok(page) => break page,
+            Err(e) if std::time::Instant::now() < deadline => {
+                println!("test setup: balancer not rerouted yet ({e})");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => panic!("test setup: no page 20 s after the owner's kill: {e}"),
+        }
+    };
+    assert_ne!(
+        after_kill.route, added.route,
+        "served by the other instance"
+    );
+    assert_eq!(
+        after_kill.attributes.get("a").map(String::as_str),
+        Some("1"),
+        "the other instance had the backup"
+    );
+    let status = cluster.terminate().expect("the launcher exits on SIGTERM");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+}

@@ -1,7 +1,9 @@
 //! Real-process failover runs (issue 7, I2's "real-process instance"): two demo instances
 //! and two memcached servers behind the real Apache httpd or HAProxy of `deploy/`, form-mode
 //! visitors posting through the balancer while instances and memcached nodes are SIGKILLed
-//! and restarted, in non-sticky mode with locking `all` and in sticky mode.
+//! and restarted, in non-sticky mode with locking `all`, in sticky mode, and in sticky mode
+//! on the peer backend (the instances keep each other's copies; the stack's memcached
+//! servers run but hold nothing).
 //!
 //! Each visitor (a browser with a cookie jar) posts one new attribute per request and keeps
 //! every write the server acknowledged (a 200 page showing it); on every later 200 page and
@@ -57,6 +59,9 @@ enum Mode {
     NonStickyLockAll,
     /// `--mode sticky` (the default).
     Sticky,
+    /// `--mode sticky` on the peer backend: the instances keep each other's copies
+    /// (`--replication-peers`), memcached unused.
+    StickyPeers,
 }
 
 struct Scenario {
@@ -93,9 +98,22 @@ const NODE_THEN_INSTANCE: &[(Duration, Fault)] = &[
 const TAIL: Duration = Duration::from_secs(6);
 
 fn run(s: Scenario) {
+    let peers = format!(
+        "web1:127.0.0.1:{},web2:127.0.0.1:{}",
+        kit::memcached::free_port(),
+        kit::memcached::free_port()
+    );
     let mode: &[&str] = match s.mode {
         Mode::NonStickyLockAll => &["--mode", "non-sticky", "--locking", "all"],
         Mode::Sticky => &["--mode", "sticky"],
+        Mode::StickyPeers => &[
+            "--mode",
+            "sticky",
+            "--replication-peers",
+            &peers,
+            "--peer-secret",
+            "demo-failover-peer-secret",
+        ],
     };
     let work = WORK.as_millis().to_string();
     let flags = [mode, &["--work-ms", &work]].concat();
@@ -272,6 +290,34 @@ fn sticky_behind_apache_loses_no_64kb_session_when_instance1_is_killed() {
 
 /// A session erased behind the visitor's back (`flush_all` on both memcached nodes under a
 /// non-sticky instance) is counted as one lost session with all its acknowledged writes.
+// The peer backend (Loose Cluster): no memcached holds anything; each instance keeps the
+// other's copies in its replication endpoint.
+
+#[test]
+fn sticky_peers_behind_haproxy_loses_no_session_when_instance1_is_killed() {
+    run(Scenario {
+        name: "sticky peers / haproxy / kill web1",
+        kind: Kind::Haproxy,
+        mode: Mode::StickyPeers,
+        pad: 0,
+        timeline: KILL_ONE,
+        tail: TAIL,
+    });
+}
+
+#[test]
+fn sticky_peers_behind_apache_loses_no_session_when_instance1_is_killed_restarted_then_instance2_killed(
+) {
+    run(Scenario {
+        name: "sticky peers / apache / kill web1, restart, kill web2",
+        kind: Kind::Apache,
+        mode: Mode::StickyPeers,
+        pad: 0,
+        timeline: KILL_RESTART_KILL,
+        tail: TAIL,
+    });
+}
+
 #[test]
 fn the_form_visitor_counts_a_session_erased_behind_its_back_as_lost() {
     let memcached = Cluster::start(2);

@@ -16,7 +16,9 @@
 //!   removes the cookie.
 //!
 //! One test per mode family, each with its own cluster: sticky (two sync instances and
-//! one async), non-sticky with locking `none`, `all`, `auto`.
+//! one async), non-sticky with locking `none`, `all`, `auto`; and sticky on the peer
+//! backend (no memcached: the instances back each other up), where a fault is an
+//! instance (a sync one) dropped and restarted empty, memory and endpoint both lost.
 //!
 //! Environment:
 //! * `MEMKEEP_TEST_SEED=<u64>`: the seed (printed at the start and on failure); the same
@@ -36,6 +38,8 @@
 //! log-out-everywhere as the invalidation of every session bound to the principal.
 
 mod kit;
+#[path = "kit/peers.rs"]
+mod peers_kit;
 #[path = "kit/session.rs"]
 mod session_kit;
 
@@ -47,7 +51,26 @@ use memkeep::session::{
     BackupSessionService, CookieDecision, Mode, RequestInfo, SaveOutcome, Session, SessionError,
     SessionId, SessionKey, WriteMode,
 };
+use peers_kit::Peers;
 use session_kit::{config, id_variants, service, wait_nodes_up};
+
+/// Where the sessions are kept.
+enum Backend {
+    /// 3 memcached processes.
+    Memcached(Cluster),
+    /// The instances themselves (peer backend).
+    Peers(Peers),
+}
+
+impl Backend {
+    /// The node ids a session id may name.
+    fn ids(&self) -> Vec<String> {
+        match self {
+            Backend::Memcached(c) => c.ids(),
+            Backend::Peers(p) => p.routes(),
+        }
+    }
+}
 
 /// The attributes the model tracks.
 const ATTRS: [&str; 3] = ["a0", "a1", "a2"];
@@ -70,7 +93,16 @@ struct Inst {
     svc: BackupSessionService,
 }
 
-fn build(cluster: &Cluster, name: &str, kind: Kind, locking: &str) -> BackupSessionService {
+fn build(backend: &Backend, name: &str, kind: Kind, locking: &str) -> BackupSessionService {
+    let cluster = match backend {
+        Backend::Memcached(c) => c,
+        Backend::Peers(p) => {
+            return p.start_with(name, |b| match kind {
+                Kind::StickyAsync => b.write_mode(WriteMode::Async),
+                _ => b,
+            })
+        }
+    };
     let b = match kind {
         Kind::StickySync => config(cluster, Mode::Sticky).route(name),
         Kind::StickyAsync => config(cluster, Mode::Sticky)
@@ -211,7 +243,7 @@ struct World {
     family: &'static str,
     seed: u64,
     rng: Rng,
-    cluster: Cluster,
+    cluster: Backend,
     insts: Vec<Inst>,
     routes: Vec<String>,
     sessions: Vec<Sess>,
@@ -1090,7 +1122,8 @@ impl World {
             let i = &self.insts[inst];
             (i.name.clone(), i.kind, i.locking)
         };
-        if kind == Kind::StickyAsync {
+        // Peer backend: an instance restart is a peer fault (op_fault), not an extra one.
+        if kind == Kind::StickyAsync || matches!(self.cluster, Backend::Peers(_)) {
             return;
         }
         self.insts[inst].svc = build(&self.cluster, &name, kind, locking);
@@ -1099,21 +1132,48 @@ impl World {
     }
 
     async fn op_fault(&mut self) {
-        let node = self.rng.below(self.cluster.len() as u64) as usize;
+        let cluster = match &mut self.cluster {
+            Backend::Memcached(c) => c,
+            Backend::Peers(_) => return self.op_peer_fault().await,
+        };
+        let node = self.rng.below(cluster.len() as u64) as usize;
         let fault = match self.rng.below(3) {
             0 => {
-                self.cluster[node].kill();
+                cluster[node].kill();
                 Fault::Killed(node)
             }
             1 => {
-                self.cluster[node].restart();
+                cluster[node].restart();
                 Fault::Restarted(node)
             }
             _ => {
-                self.cluster[node].pause();
+                cluster[node].pause();
                 Fault::Paused(node)
             }
         };
+        self.fault_begins(fault);
+    }
+
+    /// Peer backend: a sync instance dies and comes back empty (its memory and its
+    /// endpoint's copies lost; async instances are not restarted: their queue is the
+    /// documented loss window).
+    async fn op_peer_fault(&mut self) {
+        let sync: Vec<usize> = (0..self.insts.len())
+            .filter(|&i| self.insts[i].kind == Kind::StickySync)
+            .collect();
+        let inst = sync[self.rng.below(sync.len() as u64) as usize];
+        let (name, kind, locking) = {
+            let i = &self.insts[inst];
+            (i.name.clone(), i.kind, i.locking)
+        };
+        // The old service (and its endpoint) is dropped before the new one binds.
+        let placeholder = self.insts[(inst + 1) % self.insts.len()].svc.clone();
+        drop(std::mem::replace(&mut self.insts[inst].svc, placeholder));
+        self.insts[inst].svc = build(&self.cluster, &name, kind, locking);
+        self.fault_begins(Fault::Restarted(inst));
+    }
+
+    fn fault_begins(&mut self, fault: Fault) {
         self.tick();
         self.c.faults += 1;
         self.fault = Some(fault);
@@ -1128,10 +1188,12 @@ impl World {
     /// every live session once (re-creating missing copies).
     async fn op_heal(&mut self) {
         let Some(fault) = self.fault else { return };
-        match fault {
-            Fault::Killed(n) => self.cluster[n].restart(),
-            Fault::Paused(n) => self.cluster[n].resume(),
-            Fault::Restarted(_) => {}
+        if let Backend::Memcached(cluster) = &mut self.cluster {
+            match fault {
+                Fault::Killed(n) => cluster[n].restart(),
+                Fault::Paused(n) => cluster[n].resume(),
+                Fault::Restarted(_) => {}
+            }
         }
         let svcs: Vec<BackupSessionService> = self.insts.iter().map(|i| i.svc.clone()).collect();
         let refs: Vec<&BackupSessionService> = svcs.iter().collect();
@@ -1304,6 +1366,15 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 async fn run_family(family: &'static str, instances: &[(&str, Kind, &'static str)]) {
+    run_family_on(family, instances, None).await;
+}
+
+/// `peers`: run on the peer backend with these backups instead of 3 memcached nodes.
+async fn run_family_on(
+    family: &'static str,
+    instances: &[(&str, Kind, &'static str)],
+    peers: Option<memkeep::session::peer::Backups>,
+) {
     let seed = Rng::seed_from_env();
     let ops = env_u64("MEMKEEP_MODEL_OPS", 150);
     let cap = Duration::from_secs(env_u64("MEMKEEP_MODEL_SECS", 14));
@@ -1314,7 +1385,13 @@ async fn run_family(family: &'static str, instances: &[(&str, Kind, &'static str
     let family_salt = family
         .bytes()
         .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
-    let cluster = Cluster::start(3);
+    let cluster = match peers {
+        None => Backend::Memcached(Cluster::start(3)),
+        Some(backups) => {
+            let names: Vec<&str> = instances.iter().map(|i| i.0).collect();
+            Backend::Peers(Peers::named(&names, backups))
+        }
+    };
     let insts: Vec<Inst> = instances
         .iter()
         .map(|(name, kind, locking)| Inst {
@@ -1324,6 +1401,13 @@ async fn run_family(family: &'static str, instances: &[(&str, Kind, &'static str
             svc: build(&cluster, name, *kind, locking),
         })
         .collect();
+    if matches!(cluster, Backend::Peers(_)) {
+        let refs: Vec<&BackupSessionService> = insts.iter().map(|i| &i.svc).collect();
+        assert!(
+            wait_nodes_up(&refs, Duration::from_secs(10)).await,
+            "every peer sees every other up"
+        );
+    }
     let sticky = instances[0].1 != Kind::NonSticky;
     let routes = if sticky {
         instances.iter().map(|i| i.0.to_string()).collect()
@@ -1404,6 +1488,11 @@ const AUTO: &[(&str, Kind, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_sticky_sync_and_async() {
     run_family("sticky", STICKY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_peers_sticky_sync_and_async() {
+    run_family_on("peers", STICKY, Some(memkeep::session::peer::Backups::One)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,8 @@ pub struct ClusterOptions {
     pub codec: CodecKind,
     /// The memcached binary (default: found on `$PATH` or in the Debian location).
     pub memcached: Option<PathBuf>,
+    /// The peer backend: the instances back each other up, no memcached is started.
+    pub peers: bool,
 }
 
 const BUILTIN_LABEL: &str =
@@ -161,7 +163,12 @@ fn mode_flag(mode: Mode) -> &'static str {
 
 /// Runs the cluster until a signal asks it to stop.
 pub async fn run(options: ClusterOptions) -> Result<(), Box<dyn std::error::Error>> {
-    let memcached = memcached_binary(options.memcached.clone())?;
+    // The peer backend starts no memcached: the binary is not needed.
+    let memcached = if options.peers {
+        PathBuf::from("memcached")
+    } else {
+        memcached_binary(options.memcached.clone())?
+    };
     let exe = std::env::current_exe()?;
     let tmp = std::env::temp_dir();
     for line in crate::stale::clean_up_stale_runs(&tmp) {
@@ -187,7 +194,8 @@ async fn run_in(
     let root = crate::balancer::running_as_root();
     let mut procs: BTreeMap<String, Proc> = BTreeMap::new();
     let mut node_specs = Vec::new();
-    for id in ["n1", "n2"] {
+    let memcached_ids: &[&str] = if options.peers { &[] } else { &["n1", "n2"] };
+    for &id in memcached_ids {
         let port = free_port()?;
         let mut args = vec![
             "-l".to_owned(),
@@ -286,6 +294,19 @@ async fn run_in(
         }
     };
 
+    // Peer backend: each instance's replication endpoint, and a secret for this run.
+    let replication = if options.peers {
+        let ports = [free_port()?, free_port()?];
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        Some((
+            format!("web1:127.0.0.1:{},web2:127.0.0.1:{}", ports[0], ports[1]),
+            secret,
+        ))
+    } else {
+        None
+    };
     for (i, (route, addr)) in instance_addrs.iter().enumerate() {
         let (peer_route, peer_addr) = &instance_addrs[1 - i];
         let mut args = vec![
@@ -306,10 +327,18 @@ async fn run_in(
             "--balancer-label".to_owned(),
             balancer_label.clone(),
         ];
-        if options.mode == Mode::Sticky {
+        if options.mode == Mode::Sticky && replication.is_none() {
             // Like MSM's failoverNodes (a sticky-mode setting): each instance's "own
             // machine" memcached is used for new sessions only when the other is down.
             args.extend(["--failover-nodes".to_owned(), format!("n{}", i + 1)]);
+        }
+        if let Some((peers, secret)) = &replication {
+            args.extend([
+                "--replication-peers".to_owned(),
+                peers.clone(),
+                "--peer-secret".to_owned(),
+                secret.clone(),
+            ]);
         }
         procs.insert(
             route.clone(),

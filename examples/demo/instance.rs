@@ -38,6 +38,9 @@ pub struct InstanceOptions {
     pub nodes: String,
     /// Failover node ids.
     pub failover_nodes: Option<String>,
+    /// Peer backend instead of memcached: `route:host:port,...` of every instance's
+    /// replication endpoint (this one's included), and the shared secret.
+    pub replication: Option<(String, String)>,
     /// Sticky or non-sticky.
     pub mode: Mode,
     /// Codec of new sessions.
@@ -70,8 +73,14 @@ struct RawUri(Uri);
 
 /// Builds the service and serves until the process ends.
 pub async fn run(options: InstanceOptions) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = SessionConfig::builder()
-        .nodes(options.nodes.clone())
+    let mut config = match &options.replication {
+        // The peer backend: the instances keep each other's copies, no memcached.
+        Some((peers, secret)) => SessionConfig::builder()
+            .peers(peers.clone())
+            .peer_secret(secret.clone()),
+        None => SessionConfig::builder().nodes(options.nodes.clone()),
+    };
+    config = config
         .mode(options.mode)
         .codec(options.codec)
         .locking_str(&options.locking)
@@ -90,7 +99,7 @@ pub async fn run(options: InstanceOptions) -> Result<(), Box<dyn std::error::Err
     if options.mode == Mode::Sticky {
         config = config.route(options.route.clone());
     }
-    if let Some(f) = &options.failover_nodes {
+    if let (Some(f), None) = (&options.failover_nodes, &options.replication) {
         config = config.failover_nodes(f.clone());
     }
     let service = BackupSessionService::new(config.build()?)?;

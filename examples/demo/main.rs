@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run one instance of the test application (deploy several behind a balancer).
-    Instance(InstanceArgs),
+    Instance(Box<InstanceArgs>),
     /// Start 2 memcached, 2 instances and a balancer on 127.0.0.1, print the URL; Ctrl-C
     /// stops everything.
     Cluster(ClusterArgs),
@@ -123,6 +123,13 @@ struct InstanceArgs {
     /// node is up; list the memcached on this instance's own machine.
     #[arg(long, value_name = "ID,...")]
     failover_nodes: Option<String>,
+    /// Peer backend instead of memcached (`--nodes` is then ignored): every instance's
+    /// replication endpoint as route:host:port comma-separated, this one's included.
+    #[arg(long, value_name = "ROUTE:HOST:PORT,...", requires = "peer_secret")]
+    replication_peers: Option<String>,
+    /// The peer backend's shared secret (16+ printable ASCII, the same on every peer).
+    #[arg(long, value_name = "SECRET")]
+    peer_secret: Option<String>,
     /// Sticky (memory primary, memcached backup) or non-sticky (memcached primary).
     #[arg(long, value_enum, default_value = "sticky")]
     mode: ModeArg,
@@ -169,6 +176,10 @@ struct ClusterArgs {
     /// The memcached binary (default: `memcached` on $PATH or /usr/bin).
     #[arg(long, value_name = "PATH")]
     memcached: Option<PathBuf>,
+    /// The peer backend (Loose Cluster): the two instances keep each other's session
+    /// copies; no memcached is started. Sticky mode only.
+    #[arg(long)]
+    peers: bool,
 }
 
 #[tokio::main]
@@ -176,11 +187,13 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Instance(a) => {
+            let a = *a;
             instance::run(instance::InstanceOptions {
                 listen: a.listen,
                 route: a.route,
                 nodes: a.nodes,
                 failover_nodes: a.failover_nodes,
+                replication: a.replication_peers.zip(a.peer_secret),
                 mode: a.mode.into(),
                 codec: a.codec,
                 locking: a.locking,
@@ -205,6 +218,7 @@ async fn main() {
                 mode: a.mode.into(),
                 codec: a.codec,
                 memcached: a.memcached,
+                peers: a.peers,
             })
             .await
         }

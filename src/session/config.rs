@@ -144,6 +144,8 @@ pub struct SessionConfig {
     pub(crate) auto_readonly_bytes: usize,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) lifecycle: super::lifecycle::LifecycleConfig,
+    /// The peer backend (`None`: memcached nodes).
+    pub(crate) peers: Option<super::peer::PeerConfig>,
 }
 
 impl fmt::Debug for SessionConfig {
@@ -232,6 +234,7 @@ pub struct SessionConfigBuilder {
     auto_readonly_bytes: usize,
     clock: Arc<dyn Clock>,
     pub(crate) lifecycle: super::lifecycle::LifecycleConfig,
+    peers: super::peer::PeerSettings,
 }
 
 impl Default for SessionConfigBuilder {
@@ -259,6 +262,7 @@ impl Default for SessionConfigBuilder {
             auto_readonly_bytes: 64 * 1024,
             clock: Arc::new(SystemClock),
             lifecycle: Default::default(),
+            peers: super::peer::PeerSettings::default(),
         }
     }
 }
@@ -430,12 +434,53 @@ impl SessionConfigBuilder {
         self
     }
 
+    /// The peer backend's settings (see [`super::peer::PeerSettings`]): the peers as
+    /// `route:host:port,...`, this instance's route among them, instead of `nodes`.
+    pub fn peers(mut self, peers: impl Into<String>) -> Self {
+        self.peers.peers = Some(peers.into());
+        self
+    }
+
+    /// The peer backend's shared secret (at least 16 printable ASCII characters, the
+    /// same on every peer): a connection to the replication endpoint that does not log
+    /// in with it is refused.
+    pub fn peer_secret(mut self, secret: impl Into<String>) -> Self {
+        self.peers.secret = Some(secret.into());
+        self
+    }
+
+    /// The memory bound of this instance's replication endpoint in bytes (default
+    /// 64 MiB); past it the least recently used copies are evicted (counted).
+    pub fn peer_memory(mut self, bytes: u64) -> Self {
+        self.peers.memory_bytes = bytes;
+        self
+    }
+
+    /// The peer backend's backups per session (default one).
+    pub fn backups(mut self, backups: super::peer::Backups) -> Self {
+        self.peers.backups = backups;
+        self
+    }
+
+    /// The address the replication endpoint listens on (default: this instance's
+    /// address in `peers`), e.g. `0.0.0.0:7001` behind an address the peers know.
+    pub fn peer_bind(mut self, addr: impl Into<String>) -> Self {
+        self.peers.bind = Some(addr.into());
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<SessionConfig, SessionError> {
         let nodes = match &self.nodes {
             Some(text) => parse_nodes(text)?,
             None => Vec::new(),
         };
+        let peers = self.peers.validate(
+            self.route.as_deref(),
+            self.mode == Mode::Sticky,
+            !nodes.is_empty(),
+            self.failover_nodes.is_some(),
+        )?;
         let failover_nodes: Vec<String> = self
             .failover_nodes
             .as_deref()
@@ -573,12 +618,21 @@ impl SessionConfigBuilder {
             auto_readonly_bytes: self.auto_readonly_bytes,
             clock: self.clock,
             lifecycle: self.lifecycle,
+            peers,
         })
     }
 }
 
 /// Parses `id:host:port,...`.
 pub fn parse_nodes(text: &str) -> Result<Vec<NodeSpec>, SessionError> {
+    parse_named_addresses("nodes", text)
+}
+
+/// Parses `id:host:port,...` for the setting `field` (`nodes`, `peers`).
+pub(crate) fn parse_named_addresses(
+    field: &'static str,
+    text: &str,
+) -> Result<Vec<NodeSpec>, SessionError> {
     let mut out: Vec<NodeSpec> = Vec::new();
     for entry in text
         .split([',', ' '])
@@ -587,7 +641,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<NodeSpec>, SessionError> {
     {
         let bad = |why: &str| {
             SessionError::config(
-                "nodes",
+                field,
                 format!("entry {entry:?} {why}; write id:host:port, e.g. n1:127.0.0.1:11211"),
             )
         };
@@ -609,7 +663,7 @@ pub fn parse_nodes(text: &str) -> Result<Vec<NodeSpec>, SessionError> {
     }
     if out.is_empty() {
         return Err(SessionError::config(
-            "nodes",
+            field,
             "no node given; write id:host:port,... e.g. n1:127.0.0.1:11211",
         ));
     }

@@ -428,9 +428,14 @@ impl Engine {
                         return Ok(gone);
                     }
                     snapshot = session.lock().snapshot()?;
-                    if !snapshot.changed {
-                        return Ok(Saved::default());
-                    }
+                    // Nothing left to add: the latest copy read already holds this
+                    // request's changes. It may be this request's own record, stored on
+                    // one copy while another writer stored the same version elsewhere
+                    // (instances that disagreed about the placement, a copy write that
+                    // timed out) and the roll forward failed: write the merged session
+                    // once more, one version up, so every copy converges on content
+                    // that holds this request's change (and the answer says written).
+                    snapshot.changed = true;
                     // The merged session must fit too: refused, nothing written.
                     if snapshot.bytes.len() > self.config.max_session_size {
                         return Err(self.too_large(snapshot.bytes.len()));

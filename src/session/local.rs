@@ -138,6 +138,11 @@ impl LocalSessions {
         }
     }
 
+    /// The keys of the sessions in memory.
+    pub(crate) fn keys(&self) -> Vec<SessionKey> {
+        lock_std(&self.map).keys().copied().collect()
+    }
+
     /// Sessions in memory.
     pub(crate) fn len(&self) -> usize {
         lock_std(&self.map).len()

@@ -48,6 +48,7 @@ pub mod listeners;
 mod local;
 mod lock;
 pub mod model;
+pub mod peer;
 mod placement;
 mod readonly_paths;
 mod request;

@@ -25,6 +25,8 @@ use super::id::SessionKey;
 #[derive(Clone, Debug)]
 pub(crate) struct Placement {
     nodes: Vec<PlacedNode>,
+    /// How many copies a session has (2 unless the peer backend's `backups` says more).
+    copies: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -40,12 +42,16 @@ pub(crate) struct Copies {
     pub(crate) primary: String,
     /// The node of the backup copy (`None`: no second usable node).
     pub(crate) backup: Option<String>,
+    /// Further backups (the peer backend's `backups` above 1), in order.
+    pub(crate) more: Vec<String>,
 }
 
 impl Copies {
     /// The nodes in write order: primary first.
     pub(crate) fn nodes(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.primary.as_str()).chain(self.backup.as_deref())
+        std::iter::once(self.primary.as_str())
+            .chain(self.backup.as_deref())
+            .chain(self.more.iter().map(String::as_str))
     }
 }
 
@@ -61,7 +67,14 @@ impl Placement {
                     failover: failover.contains(id),
                 })
                 .collect(),
+            copies: 2,
         }
+    }
+
+    /// The same nodes with `n` copies per session (at least 2).
+    pub(crate) fn with_copies(mut self, n: usize) -> Self {
+        self.copies = n.max(2);
+        self
     }
 
     /// True when `id` is a configured node.
@@ -91,7 +104,15 @@ impl Placement {
         let mut chosen = self.order(key).into_iter().filter(|n| usable(n));
         let primary = chosen.next()?.to_owned();
         let backup = chosen.next().map(str::to_owned);
-        Some(Copies { primary, backup })
+        let more = chosen
+            .take(self.copies.saturating_sub(2))
+            .map(str::to_owned)
+            .collect();
+        Some(Copies {
+            primary,
+            backup,
+            more,
+        })
     }
 
     /// The nodes to try for the key's lock, in order: the usable nodes of the order
@@ -198,6 +219,20 @@ mod tests {
         assert_eq!(only.primary, "n1");
         assert_eq!(only.backup, None);
         assert_eq!(p.copies(&key(2), |_| false), None);
+    }
+
+    #[test]
+    fn more_copies_are_the_next_usable_nodes_of_the_order() {
+        let p = Placement::new(&names(4), &[]).with_copies(3);
+        let k = key(5);
+        let order = p.order(&k);
+        let c = p.copies(&k, |n| n != order[1]).unwrap();
+        assert_eq!(
+            c.nodes().collect::<Vec<_>>(),
+            vec![order[0], order[2], order[3]]
+        );
+        let all = Placement::new(&names(3), &[]).with_copies(3);
+        assert_eq!(all.copies(&k, |_| true).unwrap().nodes().count(), 3);
     }
 
     #[test]

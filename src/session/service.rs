@@ -62,6 +62,8 @@ impl RequestInfo {
 #[derive(Clone)]
 pub struct BackupSessionService {
     inner: Arc<Engine>,
+    /// The peer backend's replication endpoint (stops when the last clone is dropped).
+    peer: Option<Arc<super::peer::PeerEndpoint>>,
 }
 
 impl std::fmt::Debug for BackupSessionService {
@@ -76,6 +78,18 @@ impl BackupSessionService {
     /// Builds the service and its memcached client from `config.nodes` (must run inside
     /// a tokio runtime).
     pub fn new(config: SessionConfig) -> Result<Self, SessionError> {
+        if let (Some(peers), Some(route)) = (&config.peers, &config.route) {
+            let (client, endpoint) = super::peer::start(
+                peers,
+                route,
+                config.operation_timeout,
+                config.max_session_size.saturating_add(1024),
+            )?;
+            let copies = peers.backups.copies(peers.peers.len());
+            let mut service = Self::build(config, client, copies)?;
+            service.peer = Some(endpoint);
+            return Ok(service);
+        }
         if config.nodes.is_empty() {
             return Err(SessionError::config(
                 "nodes",
@@ -94,6 +108,16 @@ impl BackupSessionService {
     /// Builds the service on an existing client (its node ids name the nodes; the
     /// configured node list, if any, must match them).
     pub fn with_client(config: SessionConfig, client: Client) -> Result<Self, SessionError> {
+        if config.peers.is_some() {
+            return Err(SessionError::config(
+                "peers",
+                "the peer backend builds its own client; use BackupSessionService::new",
+            ));
+        }
+        Self::build(config, client, 2)
+    }
+
+    fn build(config: SessionConfig, client: Client, copies: usize) -> Result<Self, SessionError> {
         if !config.nodes.is_empty() {
             let ids = client.node_ids();
             if config.nodes.iter().any(|n| !ids.contains(&n.id)) {
@@ -116,7 +140,8 @@ impl BackupSessionService {
             config.key_prefix.clone(),
             config.max_inactive_interval,
             Arc::clone(&stats),
-        )?;
+        )?
+        .with_copies(copies);
         let writer = (config.mode == Mode::Sticky
             && config.write_mode == super::config::WriteMode::Async)
             .then(|| AsyncWriter::new(config.async_queue_capacity));
@@ -124,9 +149,15 @@ impl BackupSessionService {
         AsyncWriter::start(&inner);
         if inner.config.mode == Mode::Sticky {
             tokio::spawn(sweeper(Arc::downgrade(&inner)));
+            tokio::spawn(super::store::rereplicate::run(Arc::downgrade(&inner)));
         }
         tokio::spawn(hint_deliverer(Arc::downgrade(&inner)));
-        Ok(BackupSessionService { inner })
+        Ok(BackupSessionService { inner, peer: None })
+    }
+
+    /// The peer backend's replication endpoint (`None` with memcached nodes).
+    pub fn peer_endpoint(&self) -> Option<&super::peer::PeerEndpoint> {
+        self.peer.as_deref()
     }
 
     /// Starts handling one request. Call [`SessionRequest::finish`] at its end.

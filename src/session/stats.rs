@@ -139,6 +139,14 @@ counters! {
     /// Copies re-created by a request that found one missing or behind (a node that
     /// restarted empty, or came back with an old copy).
     repairs,
+    /// Sessions whose copies the background re-replication rewrote after a node went
+    /// away or came back (sticky mode).
+    rereplications,
+    /// Background re-replication passes completed.
+    rereplication_passes,
+    /// Sessions a background re-replication pass could not read or write (their next
+    /// request repairs them).
+    rereplication_failures,
     /// Unlocked writes whose own changes were merged onto a newer stored version.
     merges,
     /// Writes (or refreshes) that found the session invalidated by another request:

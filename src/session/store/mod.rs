@@ -33,6 +33,7 @@ mod locks;
 mod principal;
 mod read;
 mod retire;
+pub(crate) mod rereplicate;
 mod tombstone;
 mod write;
 
@@ -236,6 +237,12 @@ impl Store {
             stats,
             repair_ttl: max_inactive.saturating_add(TOMBSTONE_MARGIN),
         })
+    }
+
+    /// The same store with `n` copies per session (the peer backend's `backups`).
+    pub(crate) fn with_copies(mut self, n: usize) -> Self {
+        self.placement = self.placement.with_copies(n);
+        self
     }
 
     pub(crate) fn client(&self) -> &Client {

@@ -8,7 +8,7 @@ use super::*;
 
 impl Store {
     /// Reads one node's record, with its CAS token.
-    async fn read_node(
+    pub(super) async fn read_node(
         &self,
         node: &str,
         key: &SessionKey,

@@ -195,6 +195,17 @@ impl Store {
                     Ok(CopyWrite::Newer { version }) if repair && version == new_version => {
                         written.push(node.to_owned())
                     }
+                    // This very record already there: a concurrent re-replication (or
+                    // the roll forward of a write it refused) copied it from the
+                    // primary this write just stored. Counts as written, not as a
+                    // conflict with itself.
+                    Ok(CopyWrite::Newer { version })
+                        if version == new_version
+                            && !written.is_empty()
+                            && self.holds_record(node, key, record).await =>
+                    {
+                        written.push(node.to_owned())
+                    }
                     Ok(CopyWrite::Newer { version }) => {
                         if !written.is_empty() && version != TOMBSTONE_VERSION {
                             // Another writer got to this copy first (instances disagreeing
@@ -245,6 +256,11 @@ impl Store {
             });
         }
         Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
+    }
+
+    /// True when `node` holds exactly `record` for `key`.
+    async fn holds_record(&self, node: &str, key: &SessionKey, record: &[u8]) -> bool {
+        matches!(self.read_node(node, key).await, Ok(Some((bytes, _))) if bytes.as_ref() == record)
     }
 
     /// Undoes the copies a refused write already stored on `written`: each is replaced,

@@ -1,0 +1,770 @@
+//! The replication endpoint of one instance: a TCP listener that keeps the session
+//! copies other instances (and this one) give it, in a bounded in-memory cache.
+//!
+//! # Wire protocol, version 1 (`memkeep-peer/1`)
+//!
+//! The subset of memcached's protocol that the session store sends through the crate's
+//! own [`Client`](crate::Client), and nothing else:
+//!
+//! * the connection starts with the login of memcached's text protocol (`-Y`): a `set`
+//!   whose data is `<user> <secret>`; the user names the protocol version
+//!   ([`PEER_PROTOCOL_USER`]) and the secret is the configured `peer_secret`. Anything
+//!   else first, a wrong secret, or another protocol version gets a `CLIENT_ERROR` and
+//!   the connection is closed;
+//! * then `version` (answers `VERSION memkeep-peer/1`), `mn`, and the meta commands
+//!   `mg <key> [v] [f] [c] [T<s>] [q] [b] [O<n>]`, `ms <key> <len> [F<n>] [T<s>] [C<n>]
+//!   [M<S|E|A|P|R>] [q] [b] [O<n>]`, `md <key> [C<n>] [q] [b] [O<n>]` with memcached's
+//!   semantics (CAS tokens, `add`, `append`, expiry `T`: seconds, `0` never, negative
+//!   expired at once, over 30 days a unix time), and the text multi-get `get`/`gets
+//!   <key>...` (up to 64 keys; the client sends it for `get_many`);
+//! * anything else (an unknown command or flag, a line over [`MAX_LINE`] bytes, a key
+//!   over 250 bytes, a data block not ended by CRLF) gets a `CLIENT_ERROR` and the
+//!   connection is closed; so is a value over the configured item size, answered
+//!   `SERVER_ERROR object too large for cache` before its data is read.
+//!
+//! The cache is moka's: bounded in bytes (key + value + a fixed overhead per entry),
+//! every entry expiring with the TTL it was written with; entries pushed out by the
+//! bound are counted (`evictions`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// The login user that names the peer protocol version.
+pub const PEER_PROTOCOL_USER: &str = "memkeep-peer-v1";
+
+/// What `version` answers.
+pub const PEER_PROTOCOL_VERSION: &str = "memkeep-peer/1";
+
+/// The longest command line accepted, CRLF included.
+pub const MAX_LINE: usize = 2048;
+
+/// The longest key (memcached's limit).
+const MAX_KEY: usize = 250;
+
+/// Most keys in one text `get`.
+const MAX_MULTI_GET: usize = 64;
+
+/// Bytes counted per entry beyond its key and value (bookkeeping).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// memcached's boundary between relative and absolute expiry times.
+const RELATIVE_LIMIT: i64 = 30 * 24 * 3600;
+
+/// One stored item.
+#[derive(Clone, Debug)]
+struct Item {
+    value: Bytes,
+    flags: u32,
+    cas: u64,
+    ttl: Option<Duration>,
+}
+
+struct ItemExpiry;
+
+impl moka::Expiry<Vec<u8>, Item> for ItemExpiry {
+    fn expire_after_create(&self, _: &Vec<u8>, v: &Item, _: Instant) -> Option<Duration> {
+        v.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Vec<u8>,
+        v: &Item,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        v.ttl
+    }
+}
+
+/// Counters of an endpoint.
+#[derive(Debug, Default)]
+struct Counters {
+    evictions: AtomicU64,
+    expirations: AtomicU64,
+    refused: AtomicU64,
+    protocol_errors: AtomicU64,
+    commands: AtomicU64,
+}
+
+/// A snapshot of an endpoint's state and counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEndpointStats {
+    /// Entries held (after pending maintenance).
+    pub entries: u64,
+    /// Bytes counted against the memory bound.
+    pub bytes: u64,
+    /// The memory bound.
+    pub capacity_bytes: u64,
+    /// Entries pushed out by the memory bound.
+    pub evictions: u64,
+    /// Entries that expired.
+    pub expirations: u64,
+    /// Connections refused: no login, wrong secret, other protocol version.
+    pub refused_connections: u64,
+    /// Connections closed for a command or line outside the protocol.
+    pub protocol_errors: u64,
+    /// Commands served.
+    pub commands: u64,
+}
+
+struct Shared {
+    cache: Cache<Vec<u8>, Item>,
+    counters: Arc<Counters>,
+    secret: String,
+    max_value: usize,
+    next_cas: AtomicU64,
+    capacity: u64,
+}
+
+/// A running replication endpoint. Dropping it stops the listener and closes every
+/// connection (what a killed instance's peers see).
+pub struct PeerEndpoint {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    _shutdown: watch::Sender<()>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PeerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerEndpoint")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PeerEndpoint {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl PeerEndpoint {
+    /// Binds `addr` and serves the peer protocol (must run inside a tokio runtime).
+    /// `secret`: the shared secret every peer logs in with; `capacity_bytes`: the
+    /// memory bound; `max_value`: the largest value accepted.
+    pub fn bind(
+        addr: &str,
+        secret: &str,
+        capacity_bytes: u64,
+        max_value: usize,
+    ) -> std::io::Result<PeerEndpoint> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std_listener)?;
+        let local = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let listener_counters = Arc::clone(&counters);
+        let cache = Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|k: &Vec<u8>, v: &Item| {
+                u32::try_from(k.len() + v.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(ItemExpiry)
+            .eviction_listener(move |_, _, cause| match cause {
+                RemovalCause::Size => {
+                    listener_counters.evictions.fetch_add(1, Relaxed);
+                }
+                RemovalCause::Expired => {
+                    listener_counters.expirations.fetch_add(1, Relaxed);
+                }
+                _ => {}
+            })
+            .build();
+        let shared = Arc::new(Shared {
+            cache,
+            counters,
+            secret: secret.to_owned(),
+            max_value,
+            next_cas: AtomicU64::new(1),
+            capacity: capacity_bytes,
+        });
+        let (tx, rx) = watch::channel(());
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), rx));
+        Ok(PeerEndpoint {
+            addr: local,
+            shared,
+            _shutdown: tx,
+            accept,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The endpoint's state and counters.
+    pub fn stats(&self) -> PeerEndpointStats {
+        let s = &self.shared;
+        s.cache.run_pending_tasks();
+        PeerEndpointStats {
+            entries: s.cache.entry_count(),
+            bytes: s.cache.weighted_size(),
+            capacity_bytes: s.capacity,
+            evictions: s.counters.evictions.load(Relaxed),
+            expirations: s.counters.expirations.load(Relaxed),
+            refused_connections: s.counters.refused.load(Relaxed),
+            protocol_errors: s.counters.protocol_errors.load(Relaxed),
+            commands: s.counters.commands.load(Relaxed),
+        }
+    }
+
+    /// True when this endpoint holds an item under `key` (no network; what the local
+    /// instance's own copy is).
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.shared.cache.contains_key(key)
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<()>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "peer endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = serve(stream, &shared) => {}
+            }
+        });
+    }
+}
+
+/// Why a connection is closed.
+enum Close {
+    /// The peer went away or `quit`.
+    Done,
+    /// Refused: answered with this line, counted.
+    Refused(&'static str),
+    /// Outside the protocol: answered with this line, counted.
+    Protocol(&'static str),
+}
+
+async fn serve(mut stream: TcpStream, shared: &Shared) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut authenticated = false;
+    let close = 'conn: loop {
+        // Serve every complete command in the buffer, then write the answers at once.
+        loop {
+            match next_command(&mut buf, shared.max_value, authenticated) {
+                Ok(None) => break,
+                Ok(Some(cmd)) => {
+                    shared.counters.commands.fetch_add(1, Relaxed);
+                    match execute(cmd, shared, &mut authenticated, &mut out) {
+                        Ok(()) => {}
+                        Err(close) => break 'conn close,
+                    }
+                }
+                Err(close) => break 'conn close,
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                break Close::Done;
+            }
+            out.clear();
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break Close::Done,
+            Ok(_) => {}
+        }
+    };
+    let line = match close {
+        Close::Done => None,
+        Close::Refused(line) => {
+            shared.counters.refused.fetch_add(1, Relaxed);
+            Some(line)
+        }
+        Close::Protocol(line) => {
+            shared.counters.protocol_errors.fetch_add(1, Relaxed);
+            Some(line)
+        }
+    };
+    if let Some(line) = line {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// One parsed command.
+#[derive(Debug)]
+enum Command {
+    Login {
+        user: Bytes,
+        secret: Bytes,
+    },
+    Version,
+    Noop,
+    Quit,
+    Get(Meta),
+    /// Text `get`/`gets` of several keys (the client's multi-get): the keys as sent,
+    /// and whether CAS tokens are asked for.
+    GetMany(Vec<Bytes>, bool),
+    Set(Meta, Bytes),
+    Delete(Meta),
+}
+
+/// A meta command's key and flags.
+#[derive(Debug, Default)]
+struct Meta {
+    key: Vec<u8>,
+    value: bool,
+    client_flags: bool,
+    cas: bool,
+    quiet: bool,
+    opaque: Option<Bytes>,
+    ttl: Option<i64>,
+    set_flags: u32,
+    compare: Option<u64>,
+    mode: u8,
+}
+
+/// Parses the next complete command of `buf`, consuming it. `Ok(None)`: incomplete.
+fn next_command(
+    buf: &mut BytesMut,
+    max_value: usize,
+    authenticated: bool,
+) -> Result<Option<Command>, Close> {
+    let Some(nl) = buf.iter().take(MAX_LINE).position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_LINE {
+            return Err(Close::Protocol("CLIENT_ERROR line too long"));
+        }
+        return Ok(None);
+    };
+    if nl == 0 || buf[nl - 1] != b'\r' {
+        return Err(Close::Protocol("CLIENT_ERROR line not ended by CRLF"));
+    }
+    let line = Bytes::copy_from_slice(&buf[..nl - 1]);
+    let mut tokens = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .map(|t| line.slice_ref(t));
+    let verb = tokens.next().unwrap_or_default();
+    let rest: Vec<Bytes> = tokens.collect();
+    if !authenticated {
+        // Only the login: `set <key> <flags> <exptime> <len>` and its data.
+        if verb.as_ref() != b"set" || rest.len() != 4 {
+            return Err(Close::Refused("CLIENT_ERROR unauthenticated"));
+        }
+        let len = parse::<usize>(&rest[3]).filter(|&l| l <= 512);
+        let Some(len) = len else {
+            return Err(Close::Refused("CLIENT_ERROR unauthenticated"));
+        };
+        let Some(data) = take_block(buf, nl + 1, len)? else {
+            return Ok(None);
+        };
+        let Some(space) = data.iter().position(|&b| b == b' ') else {
+            return Err(Close::Refused("CLIENT_ERROR authentication failure"));
+        };
+        return Ok(Some(Command::Login {
+            user: data.slice(..space),
+            secret: data.slice(space + 1..),
+        }));
+    }
+    let cmd = match verb.as_ref() {
+        b"version" if rest.is_empty() => Command::Version,
+        b"mn" if rest.is_empty() => Command::Noop,
+        b"quit" if rest.is_empty() => Command::Quit,
+        b"mg" => Command::Get(meta(&rest, 1, b"vfcqbTOk")?),
+        b"get" | b"gets" if !rest.is_empty() && rest.len() <= MAX_MULTI_GET => {
+            if rest
+                .iter()
+                .any(|k| k.len() > MAX_KEY || k.iter().any(|b| b.is_ascii_control()))
+            {
+                return Err(Close::Protocol("CLIENT_ERROR bad key"));
+            }
+            Command::GetMany(rest, verb.as_ref() == b"gets")
+        }
+        b"md" => Command::Delete(meta(&rest, 1, b"qbOC")?),
+        b"ms" => {
+            let m = meta(&rest, 2, b"qbOFTCM")?;
+            let Some(len) = rest.get(1).and_then(|t| parse::<usize>(t)) else {
+                return Err(Close::Protocol("CLIENT_ERROR bad data length"));
+            };
+            if len > max_value {
+                // Refused before its data is read, so a peer can't make this endpoint
+                // buffer a huge value (the client refuses such values before sending).
+                return Err(Close::Protocol("SERVER_ERROR object too large for cache"));
+            }
+            let Some(data) = take_block(buf, nl + 1, len)? else {
+                return Ok(None);
+            };
+            return Ok(Some(Command::Set(m, data)));
+        }
+        _ => return Err(Close::Protocol("CLIENT_ERROR unsupported command")),
+    };
+    buf.advance(nl + 1);
+    Ok(Some(cmd))
+}
+
+/// The data block of `len` bytes after a line of `head` bytes, consuming both.
+fn take_block(buf: &mut BytesMut, head: usize, len: usize) -> Result<Option<Bytes>, Close> {
+    if buf.len() < head + len + 2 {
+        return Ok(None);
+    }
+    if &buf[head + len..head + len + 2] != b"\r\n" {
+        return Err(Close::Protocol("CLIENT_ERROR bad data chunk"));
+    }
+    buf.advance(head);
+    let data = buf.split_to(len).freeze();
+    buf.advance(2);
+    Ok(Some(data))
+}
+
+fn parse<T: std::str::FromStr>(t: &[u8]) -> Option<T> {
+    std::str::from_utf8(t).ok()?.parse().ok()
+}
+
+/// Parses a meta command's key and flags (`allowed`: the flag letters accepted;
+/// `positional`: tokens before the flags, the key first).
+fn meta(tokens: &[Bytes], positional: usize, allowed: &[u8]) -> Result<Meta, Close> {
+    let bad = Close::Protocol("CLIENT_ERROR bad command line format");
+    let key = tokens.first().ok_or(bad)?;
+    if key.len() > MAX_KEY * 2 || key.iter().any(|b| b.is_ascii_control()) {
+        return Err(Close::Protocol("CLIENT_ERROR bad key"));
+    }
+    let mut m = Meta {
+        key: key.to_vec(),
+        mode: b'S',
+        ..Meta::default()
+    };
+    let mut base64 = false;
+    for t in tokens.iter().skip(positional) {
+        let (flag, value) = (t[0], t.slice(1..));
+        if !allowed.contains(&flag) {
+            return Err(Close::Protocol("CLIENT_ERROR unsupported flag"));
+        }
+        let number = || parse::<u64>(&value);
+        match flag {
+            b'v' => m.value = true,
+            b'f' => m.client_flags = true,
+            b'c' => m.cas = true,
+            b'q' => m.quiet = true,
+            b'k' => {}
+            b'b' => base64 = true,
+            b'O' if value.len() <= 32 => m.opaque = Some(value),
+            b'T' => {
+                m.ttl = Some(parse::<i64>(&value).ok_or(Close::Protocol(
+                    "CLIENT_ERROR bad token in command line format",
+                ))?)
+            }
+            b'F' => {
+                m.set_flags =
+                    number()
+                        .and_then(|f| u32::try_from(f).ok())
+                        .ok_or(Close::Protocol(
+                            "CLIENT_ERROR bad token in command line format",
+                        ))?
+            }
+            b'C' => {
+                m.compare = Some(number().ok_or(Close::Protocol(
+                    "CLIENT_ERROR bad token in command line format",
+                ))?)
+            }
+            b'M' if value.len() == 1 && b"SEAPR".contains(&value[0]) => m.mode = value[0],
+            _ => {
+                return Err(Close::Protocol(
+                    "CLIENT_ERROR bad token in command line format",
+                ))
+            }
+        }
+    }
+    if !base64 && m.key.len() > MAX_KEY {
+        return Err(Close::Protocol("CLIENT_ERROR bad key"));
+    }
+    if base64 {
+        // A base64 key is kept in its encoded form, marked so it never equals a plain one.
+        m.key.insert(0, 0);
+    }
+    Ok(m)
+}
+
+/// The TTL of memcached expiry `t` (`None`: never expires; `Some(ZERO)`: expired).
+fn ttl_of(t: i64) -> Option<Duration> {
+    if t == 0 {
+        return None;
+    }
+    if t < 0 {
+        return Some(Duration::ZERO);
+    }
+    if t <= RELATIVE_LIMIT {
+        return Some(Duration::from_secs(t.unsigned_abs()));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Some(Duration::from_secs(t.unsigned_abs().saturating_sub(now)))
+}
+
+fn respond(out: &mut BytesMut, status: &str, m: &Meta, extra: &[(u8, u64)]) {
+    out.extend_from_slice(status.as_bytes());
+    for (flag, v) in extra {
+        out.extend_from_slice(&[b' ', *flag]);
+        out.extend_from_slice(v.to_string().as_bytes());
+    }
+    if let Some(o) = &m.opaque {
+        out.extend_from_slice(b" O");
+        out.extend_from_slice(o);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Constant-time comparison of two secrets (no early exit on the first difference).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+fn execute(
+    cmd: Command,
+    shared: &Shared,
+    authenticated: &mut bool,
+    out: &mut BytesMut,
+) -> Result<(), Close> {
+    match cmd {
+        Command::Login { user, secret } => {
+            if user.as_ref() != PEER_PROTOCOL_USER.as_bytes() {
+                return Err(Close::Refused(
+                    "CLIENT_ERROR peer protocol version not supported (this endpoint speaks memkeep-peer-v1)",
+                ));
+            }
+            if !same_secret(&secret, shared.secret.as_bytes()) {
+                return Err(Close::Refused("CLIENT_ERROR authentication failure"));
+            }
+            *authenticated = true;
+            out.extend_from_slice(b"STORED\r\n");
+        }
+        Command::Version => {
+            out.extend_from_slice(b"VERSION ");
+            out.extend_from_slice(PEER_PROTOCOL_VERSION.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Command::Noop => out.extend_from_slice(b"MN\r\n"),
+        Command::Quit => return Err(Close::Done),
+        Command::Get(m) => get(shared, &m, out),
+        Command::GetMany(keys, with_cas) => {
+            for key in keys {
+                let Some(item) = shared.cache.get(key.as_ref()) else {
+                    continue;
+                };
+                let cas = if with_cas {
+                    format!(" {}", item.cas)
+                } else {
+                    String::new()
+                };
+                let size = item.value.len();
+                out.extend_from_slice(b"VALUE ");
+                out.extend_from_slice(&key);
+                out.extend_from_slice(format!(" {} {size}{cas}\r\n", item.flags).as_bytes());
+                out.extend_from_slice(&item.value);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"END\r\n");
+        }
+        Command::Set(m, data) => set(shared, &m, data, out),
+        Command::Delete(m) => {
+            let mut status = "NF";
+            shared
+                .cache
+                .entry(m.key.clone())
+                .and_compute_with(|current| match current {
+                    None => Op::Nop,
+                    Some(e) if m.compare.is_some_and(|c| c != e.value().cas) => {
+                        status = "EX";
+                        Op::Nop
+                    }
+                    Some(_) => {
+                        status = "HD";
+                        Op::Remove
+                    }
+                });
+            if !(m.quiet && status == "HD") {
+                respond(out, status, &m, &[]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn get(shared: &Shared, m: &Meta, out: &mut BytesMut) {
+    let item = match m.ttl {
+        None => shared.cache.get(&m.key),
+        Some(t) => {
+            // Touch: the same item with a new TTL.
+            let mut found = None;
+            shared
+                .cache
+                .entry(m.key.clone())
+                .and_compute_with(|current| match current {
+                    None => Op::Nop,
+                    Some(e) => {
+                        let mut item = e.into_value();
+                        item.ttl = ttl_of(t);
+                        found = Some(item.clone());
+                        if item.ttl == Some(Duration::ZERO) {
+                            Op::Remove
+                        } else {
+                            Op::Put(item)
+                        }
+                    }
+                });
+            found
+        }
+    };
+    let Some(item) = item else {
+        if !m.quiet {
+            respond(out, "EN", m, &[]);
+        }
+        return;
+    };
+    let mut extra = Vec::with_capacity(2);
+    if m.client_flags {
+        extra.push((b'f', u64::from(item.flags)));
+    }
+    if m.cas {
+        extra.push((b'c', item.cas));
+    }
+    if m.value {
+        let status = format!("VA {}", item.value.len());
+        respond(out, &status, m, &extra);
+        out.extend_from_slice(&item.value);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        respond(out, "HD", m, &extra);
+    }
+}
+
+fn set(shared: &Shared, m: &Meta, data: Bytes, out: &mut BytesMut) {
+    let cas = shared.next_cas.fetch_add(1, Relaxed);
+    let ttl = ttl_of(m.ttl.unwrap_or(0));
+    let mut status = "HD";
+    shared
+        .cache
+        .entry(m.key.clone())
+        .and_compute_with(|current| {
+            let current = current.map(|e| e.into_value());
+            match (&current, m.compare) {
+                (None, Some(_)) if m.mode == b'S' => {
+                    status = "NF";
+                    return Op::Nop;
+                }
+                (Some(c), Some(want)) if c.cas != want => {
+                    status = "EX";
+                    return Op::Nop;
+                }
+                _ => {}
+            }
+            let value = match (m.mode, current) {
+                (b'E', Some(_)) | (b'R' | b'A' | b'P', None) => {
+                    status = "NS";
+                    return Op::Nop;
+                }
+                (b'A', Some(c)) => {
+                    let mut v = BytesMut::with_capacity(c.value.len() + data.len());
+                    v.extend_from_slice(&c.value);
+                    v.extend_from_slice(&data);
+                    return Op::Put(Item {
+                        value: v.freeze(),
+                        cas,
+                        ..c
+                    });
+                }
+                (b'P', Some(c)) => {
+                    let mut v = BytesMut::with_capacity(c.value.len() + data.len());
+                    v.extend_from_slice(&data);
+                    v.extend_from_slice(&c.value);
+                    return Op::Put(Item {
+                        value: v.freeze(),
+                        cas,
+                        ..c
+                    });
+                }
+                _ => data.clone(),
+            };
+            if ttl == Some(Duration::ZERO) {
+                // Stored and expired at once.
+                return Op::Remove;
+            }
+            Op::Put(Item {
+                value,
+                flags: m.set_flags,
+                cas,
+                ttl,
+            })
+        });
+    if !(m.quiet && status == "HD") {
+        respond(out, status, m, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_follows_memcached() {
+        assert_eq!(ttl_of(0), None);
+        assert_eq!(ttl_of(-1), Some(Duration::ZERO));
+        assert_eq!(ttl_of(30), Some(Duration::from_secs(30)));
+        assert_eq!(ttl_of(1), Some(Duration::from_secs(1)));
+        // An absolute time in the past is expired.
+        assert_eq!(ttl_of(RELATIVE_LIMIT + 1), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abcdef", b"abcdef"));
+        assert!(!same_secret(b"abcdef", b"abcdeg"));
+        assert!(!same_secret(b"abc", b"abcdef"));
+        assert!(!same_secret(b"abcdef", b"abc"));
+        assert!(!same_secret(b"", b"a"));
+    }
+
+    #[test]
+    fn commands_outside_the_subset_are_refused() {
+        let cases: [(&[u8], bool); 6] = [
+            (b"ms k 99999 T0 MS\r\n", true),
+            (b"incr k 1\r\n", true),
+            (b"mg k v Zx\r\n", true),
+            (b"version\r\n", false),
+            (&[b'a'; MAX_LINE + 1], true),
+            (b"ms k 3 T0 MS\r\nabcXY", true),
+        ];
+        for (input, authenticated) in cases {
+            let mut buf = BytesMut::from(input);
+            let outcome = next_command(&mut buf, 1024, authenticated);
+            let refused = if authenticated {
+                matches!(outcome, Err(Close::Protocol(_)))
+            } else {
+                matches!(outcome, Err(Close::Refused(_)))
+            };
+            assert!(refused, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+}
