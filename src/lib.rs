@@ -49,6 +49,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(feature = "tower-sessions")]
+pub mod adapters;
 mod client;
 mod connection;
 pub mod error;
