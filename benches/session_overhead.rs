@@ -3,7 +3,9 @@
 //! same handler with tower-sessions on its in-memory store (the floor), in one run.
 //!
 //! Run: `cargo bench --bench session_overhead --features axum`
-//! (needs `/usr/bin/memcached`, or `MEMKEEP_MEMCACHED=/path`).
+//! (needs `/usr/bin/memcached`, or `MEMKEEP_MEMCACHED=/path`). With `--features
+//! axum,tower-sessions` it also measures tower-sessions on memkeep's replicated store
+//! (`ONLY=tower-sessions` to run just that beside the floor).
 //!
 //! Two transports, both measured by default (`TRANSPORT=http|inproc|both`):
 //! * `http`: a real axum server on 127.0.0.1, each user a keep-alive HTTP/1.1 connection
@@ -265,6 +267,8 @@ fn main() {
     let only = std::env::var("ONLY").unwrap_or_default();
     let nodes = [start_memcached(), start_memcached()];
     let spec = format!("n0:127.0.0.1:{},n1:127.0.0.1:{}", nodes[0].1, nodes[1].1);
+    #[cfg(feature = "tower-sessions")]
+    let ports = [nodes[0].1, nodes[1].1];
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -281,6 +285,29 @@ fn main() {
                     .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false)),
             ),
         ));
+        // With feature `tower-sessions`: the same tower-sessions layer and handler as the
+        // floor, on memkeep's replicated store (two copies on the two nodes).
+        #[cfg(feature = "tower-sessions")]
+        {
+            let name = "tower-sessions on memkeep ReplicatedStore";
+            if name.contains(only.as_str()) {
+                let client = memkeep::Client::builder()
+                    .node_config(memkeep::NodeConfig::new(format!("127.0.0.1:{}", ports[0])).id("n0"))
+                    .node_config(memkeep::NodeConfig::new(format!("127.0.0.1:{}", ports[1])).id("n1"))
+                    .build()
+                    .expect("client");
+                let store = memkeep::adapters::tower_sessions::ReplicatedStore::new(client)
+                    .expect("store");
+                subjects.push((
+                    name.into(),
+                    Subject::Floor(
+                        Router::new()
+                            .route("/", get(tower_sessions_counter))
+                            .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false)),
+                    ),
+                ));
+            }
+        }
         let modes: [(&str, Mode, WriteMode, &str); 4] = [
             ("memkeep sticky+sync", Mode::Sticky, WriteMode::Sync, "none"),
             ("memkeep sticky+async", Mode::Sticky, WriteMode::Async, "none"),
