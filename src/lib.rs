@@ -55,6 +55,8 @@ mod client;
 mod connection;
 pub mod error;
 pub mod locator;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod node;
 mod protocol;
 pub mod session;

@@ -184,7 +184,9 @@ impl Backend {
         hints: &[&str],
     ) -> Result<Option<AdapterRecord>, SessionError> {
         let now = now_ms();
+        let started = Instant::now();
         let fetched = self.store.fetch(key, hints, now).await?;
+        self.stats.load_us.record_duration(started.elapsed());
         let Some(Latest::Session {
             version,
             stored,
