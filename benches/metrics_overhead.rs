@@ -1,0 +1,197 @@
+//! Cost of the `metrics` feature on the client's hot path: the load harness's `conc64`
+//! cell (64 operations in flight on one `Client` with one connection, 90 % get / 10 % set
+//! of 100-byte values on 10,000 random keys, current-thread runtime) against a memcached
+//! started here.
+//!
+//! Run it once without and once with the feature, back to back:
+//!
+//! ```sh
+//! cargo bench --bench metrics_overhead
+//! cargo bench --bench metrics_overhead --features metrics
+//! ```
+//!
+//! With the feature a Prometheus recorder (metrics-exporter-prometheus) is installed before
+//! the client is built, so every operation records into a real histogram
+//! (`RECORDER=none`: the feature without a recorder). Environment: `SECONDS` per round
+//! (default 5), `ROUNDS` (default 5, the median is printed with every round).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memkeep::{Client, NodeConfig};
+
+struct Memcached(Child);
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_memcached() -> (Memcached, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let bin = std::env::var("MEMKEEP_MEMCACHED").unwrap_or_else(|_| "/usr/bin/memcached".into());
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-m",
+        "128",
+        "-t",
+        "1",
+    ]);
+    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    }) {
+        cmd.args(["-u", "root"]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start memcached");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "memcached did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Memcached(child), port)
+}
+
+const KEYS: u64 = 10_000;
+const TASKS: usize = 64;
+
+fn value(i: u64) -> Vec<u8> {
+    let mut v = format!("val:{i}:").into_bytes();
+    v.resize(100, b'x');
+    v
+}
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn round(client: &Client, seconds: u64) -> (f64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS as u64)
+        .map(|t| {
+            let (client, stop, done, errors) =
+                (client.clone(), stop.clone(), done.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let i = x % KEYS;
+                    let key = format!("key:{i}");
+                    let ok = if x % 10 == 0 {
+                        client
+                            .set(&key, value(i), memkeep::Expiry::Never)
+                            .await
+                            .is_ok()
+                    } else {
+                        matches!(client.get(&key).await, Ok(Some(item)) if item.value == value(i))
+                    };
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a test runner building all targets does not.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let seconds: u64 = env("SECONDS", 5);
+    let rounds: usize = env("ROUNDS", 5);
+    #[cfg(feature = "metrics")]
+    let handle = if std::env::var("RECORDER").as_deref() == Ok("none") {
+        None
+    } else {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("recorder");
+        Some(handle)
+    };
+    #[cfg(feature = "metrics")]
+    let setup = if handle.is_some() {
+        "feature metrics, Prometheus recorder installed"
+    } else {
+        "feature metrics, no recorder"
+    };
+    #[cfg(not(feature = "metrics"))]
+    let setup = "without feature metrics";
+    let (_server, port) = start_memcached();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let client = Client::builder()
+            .node_config(NodeConfig::new(format!("127.0.0.1:{port}")).id("n0"))
+            .connections_per_node(1)
+            .build()
+            .expect("client");
+        for i in 0..KEYS {
+            client
+                .set(format!("key:{i}"), value(i), memkeep::Expiry::Never)
+                .await
+                .expect("preload");
+        }
+        let _ = round(&client, 1).await; // warm-up
+        let mut samples = Vec::new();
+        for _ in 0..rounds {
+            let (rps, errors) = round(&client, seconds).await;
+            assert_eq!(errors, 0, "errors or wrong values");
+            samples.push(rps);
+        }
+        let shown: Vec<String> = samples.iter().map(|s| format!("{s:.0}")).collect();
+        samples.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        println!(
+            "conc64, {setup}: median {:.0} ops/s over {rounds} rounds of {seconds} s ({})",
+            samples[samples.len() / 2],
+            shown.join(", ")
+        );
+    });
+    #[cfg(feature = "metrics")]
+    if let Some(h) = handle {
+        let text = h.render();
+        let count = text
+            .lines()
+            .find(|l| l.starts_with("memkeep_node_operation_duration_seconds_count"))
+            .unwrap_or("memkeep_node_operation_duration_seconds_count: none");
+        println!("{count}");
+    }
+}
