@@ -15,59 +15,14 @@
 //! (`RECORDER=none`: the feature without a recorder). Environment: `SECONDS` per round
 //! (default 5), `ROUNDS` (default 5, the median is printed with every round).
 
-use std::process::{Child, Command, Stdio};
+#[path = "common/memcached.rs"]
+mod memcached;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memkeep::{Client, NodeConfig};
-
-struct Memcached(Child);
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_memcached() -> (Memcached, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bin = std::env::var("MEMKEEP_MEMCACHED").unwrap_or_else(|_| "/usr/bin/memcached".into());
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-m",
-        "128",
-        "-t",
-        "1",
-    ]);
-    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    }) {
-        cmd.args(["-u", "root"]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start memcached");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "memcached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Memcached(child), port)
-}
 
 const KEYS: u64 = 10_000;
 const TASKS: usize = 64;
@@ -153,7 +108,8 @@ fn main() {
     };
     #[cfg(not(feature = "metrics"))]
     let setup = "without feature metrics";
-    let (_server, port) = start_memcached();
+    let server = memcached::start_memcached(1);
+    let port = server.1;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

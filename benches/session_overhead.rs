@@ -18,7 +18,9 @@
 //! Environment: `CLIENTS` (default 64 concurrent users), `ONLY` (run only the memkeep
 //! modes whose name contains it; the floor always runs).
 
-use std::process::{Child, Command, Stdio};
+#[path = "common/memcached.rs"]
+mod memcached;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,58 +30,12 @@ use axum::routing::get;
 use axum::Router;
 use http::header::{COOKIE, SET_COOKIE};
 use http::Request;
+use memcached::start_memcached;
 use memkeep::session::tower::{SessionLayer, SessionMiddleware};
 use memkeep::session::{
     BackupSessionService, Mode, SessionConfig, SessionError, SessionRequest, WriteMode,
 };
 use tower::{Layer, Service, ServiceExt};
-
-struct Memcached(Child, u16);
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_memcached() -> Memcached {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bin = std::env::var("MEMKEEP_MEMCACHED").unwrap_or_else(|_| "/usr/bin/memcached".into());
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-m",
-        "256",
-        "-t",
-        "2",
-    ]);
-    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    }) {
-        cmd.args(["-u", "root"]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start memcached");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "memcached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Memcached(child, port)
-}
 
 async fn memkeep_counter(session: SessionRequest) -> Result<String, SessionError> {
     let s = session.get_or_create().await?;
@@ -265,7 +221,7 @@ fn main() {
         _ => vec![Transport::Http, Transport::InProcess],
     };
     let only = std::env::var("ONLY").unwrap_or_default();
-    let nodes = [start_memcached(), start_memcached()];
+    let nodes = [start_memcached(2), start_memcached(2)];
     let spec = format!("n0:127.0.0.1:{},n1:127.0.0.1:{}", nodes[0].1, nodes[1].1);
     #[cfg(feature = "tower-sessions")]
     let ports = [nodes[0].1, nodes[1].1];
