@@ -49,7 +49,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-#[cfg(feature = "tower-sessions")]
+#[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
 pub mod adapters;
 mod client;
 mod connection;

@@ -6,6 +6,8 @@
 //! * [`tower_sessions`] (feature `tower-sessions`): a `tower_sessions::SessionStore`.
 //!   Its ids are opaque numbers, so the copies are placed from the id alone (rendezvous
 //!   order of the id over the nodes); see `docs/session.md`, "Store adapters".
+//! * [`actix`] (feature `actix-session`): an `actix_session::storage::SessionStore`. It
+//!   chooses the session key, so the key names the copies' nodes like the native id.
 //!
 //! Both use the same store and the same record format as the native service
 //! ([`BackupSessionService`](crate::session::BackupSessionService)); give each its own
@@ -22,8 +24,53 @@ use crate::session::store::{Latest, Replicated, Store, HANDOFF_PERIOD};
 use crate::session::{CodecKind, SessionError, SessionKey};
 use crate::Client;
 
+#[cfg(feature = "actix-session")]
+pub mod actix;
 #[cfg(feature = "tower-sessions")]
 pub mod tower_sessions;
+
+/// The default key prefix of the adapters' records.
+pub const DEFAULT_KEY_PREFIX: &str = "memkeep-sessions:";
+
+/// Ids tried by a create before giving up (a collision of random 128-bit ids means a
+/// broken random source).
+const CREATE_ATTEMPTS: usize = 4;
+
+/// A session store for other frameworks' session layers (it implements
+/// `tower_sessions::SessionStore` with feature `tower-sessions` and
+/// `actix_session::storage::SessionStore` with feature `actix-session`), keeping two
+/// copies of each session on two memcached nodes. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReplicatedStore {
+    backend: Arc<Backend>,
+}
+
+impl ReplicatedStore {
+    /// A store on `client` (every node needs an id, see
+    /// [`NodeConfig::id`](crate::NodeConfig::id)) with the default configuration and
+    /// key prefix [`DEFAULT_KEY_PREFIX`]. Must run inside a tokio runtime (actix-rt's
+    /// is one).
+    pub fn new(client: Client) -> Result<Self, SessionError> {
+        Self::with_config(client, AdapterConfig::new(DEFAULT_KEY_PREFIX))
+    }
+
+    /// A store on `client` with `config`.
+    pub fn with_config(client: Client, config: AdapterConfig) -> Result<Self, SessionError> {
+        Ok(ReplicatedStore {
+            backend: Backend::new(client, config)?,
+        })
+    }
+
+    /// The store's statistics (writes, repairs, conflicts, invalidations, sizes, times).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.backend.stats()
+    }
+
+    /// The memcached client.
+    pub fn client(&self) -> &Client {
+        self.backend.client()
+    }
+}
 
 /// The default longest lifetime of a session record (two weeks, tower-sessions' and
 /// actix-session's default session length).
@@ -85,15 +132,36 @@ pub(crate) struct AdapterRecord {
     pub(crate) expires_ms: u64,
 }
 
+/// Where the copies of a written session are (named in actix-session's keys).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "actix-session"), allow(dead_code))]
+pub(crate) struct Placed {
+    pub(crate) primary: String,
+    pub(crate) backup: Option<String>,
+}
+
+/// What an adapter's write stores.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Content<'a> {
+    /// A new session: only where the key holds nothing anywhere.
+    Create(&'a AdapterRecord),
+    /// This content, over the latest copy (the last writer wins).
+    Replace(&'a AdapterRecord),
+    /// The latest copy's attributes with a new expiry, ms (a session found nowhere is
+    /// left alone: [`Written::Deleted`]).
+    #[cfg_attr(not(feature = "actix-session"), allow(dead_code))]
+    Touch(u64),
+}
+
 /// The outcome of an adapter's write.
 #[derive(Debug)]
 pub(crate) enum Written {
     /// Every copy of the placement holds it.
-    Stored,
+    Stored(Placed),
     /// `create`: the key is taken (a session or a tombstone).
     Taken,
-    /// `save`: the session was deleted meanwhile; nothing was written (a deleted session
-    /// is never brought back).
+    /// The session was deleted meanwhile (or, for a touch, is not there); nothing was
+    /// written (a deleted session is never brought back).
     Deleted,
 }
 
@@ -241,22 +309,23 @@ impl Backend {
         }))
     }
 
-    /// Writes a whole session. `create`: only when the key holds nothing anywhere (an
-    /// id collision is [`Written::Taken`]). Otherwise the write is based on the latest
-    /// copy found (the last writer wins); a deleted session stays deleted.
+    /// Writes a session (see [`Content`]). A create finding anything under the key is
+    /// [`Written::Taken`]; other writes are based on the latest copy found, retried when
+    /// another request wrote in between; a deleted session stays deleted.
     pub(crate) async fn write(
         &self,
         key: &SessionKey,
         hints: &[&str],
-        record: &AdapterRecord,
-        create: bool,
+        content: Content<'_>,
     ) -> Result<Written, SessionError> {
         let started = Instant::now();
+        let create = matches!(content, Content::Create(_));
         for _ in 0..SAVE_ATTEMPTS {
             let now = now_ms();
             let fetched = self.store.fetch(key, hints, now).await?;
-            let (base, created_ms) = match &fetched.latest {
-                None => (0, now),
+            let (base, created_ms, stored) = match &fetched.latest {
+                None if matches!(content, Content::Touch(_)) => return Ok(Written::Deleted),
+                None => (0, now, None),
                 Some(_) if create => return Ok(Written::Taken),
                 Some(Latest::Tombstone) => {
                     self.stats.writes_after_invalidation.fetch_add(1, Relaxed);
@@ -264,33 +333,40 @@ impl Backend {
                 }
                 Some(Latest::Session {
                     version, stored, ..
-                }) => (*version, stored.created_ms),
+                }) => (*version, stored.created_ms, Some(stored)),
             };
-            let lifetime = self.lifetime(record.expires_ms, now);
+            let (attributes, expires_ms) = match (content, stored) {
+                (Content::Create(r) | Content::Replace(r), _) => (&r.attributes, r.expires_ms),
+                (Content::Touch(expires_ms), Some(stored)) => (&stored.attributes, expires_ms),
+                (Content::Touch(_), None) => return Ok(Written::Deleted),
+            };
+            let lifetime = self.lifetime(expires_ms, now);
             let validity = Validity {
                 last_access_ms: now,
                 max_inactive_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
             };
-            let mut bytes = self.encode(key, created_ms, &validity, &record.attributes)?;
+            let mut bytes = self.encode(key, created_ms, &validity, attributes)?;
             let mut known = fetched.known;
             match self
                 .store
                 .replicate(key, &mut bytes, base, lifetime, &mut known, false)
                 .await?
             {
-                Replicated::Written { .. } => {
+                Replicated::Written { copies, .. } => {
                     self.stats.writes.fetch_add(1, Relaxed);
                     if create {
                         self.stats.sessions_created.fetch_add(1, Relaxed);
                     }
                     self.stats.write_us.record_duration(started.elapsed());
-                    return Ok(Written::Stored);
+                    return Ok(Written::Stored(Placed {
+                        primary: copies.primary,
+                        backup: copies.backup,
+                    }));
                 }
-                Replicated::Conflict if create => return Ok(Written::Taken),
+                Replicated::Conflict | Replicated::Gone if create => return Ok(Written::Taken),
                 Replicated::Conflict => {
                     self.stats.conflicts.fetch_add(1, Relaxed);
                 }
-                Replicated::Gone if create => return Ok(Written::Taken),
                 Replicated::Gone => {
                     self.stats.writes_after_invalidation.fetch_add(1, Relaxed);
                     return Ok(Written::Deleted);

@@ -24,56 +24,16 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, SessionStore};
 
-use super::{AdapterConfig, AdapterRecord, Backend, Written};
-use crate::session::{CodecKind, SessionError, SessionKey, StatsSnapshot};
-use crate::Client;
+use super::{AdapterRecord, Content, Written, CREATE_ATTEMPTS};
+use crate::session::{CodecKind, SessionError, SessionKey};
 
-/// Ids tried by `create` before giving up (a collision of random 128-bit ids means a
-/// broken random source).
-const CREATE_ATTEMPTS: usize = 4;
-
-/// The default key prefix of this store's records.
-pub const DEFAULT_KEY_PREFIX: &str = "tower-sessions:";
-
-/// A `tower_sessions::SessionStore` keeping two copies of each session on two memcached
-/// nodes. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct ReplicatedStore {
-    backend: Arc<Backend>,
-}
-
-impl ReplicatedStore {
-    /// A store on `client` (every node needs an id, see
-    /// [`NodeConfig::id`](crate::NodeConfig::id)) with the default configuration and
-    /// key prefix [`DEFAULT_KEY_PREFIX`]. Must run inside a tokio runtime.
-    pub fn new(client: Client) -> Result<Self, SessionError> {
-        Self::with_config(client, AdapterConfig::new(DEFAULT_KEY_PREFIX))
-    }
-
-    /// A store on `client` with `config`.
-    pub fn with_config(client: Client, config: AdapterConfig) -> Result<Self, SessionError> {
-        Ok(ReplicatedStore {
-            backend: Backend::new(client, config)?,
-        })
-    }
-
-    /// The store's statistics (writes, repairs, conflicts, invalidations, sizes, times).
-    pub fn stats(&self) -> StatsSnapshot {
-        self.backend.stats()
-    }
-
-    /// The memcached client.
-    pub fn client(&self) -> &Client {
-        self.backend.client()
-    }
-}
+pub use super::{ReplicatedStore, DEFAULT_KEY_PREFIX};
 
 fn key_of(id: &Id) -> SessionKey {
     SessionKey::from_bytes(id.0.to_be_bytes())
@@ -124,11 +84,11 @@ impl SessionStore for ReplicatedStore {
         for _ in 0..CREATE_ATTEMPTS {
             match self
                 .backend
-                .write(&key_of(&record.id), &[], &adapted, true)
+                .write(&key_of(&record.id), &[], Content::Create(&adapted))
                 .await
                 .map_err(backend_error)?
             {
-                Written::Stored => return Ok(()),
+                Written::Stored(_) => return Ok(()),
                 Written::Taken | Written::Deleted => {
                     tracing::warn!("session id collision on create; drawing another id");
                     record.id = Id::default();
@@ -144,13 +104,13 @@ impl SessionStore for ReplicatedStore {
         let adapted = to_adapter(record)?;
         match self
             .backend
-            .write(&key_of(&record.id), &[], &adapted, false)
+            .write(&key_of(&record.id), &[], Content::Replace(&adapted))
             .await
             .map_err(backend_error)?
         {
             // A session deleted by another request stays deleted (its tombstone
             // outranks every write); the next request gets a new session.
-            Written::Stored | Written::Deleted | Written::Taken => Ok(()),
+            Written::Stored(_) | Written::Deleted | Written::Taken => Ok(()),
         }
     }
 
