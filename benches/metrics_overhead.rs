@@ -15,6 +15,8 @@
 //! (`RECORDER=none`: the feature without a recorder). Environment: `SECONDS` per round
 //! (default 5), `ROUNDS` (default 5, the median is printed with every round).
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/memcached.rs"]
 mod memcached;
 
@@ -31,13 +33,6 @@ fn value(i: u64) -> Vec<u8> {
     let mut v = format!("val:{i}:").into_bytes();
     v.resize(100, b'x');
     v
-}
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 async fn round(client: &Client, seconds: u64) -> (f64, u64) {
@@ -89,8 +84,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let seconds: u64 = env("SECONDS", 5);
-    let rounds: usize = env("ROUNDS", 5);
+    let seconds: u64 = args::env("SECONDS", 5);
+    let rounds: usize = args::env("ROUNDS", 5);
     #[cfg(feature = "metrics")]
     let handle = if std::env::var("RECORDER").as_deref() == Ok("none") {
         None

@@ -18,6 +18,10 @@
 //! Environment: `CLIENTS` (default 64 concurrent users), `ONLY` (run only the memkeep
 //! modes whose name contains it; the floor always runs).
 
+#[path = "common/args.rs"]
+mod args;
+#[path = "common/http_users.rs"]
+mod http_users;
 #[path = "common/memcached.rs"]
 mod memcached;
 
@@ -28,7 +32,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use http::header::{COOKIE, SET_COOKIE};
+use http::header::COOKIE;
 use http::Request;
 use memcached::start_memcached;
 use memkeep::session::tower::{SessionLayer, SessionMiddleware};
@@ -58,15 +62,6 @@ enum Transport {
 }
 
 type App = axum::routing::RouterIntoService<Body>;
-
-fn cookie_of(resp_headers: &http::HeaderMap, prefix: &str) -> Option<String> {
-    resp_headers
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        .find(|pair| pair.starts_with(prefix))
-}
 
 /// Runs `clients` users for `seconds` against `app`; returns requests/s.
 async fn drive<S>(
@@ -145,7 +140,7 @@ where
                         match sender.send_request(req).await {
                             Ok(resp) => {
                                 let ok = resp.status().is_success();
-                                let set = cookie_of(resp.headers(), &prefix);
+                                let set = http_users::cookie_of(resp.headers(), &prefix);
                                 let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
                                 (ok, set)
                             }
@@ -158,7 +153,7 @@ where
                             .oneshot(req.body(Body::empty()).expect("request"))
                             .await;
                         let ok = resp.status().is_success();
-                        let set = cookie_of(resp.headers(), &prefix);
+                        let set = http_users::cookie_of(resp.headers(), &prefix);
                         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
                         (ok, set)
                     }
@@ -189,32 +184,15 @@ where
     done.load(Ordering::Relaxed) as f64 / elapsed
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 enum Subject {
     Floor(Router),
     Memkeep(BackupSessionService, Router),
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a test runner building all targets (nextest
-    // listing, `cargo test --benches`) does not, and must not start a load run.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some((clients, seconds, rounds)) = args::load_run() else {
         return;
-    }
-    let clients: usize = env("CLIENTS", 64);
-    let seconds: u64 = env("SECONDS", 2);
-    let rounds: usize = env("ROUNDS", 3);
+    };
     let transports = match std::env::var("TRANSPORT").as_deref() {
         Ok("http") => vec![Transport::Http],
         Ok("inproc") => vec![Transport::InProcess],
@@ -225,11 +203,7 @@ fn main() {
     let spec = format!("n0:127.0.0.1:{},n1:127.0.0.1:{}", nodes[0].1, nodes[1].1);
     #[cfg(feature = "tower-sessions")]
     let ports = [nodes[0].1, nodes[1].1];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = args::runtime();
     rt.block_on(async move {
         let mut subjects: Vec<(String, Subject)> = Vec::new();
         let store = tower_sessions::MemoryStore::default();
@@ -247,11 +221,7 @@ fn main() {
         {
             let name = "tower-sessions on memkeep ReplicatedStore";
             if name.contains(only.as_str()) {
-                let client = memkeep::Client::builder()
-                    .node_config(memkeep::NodeConfig::new(format!("127.0.0.1:{}", ports[0])).id("n0"))
-                    .node_config(memkeep::NodeConfig::new(format!("127.0.0.1:{}", ports[1])).id("n1"))
-                    .build()
-                    .expect("client");
+                let client = memcached::client_for(&ports);
                 let store = memkeep::adapters::tower_sessions::ReplicatedStore::new(client)
                     .expect("store");
                 subjects.push((
@@ -312,12 +282,12 @@ fn main() {
                     samples[i].push(rps);
                 }
             }
-            let floor = median(&mut samples[0].clone());
+            let floor = args::median(&mut samples[0].clone());
             println!("\n{transport:?}:");
             println!("| mode | requests/s (median) | vs floor |");
             println!("|---|---|---|");
             for ((name, _), s) in subjects.iter().zip(samples.iter_mut()) {
-                let m = median(s);
+                let m = args::median(s);
                 println!("| {name} | {m:.0} | {:.2}x |", m / floor);
             }
         }

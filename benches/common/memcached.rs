@@ -52,3 +52,15 @@ pub fn start_memcached(threads: u32) -> Memcached {
     }
     Memcached(child, port)
 }
+
+/// A memkeep client for servers on 127.0.0.1 `ports`, node ids `n0`, `n1`, ... (must be
+/// called inside a tokio runtime).
+#[allow(dead_code)]
+pub fn client_for(ports: &[u16]) -> memkeep::Client {
+    let mut builder = memkeep::Client::builder();
+    for (i, port) in ports.iter().enumerate() {
+        builder = builder
+            .node_config(memkeep::NodeConfig::new(format!("127.0.0.1:{port}")).id(format!("n{i}")));
+    }
+    builder.build().expect("client")
+}
