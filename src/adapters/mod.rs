@@ -155,6 +155,7 @@ pub(crate) enum Content<'a> {
 
 /// The outcome of an adapter's write.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "actix-session"), allow(dead_code))]
 pub(crate) enum Written {
     /// Every copy of the placement holds it.
     Stored(Placed),
