@@ -1,5 +1,6 @@
-//! An axum service with memkeep sessions: a hit counter, a login that renews the id,
-//! a logout that invalidates.
+//! An axum service with memkeep sessions: a hit counter, a login that rotates the id
+//! (keeping the data) and binds the session to its user, a logout that invalidates, and
+//! a "log out everywhere" that ends every session of the user on every instance.
 //!
 //! Run two instances against two memcached nodes (start them first, e.g.
 //! `memcached -p 11211 & memcached -p 11212 &`), then kill either instance or either
@@ -34,10 +35,17 @@ async fn hits(session: SessionRequest) -> Result<String, SessionError> {
 }
 
 async fn login(session: SessionRequest) -> Result<String, SessionError> {
-    // A fresh id on login (against session fixation); attributes start empty.
-    let s = session.create().await?;
+    // Bound to its user, so "log out everywhere" can end it on any instance.
+    let s = session.bind_principal("ann").await?;
     s.insert("user", "ann")?;
+    // A new id on login (against session fixation); the hits counted before stay.
+    session.cycle_id().await?;
     Ok("logged in\n".into())
+}
+
+async fn logout_everywhere(session: SessionRequest) -> Result<&'static str, SessionError> {
+    session.invalidate_principal("ann").await?;
+    Ok("every session of ann is logged out\n")
 }
 
 async fn logout(session: SessionRequest) -> Result<&'static str, SessionError> {
@@ -56,7 +64,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::new()
         .route("/", get(hits))
         .route("/login", get(login))
-        .route("/logout", get(logout));
+        .route("/logout", get(logout))
+        .route("/logout-everywhere", get(logout_everywhere));
     // Wrapping the router (not Router::layer) lets the layer strip `;jsessionid=` before routing.
     let app = SessionLayer::new(sessions).layer(router);
 

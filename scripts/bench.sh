@@ -29,7 +29,7 @@ WARMUP="${BENCH_WARMUP:-1}"
 ROUNDS="${BENCH_ROUNDS:-1}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/loadtest/target}"
-ALL_CLIENTS="memkeep:current-thread memkeep:multi-thread memkeep-text memcache async-memcached spymemcached pylibmc pymemcache memaslap"
+ALL_CLIENTS="raw memkeep:current-thread memkeep:multi-thread memkeep-text memcache async-memcached spymemcached pylibmc pymemcache memaslap"
 CLIENTS="${BENCH_CLIENTS:-$ALL_CLIENTS}"
 WORKLOADS="${BENCH_WORKLOADS:-seq conc64 multiget100}"
 SPY_JAR=/usr/share/java/spymemcached.jar
@@ -128,6 +128,7 @@ run_cell() { # row workload round -> appends one JSON line (a failure line when 
     local cmd=()
     case "$row" in
         memkeep:*)       cmd=("$LOADTEST" --client memkeep --runtime "${row#memkeep:}" --workload "$wl" "${COMMON[@]}");;
+        raw)             cmd=("$LOADTEST" --client raw --workload "$wl" "${COMMON[@]}");;
         memkeep-text)    cmd=("$LOADTEST" --client memkeep-text --workload "$wl" "${COMMON[@]}");;
         memcache)        cmd=("$LOADTEST" --client memcache --workload "$wl" "${COMMON[@]}");;
         async-memcached) cmd=("$LOADTEST" --client async-memcached --workload "$wl" "${COMMON[@]}");;
@@ -188,10 +189,14 @@ groups = {}
 for r in rows:
     groups.setdefault((r["row"], r["workload"]), []).append(r)
 def merge(rs):
-    good = [r["value"] for r in rs if r.get("ok") and "value" in r]
+    good = [r for r in rs if r.get("ok") and "value" in r]
     if not good:
         return rs[-1]
-    return {"ok": True, "value": statistics.median(good), "n": len(good), "failed": len(rs) - len(good)}
+    def med(field):
+        xs = [r[field] for r in good if r.get(field) is not None]
+        return statistics.median(xs) if xs else None
+    return {"ok": True, "value": med("value"), "cpu_us_per_op": med("cpu_us_per_op"),
+            "cpu_us_per_key": med("cpu_us_per_key"), "n": len(good), "failed": len(rs) - len(good)}
 cell = {k: merge(v) for k, v in groups.items()}
 MEMKEEP = {"memkeep:current-thread", "memkeep:multi-thread", "memkeep-text"}
 # memkeep's default runtime per workload (loadtest's default_runtime(); see docs/benchmarks.md)
@@ -200,6 +205,7 @@ DEFAULT_RT = {"seq": "memkeep:current-thread", "conc64": "memkeep:current-thread
 UNIT = {"seq": "ops/s", "conc64": "ops/s", "multiget100": "keys/s"}
 TARGET = {"seq": 1.0, "conc64": 1.5, "multiget100": 1.5}
 LABEL = {
+    "raw": "raw socket (no client library: 1 tokio socket, meta, multi-thread x2)",
     "memkeep:current-thread": "memkeep (meta, 1 conn, tokio current-thread)",
     "memkeep:multi-thread": "memkeep (meta, 1 conn, tokio multi-thread x2)",
     "memkeep-text": "memkeep (text protocol, 1 conn, default runtime)",
@@ -218,6 +224,12 @@ def fmt(v):
 
 def val(r):
     return r["value"] if r and r.get("ok") and "value" in r else None
+
+def cpu(r, w):
+    """Client CPU per operation (per key for multiget100), in microseconds."""
+    if not r or not r.get("ok"):
+        return None
+    return r.get("cpu_us_per_key" if w == "multiget100" else "cpu_us_per_op")
 
 out = []
 rounds = int(os.environ["BENCH_ROUNDS"])
@@ -240,10 +252,35 @@ for row in order:
             cells.append(fmt(v) + (f" ({r['failed']} failed)" if r.get("failed") else ""))
     out.append(f"| {LABEL.get(row, row)} | " + " | ".join(cells) + " |")
 out.append("")
+# Client CPU per operation: getrusage(RUSAGE_SELF) user+sys over the window / operations
+# (per key for multiget100). Only the harnesses in loadtest/ report it.
+out.append("Client CPU per operation (µs; multiget100: per key), the client process only:")
+out.append("")
+out.append("| client | " + " | ".join(wls) + " |")
+out.append("|---|" + "---:|" * len(wls))
+for row in order:
+    cs = [cpu(cell.get((row, w)), w) for w in wls]
+    if all(c is None for c in cs):
+        continue
+    out.append(f"| {LABEL.get(row, row)} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cs) + " |")
+out.append("")
+if any(cell.get(("raw", w)) for w in wls):
+    out.append("| workload | memkeep row | memkeep / raw (throughput) | CPU per op memkeep / raw (µs) |")
+    out.append("|---|---|---:|---:|")
+    for w in wls:
+        raw = cell.get(("raw", w))
+        for row in ("memkeep:multi-thread", "memkeep:current-thread"):
+            mk = cell.get((row, w))
+            if val(raw) is None or val(mk) is None:
+                continue
+            c1, c2 = cpu(mk, w), cpu(raw, w)
+            cs = f"{c1:.2f} / {c2:.2f}" if c1 is not None and c2 is not None else "-"
+            out.append(f"| {w} | {row} | {val(mk) / val(raw):.2f} | {cs} |")
+    out.append("")
 out.append("| workload | memkeep (default runtime) | best anchor | ratio | target | met |")
 out.append("|---|---:|---|---:|---:|:-:|")
 for w in wls:
-    anchors = [(val(cell.get((row, w))), row) for row in order if row not in MEMKEEP]
+    anchors = [(val(cell.get((row, w))), row) for row in order if row not in MEMKEEP and row != "raw"]
     anchors = [(v, r) for v, r in anchors if v is not None]
     mk = val(cell.get((DEFAULT_RT[w], w)))
     if mk is None:  # only one runtime variant was run

@@ -56,5 +56,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-echo "demo: building (the first build takes a few minutes)"
+# The build's own progress is shown (a cold build compiles ~250 crates: minutes on 2
+# cores); the run itself is quiet.
+echo "demo: building the demo (cargo build --example demo --features axum)"
+cargo build --example demo --features axum
 exec cargo run --quiet --example demo --features axum -- cluster "$@"

@@ -11,12 +11,18 @@
 #   tests    cargo nextest run --all-targets --all-features (cargo test without nextest);
 #            per-test limits in .config/nextest.toml
 #   doc      cargo test --doc --all-features
+#   loadtest builds the load harness (loadtest/, its own Cargo.lock; debug build) and runs a
+#            short smoke against a memcached it starts: every client x workload cell for
+#            MEMKEEP_LOADTEST_SECONDS (default 1) seconds; fails when the harness fails or any
+#            cell reports errors or wrong values
 #   fuzz     the decode_replies fuzz target for MEMKEEP_FUZZ_SECONDS (default 60) seconds
 #
 # Environment:
 #   MEMKEEP_FUZZ_SECONDS=N   fuzzing time (0 skips the step, and says so in the summary)
 #   MEMKEEP_SKIP=a,b         steps to skip (e.g. "fuzz,doc"); skipped steps are listed
-#   CARGO_TARGET_DIR         honoured by every step (the fuzz build uses <dir>/fuzz)
+#   MEMKEEP_LOADTEST_SECONDS=N  measured seconds per smoke cell of the loadtest step
+#   CARGO_TARGET_DIR         honoured by every step (the fuzz build uses <dir>/fuzz, the
+#                            loadtest build <dir>/loadtest; default target/)
 #
 # Needs: the stable toolchain with rustfmt and clippy; cargo-nextest (optional);
 # cargo-fuzz (installed with `cargo install cargo-fuzz --locked` when missing). cargo-fuzz
@@ -62,7 +68,21 @@ run_step() {
     return 0
 }
 
+# The all-targets build needs about 3 GB (target dir and the fuzz build); a full disk
+# shows up later as a linker "Bus error" or "No space left on device": say it first.
+check_disk() {
+    local dir=${CARGO_TARGET_DIR:-$ROOT/target} need_kb=$((4 * 1024 * 1024)) free_kb
+    mkdir -p "$dir" 2>/dev/null
+    free_kb=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')
+    if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+        echo "test: WARNING: only $((free_kb / 1024)) MB free where the build goes ($dir);" \
+            "the build and tests need about 4 GB: free some space, or steps will fail with" \
+            "'No space left on device' or a linker 'Bus error'" >&2
+    fi
+}
+
 step_deps() {
+    check_disk
     # shellcheck source=scripts/install-deps.sh
     source "$ROOT/scripts/install-deps.sh"
     memkeep_install_deps
@@ -106,6 +126,37 @@ step_doc() {
     cargo test --doc --all-features --locked
 }
 
+# A subshell, so its trap stops the memcached it starts however the step ends.
+step_loadtest() (
+    local target="${CARGO_TARGET_DIR:-$ROOT/target}/loadtest"
+    local seconds="${MEMKEEP_LOADTEST_SECONDS:-1}" mc_pid="" port bin out rc failed=0
+    cargo build --manifest-path loadtest/Cargo.toml --locked --target-dir "$target" || exit 1
+    bin="$target/debug/loadtest"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])') || exit 1
+    local user=()
+    [ "$(id -u)" = 0 ] && user=(-u root)
+    memcached "${user[@]}" -t 2 -m 64 -U 0 -l 127.0.0.1 -p "$port" >"$LOG_DIR/loadtest-memcached.log" 2>&1 &
+    mc_pid=$!
+    trap 'kill "$mc_pid" 2>/dev/null; wait "$mc_pid" 2>/dev/null' EXIT
+    for _ in $(seq 1 50); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null && break
+        kill -0 "$mc_pid" 2>/dev/null || { echo "memcached exited"; cat "$LOG_DIR/loadtest-memcached.log"; exit 1; }
+        sleep 0.1
+    done
+    for workload in seq conc64 multiget100; do
+        for client in raw memkeep memkeep-text memcache async-memcached; do
+            rc=0
+            out=$(timeout -k 5 60 "$bin" --client "$client" --workload "$workload" \
+                --addr "127.0.0.1:$port" --seconds "$seconds" --warmup 0.2 --keys 2000) || rc=$?
+            echo "$client / $workload (exit $rc): $out"
+            if [ "$rc" -ne 0 ] || ! grep -q '"ok":true' <<<"$out" || ! grep -q '"errors":0,"mismatches":0' <<<"$out"; then
+                failed=$((failed + 1))
+            fi
+        done
+    done
+    [ "$failed" -eq 0 ] || { echo "$failed loadtest cell(s) failed"; exit 1; }
+)
+
 step_fuzz() {
     if [ "$FUZZ_SECONDS" = "0" ]; then
         echo "MEMKEEP_FUZZ_SECONDS=0: not fuzzing"
@@ -140,6 +191,7 @@ run_step fmt step_fmt
 run_step clippy step_clippy
 run_step tests step_tests
 run_step doc step_doc
+run_step loadtest step_loadtest
 run_step fuzz step_fuzz
 
 banner "summary"

@@ -99,6 +99,12 @@ pub enum Error {
     /// The client was shut down.
     #[error("client is shut down")]
     Shutdown,
+    /// The operation needs memcached's meta protocol (vivify on miss, recache
+    /// threshold, invalidation, [`Client::get_or_compute`](crate::Client::get_or_compute)),
+    /// and the client speaks the text protocol (`ClientBuilder::protocol`), which has
+    /// no such flags. Nothing was sent.
+    #[error("{0} needs the meta protocol; this client speaks the text protocol")]
+    MetaProtocolRequired(&'static str),
 }
 
 impl Error {

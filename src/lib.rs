@@ -47,25 +47,35 @@
 //!
 //! The design, with its trade-offs, is in `docs/design.md`.
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs` (Cargo.toml's [package.metadata.docs.rs]): items behind a
+// feature carry the feature's label there.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
 #[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "tower-sessions", feature = "actix-session")))
+)]
 pub mod adapters;
 mod client;
 mod connection;
 pub mod error;
 pub mod locator;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 mod node;
 mod protocol;
 pub mod session;
 
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use client::TlsConfig;
 pub use client::{
-    CasOutcome, Client, ClientBuilder, Credentials, Expiry, FailurePolicy, Item, Metrics,
-    NodeConfig, NodeStatus, Protocol, StoreOptions, StoreOutcome,
+    CasOutcome, Client, ClientBuilder, ComputeError, ComputeOptions, ComputeSource, Computed,
+    Credentials, Expiry, FailurePolicy, GetOptions, Item, Metrics, NodeConfig, NodeStatus,
+    Protocol, RecacheFlags, StoreOptions, StoreOutcome,
 };
 pub use error::{Error, Result, UnavailableNode};
 pub use node::NodeState;
@@ -132,3 +142,10 @@ pub mod __bench {
         frames
     }
 }
+
+// The README's code blocks are compiled as doc tests, so a pasted example always builds.
+// They need the `axum` feature (the session example); `scripts/test.sh` runs the doc tests
+// with every feature.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -400,6 +400,61 @@ fn the_demo_cluster_command_serves_the_page_survives_both_kills_and_stops_everyt
     );
 }
 
+/// A launcher SIGKILLed (no chance to stop anything) takes its memcached servers,
+/// instances and balancer with it; what its balancer started itself (Apache's workers)
+/// and its run directory are cleaned up by the next run, which says so.
+#[test]
+fn a_sigkilled_launcher_leaves_no_server_behind_and_the_next_run_cleans_up_its_leftovers() {
+    let mut first = DemoCluster::start(&["--balancer", "apache"]);
+    let launcher = first.pid().expect("launcher pid");
+    let children: Vec<u32> = first
+        .processes()
+        .iter()
+        .filter_map(|(_, pid, _)| *pid)
+        .collect();
+    assert_eq!(children.len(), 4, "2 memcached + 2 instances");
+    let run_dir = std::env::temp_dir().join(format!("memkeep-demo-{launcher}"));
+    assert!(
+        run_dir.is_dir(),
+        "{} exists while it runs",
+        run_dir.display()
+    );
+    first.kill_launcher();
+    assert!(
+        eventually(Duration::from_secs(10), || children
+            .iter()
+            .all(|p| !process_alive(*p))),
+        "the launcher's memcached servers and instances die with it: alive {:?}",
+        children
+            .iter()
+            .filter(|p| process_alive(**p))
+            .collect::<Vec<_>>()
+    );
+
+    let second = DemoCluster::start(&["--balancer", "apache"]);
+    let expected = format!("launcher pid {launcher}) was killed without stopping");
+    assert!(
+        second.banner.contains(&expected) && second.banner.contains("removed"),
+        "the next run reports the stale run it cleaned up:\n{}",
+        second.banner
+    );
+    assert!(!run_dir.exists(), "{} removed", run_dir.display());
+    let needle = run_dir.to_string_lossy().into_owned();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmd| cmd.contains(&needle))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no process of the killed run is left: {leftovers:?}"
+    );
+    let mut visitor = Visitor::new(second.front, true);
+    visitor.get(&[]).expect("the second run serves the page");
+}
+
 /// The same command picks Apache httpd when it is installed and routes the demo
 /// buttons through it.
 #[test]

@@ -436,3 +436,59 @@ fn the_health_check_and_the_favicon_create_no_session() {
     let page = v.get(&[]).expect("page");
     assert_eq!(page.json["stats"]["sessions_created"], 1);
 }
+
+#[test]
+fn the_page_logs_in_with_a_rotated_id_and_logs_out_everywhere() {
+    let cluster = Cluster::start(2);
+    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    let web2 = Instance::start("web2", &nodes_spec(&cluster), &[]);
+    let mut first = Visitor::new(web1.addr(), true);
+    let before = first
+        .post(&[("dataName", "a"), ("dataValue", "1")])
+        .unwrap();
+    let page = first.post(&[("action", "login"), ("user", "ann")]).unwrap();
+    let key = |id: &str| id.split('-').next().unwrap_or_default().to_owned();
+    assert_ne!(
+        key(&page.session_id),
+        key(&before.session_id),
+        "the id rotates"
+    );
+    assert_eq!(
+        first.id.as_deref(),
+        Some(page.session_id.as_str()),
+        "cookie reissued"
+    );
+    assert!(page.event.contains("id rotated"), "{}", page.event);
+    assert_eq!(
+        page.attributes.get("a").map(String::as_str),
+        Some("1"),
+        "data kept"
+    );
+    assert_eq!(page.attributes.get("user").map(String::as_str), Some("ann"));
+    // The pre-login id is dead on the other instance too.
+    let mut stale = Visitor::new(web2.addr(), true);
+    stale.id = Some(before.session_id.clone());
+    let page = stale.get(&[]).unwrap();
+    assert!(
+        page.attributes.is_empty(),
+        "old id served: {:?}",
+        page.attributes
+    );
+    // A second browser of ann on web2; the first logs out everywhere.
+    let mut second = Visitor::new(web2.addr(), true);
+    second
+        .post(&[("action", "login"), ("user", "ann")])
+        .unwrap();
+    let page = first.post(&[("action", "logoutEverywhere")]).unwrap();
+    let event = page.json["event"].as_str().unwrap_or_default();
+    assert!(event.contains("logged out every session of ann"), "{event}");
+    assert_eq!(first.id, None, "the caller's cookie is removed");
+    let mut moved = Visitor::new(web1.addr(), true);
+    moved.id = second.id.clone();
+    let page = moved.get(&[]).unwrap();
+    assert!(
+        page.attributes.is_empty(),
+        "ann's other session survived: {:?}",
+        page.attributes
+    );
+}

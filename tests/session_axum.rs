@@ -23,6 +23,18 @@ use memkeep::session::{
 use session_http::{cookie_value, hits};
 use tower::Layer;
 
+/// Login: binds the session to `ann` and rotates its id.
+async fn login(session: SessionRequest) -> Result<&'static str, SessionError> {
+    session.bind_principal("ann").await?;
+    session.cycle_id().await?;
+    Ok("logged in")
+}
+
+/// Log out everywhere: every session of `ann`, this one included.
+async fn logout_everywhere(session: SessionRequest) -> Result<String, SessionError> {
+    Ok(session.invalidate_principal("ann").await?.to_string())
+}
+
 async fn big(session: SessionRequest) -> Result<&'static str, SessionError> {
     let s = session.get_or_create().await?;
     s.insert("blob", &"z".repeat(2 * 1024 * 1024))?;
@@ -37,7 +49,11 @@ fn app(
     Error = std::convert::Infallible,
     Future = impl Send,
 > + Clone {
-    let router = Router::new().route("/", get(hits)).route("/big", get(big));
+    let router = Router::new()
+        .route("/", get(hits))
+        .route("/big", get(big))
+        .route("/login", get(login))
+        .route("/logout-everywhere", get(logout_everywhere));
     SessionLayer::new(svc).layer(router)
 }
 
@@ -210,4 +226,43 @@ async fn a_session_that_cannot_be_saved_turns_the_response_into_an_error() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(set, None);
     assert_eq!(a.stats().oversized, 1);
+}
+
+#[tokio::test]
+async fn login_rotates_the_id_over_http_and_log_out_everywhere_ends_every_session() {
+    let cluster = Cluster::start(3);
+    let a = session_kit::sticky(&cluster, "a");
+    let b = session_kit::sticky(&cluster, "b");
+    // Two browsers of ann, one on each instance.
+    let mut ann = Vec::new();
+    for svc in [&a, &b] {
+        let before = first_visit(svc).await;
+        let (status, body, set) = send(svc, "/login", Some(&before)).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "logged in"));
+        let after = cookie_value(&set.expect("the login reissues the cookie"));
+        assert_ne!(
+            before.split('-').next(),
+            after.split('-').next(),
+            "the id's random part changes at login"
+        );
+        // The data survived the rotation; the old id gets a new, empty session.
+        let (_, body, _) = send(svc, "/", Some(&after)).await;
+        assert_eq!(body, "2");
+        let (_, body, set) = send(svc, "/", Some(&before)).await;
+        assert_eq!(body, "1", "the pre-login id must not serve the session");
+        assert!(set.is_some());
+        ann.push(after);
+    }
+    let (status, body, set) = send(&b, "/logout-everywhere", Some(&ann[1])).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "1"));
+    assert!(
+        set.as_deref().is_some_and(|s| s.contains("Max-Age=0")),
+        "the caller's own cookie is removed: {set:?}"
+    );
+    for id in &ann {
+        for svc in [&a, &b] {
+            let (_, body, _) = send(svc, "/", Some(id)).await;
+            assert_eq!(body, "1", "a session of ann survived log-out-everywhere");
+        }
+    }
 }

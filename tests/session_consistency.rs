@@ -31,8 +31,8 @@ use memkeep::session::{
 };
 use session_http::{cookie_value, hits};
 use session_kit::{
-    config, drive_down, id_variants, index_of, logged_in, logout, look, non_sticky, report,
-    service, sticky, wait_nodes_up, Browser,
+    config, drive_down, id_variants, index_of, locked_pair, logged_in, logout, look, lose_lock,
+    non_sticky, report, service, sticky, wait_nodes_up, Browser,
 };
 use tower::Layer;
 
@@ -473,31 +473,6 @@ async fn memcached_unreachable_at_load_keeps_the_cookie_and_the_session() {
 
 // ---------------------------------------------------------------------------------------
 // I3: fenced locks.
-
-/// Two instances, locking `all`, `lock_expiry` 1 s (the minimum), a long lock wait.
-fn locked_pair(cluster: &Cluster) -> (BackupSessionService, BackupSessionService) {
-    let make = || {
-        service(
-            cluster,
-            config(cluster, Mode::NonSticky)
-                .locking_str("all")
-                .lock_expiry(Duration::from_secs(1))
-                .lock_wait(Duration::from_secs(5)),
-        )
-    };
-    (make(), make())
-}
-
-/// The lock item vanishes from every node, as when it expires while its holder's
-/// instance is stalled (a live holder renews it).
-fn lose_lock(cluster: &Cluster, lock_key: &str) {
-    let removed = cluster
-        .addrs()
-        .iter()
-        .filter(|addr| raw::delete(addr, lock_key))
-        .count();
-    assert_eq!(removed, 1, "the lock was held on one node");
-}
 
 #[tokio::test]
 async fn a_request_whose_lock_expired_never_overwrites_a_write_made_under_a_newer_lock() {

@@ -3,7 +3,8 @@
 //! or remove an attribute, read-only request, invalidate, takeover, overlapping requests
 //! of one session in scripted interleavings, requests with old and forged ids, kill /
 //! restart-empty / SIGSTOP of one node at a time with a heal step before the next fault,
-//! async flush, instance restart), and every outcome is checked against a reference
+//! async flush, instance restart, id rotation (`cycle_id`), binding to a principal and
+//! log-out-everywhere (`invalidate_principal`)), and every outcome is checked against a reference
 //! model of the consistency guarantee (docs/session.md, invariants I1-I3):
 //!
 //! * a read returns, per attribute, the value of the last acknowledged write or of a
@@ -27,7 +28,12 @@
 //!   at the end, listing them all) instead of stopping at the first.
 //! * `MEMKEEP_MODEL_ONLY=create,write,read,...`: run only these kinds of operations
 //!   (`create`, `write`, `read`, `logout`, `overlap`, `forged`, `fault`, `flush`,
-//!   `restart`; others become reads): a debugging aid to isolate a failure.
+//!   `restart`, `rotate`, `principal`; others become reads): a debugging aid to isolate
+//!   a failure.
+//!
+//! A rotation is modelled as the old key's session invalidated (no id of it may serve
+//! again) and a new session under the new key with the same attribute candidates; a
+//! log-out-everywhere as the invalidation of every session bound to the principal.
 
 mod kit;
 #[path = "kit/session.rs"]
@@ -47,6 +53,8 @@ use session_kit::{config, id_variants, service, wait_nodes_up};
 const ATTRS: [&str; 3] = ["a0", "a1", "a2"];
 /// Most sessions alive at once.
 const MAX_LIVE: usize = 8;
+/// The principals sessions are bound to.
+const PRINCIPALS: [&str; 2] = ["ann", "bob"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -101,6 +109,9 @@ struct Sess {
     life: Life,
     attrs: BTreeMap<&'static str, Vec<Cand>>,
     requested_since_fault: bool,
+    /// The principal the session is bound to; `false`: the bind's outcome is unknown
+    /// (its request failed under a fault).
+    principal: Option<(&'static str, bool)>,
 }
 
 type Obs = BTreeMap<&'static str, Option<u64>>;
@@ -191,6 +202,9 @@ struct Counters {
     invalidations: u64,
     faults: u64,
     probes: u64,
+    rotations: u64,
+    binds: u64,
+    principal_logouts: u64,
 }
 
 struct World {
@@ -612,6 +626,7 @@ impl World {
             life: Life::Live,
             attrs,
             requested_since_fault: true,
+            principal: None,
         });
         let si = self.sessions.len() - 1;
         self.log(format!("  -> s{si}"));
@@ -895,6 +910,163 @@ impl World {
         }
     }
 
+    /// The browser of live session `si` logs in again: its id is rotated. The old key's
+    /// session is dead from then on (every id of it); the new key carries the data.
+    async fn op_rotate(&mut self, si: usize, inst: usize) {
+        // Async writes queued for the old key on another instance would land on its
+        // tombstone (docs/session.md: rotate on the owner, or flush first).
+        for i in 0..self.insts.len() {
+            if self.insts[i].kind == Kind::StickyAsync {
+                self.op_flush(i).await;
+            }
+        }
+        let svc = self.insts[inst].svc.clone();
+        let cookie = self.sessions[si].cookie.clone();
+        self.tick();
+        let req = svc.request(RequestInfo::new("/login").session_id(cookie.as_deref()));
+        let l = match req.cycle_id().await {
+            Err(e) => Load::Failed(e.to_string()),
+            Ok(None) => Load::Absent,
+            Ok(Some(s)) => observe(&s),
+        };
+        let fin = req.finish().await;
+        self.tick();
+        self.c.requests += 1;
+        let what = format!("rotate s{si} via {}", self.insts[inst].name);
+        self.log(format!("{what} -> {l:?} / {fin:?}"));
+        self.check_load(si, &what, &l, true, None);
+        if !matches!(l, Load::Found(..)) {
+            if let Ok(out) = &fin {
+                self.check_cookie(si, &what, &l, out, true);
+            }
+            return;
+        }
+        self.sessions[si].requested_since_fault = true;
+        let out = match fin {
+            Ok(out) => out,
+            Err(e) => {
+                // Partly done under a fault (new key written, old one partly retired):
+                // no longer checked. Outside a fault it is a failure.
+                if self.fault.is_none() {
+                    self.violation(format!("{what}: rotation failed without a fault: {e}"));
+                }
+                self.sessions[si].life = Life::Retired;
+                return;
+            }
+        };
+        let new = match &out.cookie {
+            CookieDecision::Set(id) => SessionId::parse(id),
+            _ => None,
+        };
+        let Some(new) = new.filter(|n| n.key() != self.sessions[si].key) else {
+            self.violation(format!("{what}: no new id given: {out:?}"));
+            return;
+        };
+        let id = new.to_string();
+        let moved = Sess {
+            key: new.key(),
+            cookie: Some(id.clone()),
+            ids: vec![id],
+            life: Life::Live,
+            attrs: self.sessions[si].attrs.clone(),
+            requested_since_fault: true,
+            principal: self.sessions[si].principal,
+        };
+        self.sessions[si].life = Life::Invalidated;
+        self.sessions[si].cookie = None;
+        self.sessions.push(moved);
+        self.c.rotations += 1;
+        let ni = self.sessions.len() - 1;
+        let carried: Vec<_> = self
+            .uncertain
+            .iter()
+            .filter(|(s, ..)| *s == si)
+            .map(|&(_, a, w)| (ni, a, w))
+            .collect();
+        self.uncertain.extend(carried);
+        self.log(format!("  -> s{si} dead, data now s{ni}"));
+    }
+
+    /// A request of live session `si` binds it to principal `p`.
+    async fn op_bind(&mut self, si: usize, inst: usize, p: &'static str) {
+        let svc = self.insts[inst].svc.clone();
+        let cookie = self.sessions[si].cookie.clone();
+        self.tick();
+        let req = svc.request(RequestInfo::new("/bind").session_id(cookie.as_deref()));
+        let l = match req.session().await {
+            Err(e) => Load::Failed(e.to_string()),
+            Ok(None) => Load::Absent,
+            Ok(Some(s)) => {
+                let l = observe(&s);
+                match req.bind_principal(p).await {
+                    Ok(_) => l,
+                    Err(e) => Load::Failed(format!("bind: {e}")),
+                }
+            }
+        };
+        let fin = req.finish().await;
+        self.tick();
+        self.c.requests += 1;
+        let what = format!("bind s{si} to {p} via {}", self.insts[inst].name);
+        self.log(format!("{what} -> {l:?} / {fin:?}"));
+        self.check_load(si, &what, &l, true, None);
+        if let Ok(out) = &fin {
+            self.check_cookie(si, &what, &l, out, true);
+        }
+        if !matches!(l, Load::Found(..)) {
+            return;
+        }
+        self.sessions[si].requested_since_fault = true;
+        self.sessions[si].principal = match &fin {
+            Ok(out) if out.written => {
+                self.c.binds += 1;
+                Some((p, true))
+            }
+            Ok(out) => {
+                self.violation(format!("{what}: the binding was not written: {out:?}"));
+                None
+            }
+            Err(_) => Some((p, false)),
+        };
+    }
+
+    /// Logs principal `p` out everywhere: every session bound to it is dead.
+    async fn op_log_out_everywhere(&mut self, inst: usize, p: &'static str) {
+        let svc = self.insts[inst].svc.clone();
+        self.tick();
+        let r = svc.invalidate_principal(p).await;
+        self.tick();
+        self.log(format!(
+            "log out everywhere {p} via {} -> {r:?}",
+            self.insts[inst].name
+        ));
+        for s in &mut self.sessions {
+            let Some((bound, certain)) = s.principal else {
+                continue;
+            };
+            if bound != p || s.life != Life::Live {
+                continue;
+            }
+            s.life = match (&r, certain) {
+                (Ok(_), true) => {
+                    s.cookie = None;
+                    self.c.principal_logouts += 1;
+                    Life::Invalidated
+                }
+                _ => Life::Retired,
+            };
+        }
+        if let Err(e) = r {
+            if self.fault.is_none() {
+                self.violation(format!(
+                    "log out everywhere {p} failed without a fault: {e}"
+                ));
+            }
+        } else {
+            self.c.invalidations += 1;
+        }
+    }
+
     async fn op_flush(&mut self, inst: usize) {
         let svc = self.insts[inst].svc.clone();
         if tokio::time::timeout(Duration::from_secs(30), svc.flush())
@@ -1005,6 +1177,21 @@ impl World {
                 let path = self.write_path();
                 let act = self.random_set();
                 self.op_request(si, inst, path, act).await
+            }
+            35..=39 if self.may("rotate") => {
+                let inst = self.inst_for(si);
+                self.op_rotate(si, inst).await
+            }
+            40..=44 if self.may("principal") => {
+                let inst = self.inst_for(si);
+                let random = PRINCIPALS[self.rng.below(PRINCIPALS.len() as u64) as usize];
+                match self.sessions[si].principal {
+                    None if self.rng.chance(75) => self.op_bind(si, inst, random).await,
+                    Some((p, _)) if self.rng.chance(50) => {
+                        self.op_log_out_everywhere(inst, p).await
+                    }
+                    _ => self.op_log_out_everywhere(inst, random).await,
+                }
             }
             30..=44 => {
                 let inst = self.inst_for(si);

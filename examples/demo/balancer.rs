@@ -16,6 +16,31 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// Makes the process `cmd` starts get SIGKILL when the process that started it dies,
+/// even by SIGKILL, so a killed launcher leaves no servers behind (Linux
+/// `PR_SET_PDEATHSIG`). The signal follows the starting *thread*: start children from a
+/// thread that lives as long as they should (the main thread, a runtime worker, a test's
+/// own thread).
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed. It makes two system calls, prctl(2) and
+    // getppid(2), both async-signal-safe; it allocates nothing (an io::Error made from a
+    // raw errno holds no heap data), takes no lock and touches no shared state.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            // The parent may have died between fork and prctl: nobody would signal then.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The production configurations, as shipped in `deploy/`.
 pub const APACHE_CONF: &str = include_str!("../../deploy/apache2/memkeep.conf");
 /// See [`APACHE_CONF`].
@@ -343,6 +368,7 @@ impl Balancer {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;

@@ -89,6 +89,7 @@ impl Proc {
         if self.kind == ProcKind::Memcached {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
+        crate::balancer::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.program.display()))?;
@@ -162,7 +163,15 @@ fn mode_flag(mode: Mode) -> &'static str {
 pub async fn run(options: ClusterOptions) -> Result<(), Box<dyn std::error::Error>> {
     let memcached = memcached_binary(options.memcached.clone())?;
     let exe = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(format!("memkeep-demo-{}", std::process::id()));
+    let tmp = std::env::temp_dir();
+    for line in crate::stale::clean_up_stale_runs(&tmp) {
+        println!("{line}");
+    }
+    let dir = tmp.join(format!(
+        "{}{}",
+        crate::stale::RUN_DIR_PREFIX,
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir)?;
     let result = run_in(options, memcached, exe, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -279,7 +288,7 @@ async fn run_in(
 
     for (i, (route, addr)) in instance_addrs.iter().enumerate() {
         let (peer_route, peer_addr) = &instance_addrs[1 - i];
-        let args = vec![
+        let mut args = vec![
             "instance".to_owned(),
             "--listen".to_owned(),
             addr.to_string(),
@@ -287,10 +296,6 @@ async fn run_in(
             route.clone(),
             "--nodes".to_owned(),
             nodes.clone(),
-            // Like MSM's failoverNodes: each instance's "own machine" memcached is used
-            // for new sessions only when the other is down.
-            "--failover-nodes".to_owned(),
-            format!("n{}", i + 1),
             "--mode".to_owned(),
             mode_flag(options.mode).to_owned(),
             "--codec".to_owned(),
@@ -301,6 +306,11 @@ async fn run_in(
             "--balancer-label".to_owned(),
             balancer_label.clone(),
         ];
+        if options.mode == Mode::Sticky {
+            // Like MSM's failoverNodes (a sticky-mode setting): each instance's "own
+            // machine" memcached is used for new sessions only when the other is down.
+            args.extend(["--failover-nodes".to_owned(), format!("n{}", i + 1)]);
+        }
         procs.insert(
             route.clone(),
             Proc {

@@ -164,6 +164,9 @@ fn id_event(presented: Option<&str>, final_id: &SessionId, created: bool) -> Str
         return String::new();
     };
     let mut parts = Vec::new();
+    if old.key() != final_id.key() {
+        parts.push("new id (random part rotated)".to_owned());
+    }
     if old.route() != final_id.route() {
         parts.push(format!(
             "taken over from instance {} (the id now routes here)",
@@ -313,6 +316,28 @@ async fn render(
     if let Some(name) = param("dataName").filter(|n| !n.is_empty()) {
         session.insert(name, param("dataValue").unwrap_or(""))?;
     }
+    // The lifecycle controls: log in (bind to a user, rotate the id, keep the data) and
+    // log out everywhere (every session of that user, on every instance).
+    let action_event = match param("action") {
+        Some("login") => {
+            let user = param("user")
+                .filter(|u| !u.is_empty())
+                .unwrap_or("demo-user")
+                .to_owned();
+            request.bind_principal(&user).await?;
+            session.insert("user", &user)?;
+            request.cycle_id().await?;
+            format!("logged in as {user}: id rotated (the old id is dead on every instance; the data stays)")
+        }
+        Some("logoutEverywhere") => match session.principal() {
+            Some(user) => {
+                let generation = request.invalidate_principal(&user).await?;
+                format!("logged out every session of {user}, on every instance (generation {generation})")
+            }
+            None => "not logged in: nothing to log out".to_owned(),
+        },
+        _ => String::new(),
+    };
     if !app.options.work.is_zero() {
         tokio::time::sleep(app.options.work).await;
     }
@@ -324,6 +349,9 @@ async fn render(
         };
         attributes.insert(name, value);
     }
+    if session.is_invalidated() {
+        attributes.clear();
+    }
     drop(session);
     // Save before answering: the page shows the id the session is stored under, and a
     // response is only sent once memcached acknowledged the write.
@@ -331,10 +359,15 @@ async fn render(
     let id_text = outcome.session_id.clone().unwrap_or_default();
     let id = SessionId::parse(&id_text);
     let set_cookie = app.service.set_cookie_value(&outcome.cookie);
-    let event = id
+    let id_change = id
         .as_ref()
         .map(|id| id_event(presented.as_deref(), id, created))
         .unwrap_or_default();
+    let event = [action_event, id_change]
+        .into_iter()
+        .filter(|e| !e.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     // Cookie-less clients get the id in every link and form (like encodeURL).
     let page_path = uri.path().to_owned();
     let link = |path: &str| {
@@ -418,6 +451,7 @@ impl PageView<'_> {
                 "balancer": o.balancer_label,
             },
             "session_id": self.id_text,
+            "event": self.event,
             "session": self.id.map(|id| json!({
                 "key": id.key().to_string(),
                 "node": id.node(),
@@ -525,6 +559,16 @@ impl PageView<'_> {
                 html(self.event)
             ));
         }
+        s.push_str(&format!(
+            "<form id=\"login\" class=\"control\" method=\"post\" action=\"{action}\">\
+             <input type=\"hidden\" name=\"action\" value=\"login\">\
+             <label>user <input id=\"user\" name=\"user\" value=\"ann\"></label> \
+             <button id=\"login-button\" type=\"submit\">Log in / rotate id</button></form>\
+             <form id=\"logout-everywhere\" class=\"control\" method=\"post\" action=\"{action}\">\
+             <input type=\"hidden\" name=\"action\" value=\"logoutEverywhere\">\
+             <button id=\"logout-everywhere-button\" type=\"submit\" class=\"kill\">Log out everywhere</button></form>\n",
+            action = html(self.self_link),
+        ));
         if self.cookie_less {
             s.push_str("<p class=\"muted\">no session cookie came with this request: links and the form carry the id (<code>;jsessionid=</code>)</p>\n");
         }

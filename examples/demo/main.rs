@@ -19,6 +19,7 @@ mod balancer;
 mod cluster;
 mod instance;
 mod proxy;
+mod stale;
 mod web;
 
 use std::path::PathBuf;

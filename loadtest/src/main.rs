@@ -10,6 +10,11 @@
 //! Timing: the workers run from the start; a controller thread lets `--warmup` seconds pass, then
 //! opens the measurement window for `--seconds`, then tells the workers to stop. Only operations
 //! that complete inside the window are counted; rate = counted / window length.
+//!
+//! CPU: the controller reads `getrusage(RUSAGE_SELF)` (user + system time of every thread of
+//! this process) when the window opens and when it closes. memcached is another process, so the
+//! difference is the client's own CPU; divided by the operations (and keys) counted, it is the
+//! client's CPU cost per operation (and per key).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -29,6 +34,9 @@ enum ClientKind {
     Memcache,
     /// the `async-memcached` crate (&mut self: one connection per in-flight request)
     AsyncMemcached,
+    /// the bare-socket limit: one tokio TCP socket, meta requests written in batches, replies
+    /// parsed and counted by the one task that owns the socket (no client library)
+    Raw,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -133,6 +141,8 @@ const STOP: u8 = 2;
 #[derive(Default)]
 struct Shared {
     phase: AtomicU8,
+    /// CPU time (ns) this process used inside the measurement window (set by the controller).
+    cpu_ns: AtomicU64,
     ops: AtomicU64,
     keys: AtomicU64,
     errors: AtomicU64,
@@ -227,15 +237,31 @@ impl Picker {
     }
 }
 
-/// Runs the warm-up and measurement window on its own thread; returns the window length.
+/// User + system CPU time used so far by every thread of this process.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given; an all-zero rusage is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Runs the warm-up and measurement window on its own thread; returns the window length and
+/// records the CPU time used inside it in `shared.cpu_ns`.
 fn controller(shared: Arc<Shared>, warmup: f64, seconds: f64) -> std::thread::JoinHandle<Duration> {
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs_f64(warmup));
+        let cpu0 = process_cpu();
         let t0 = Instant::now();
         shared.phase.store(MEASURE, Ordering::Release);
         std::thread::sleep(Duration::from_secs_f64(seconds));
         shared.phase.store(STOP, Ordering::Release);
-        t0.elapsed()
+        let window = t0.elapsed();
+        shared.cpu_ns.store(process_cpu().saturating_sub(cpu0).as_nanos() as u64, Ordering::Relaxed);
+        window
     })
 }
 
@@ -253,6 +279,9 @@ fn build_runtime(kind: RuntimeKind, workers: usize) -> tokio::runtime::Runtime {
 /// Default runtime per client and workload (chosen from measurements; see docs/benchmarks.md).
 fn default_runtime(client: ClientKind, workload: Workload) -> RuntimeKind {
     match (client, workload) {
+        // The raw socket runs on tokio's default multi-thread runtime (2 workers here), the
+        // reference the memkeep / raw ratios are taken against.
+        (ClientKind::Raw, _) => RuntimeKind::MultiThread,
         // One caller: a second worker thread only adds cross-thread wake-ups.
         (_, Workload::Seq) | (_, Workload::Multiget100) => RuntimeKind::CurrentThread,
         // memkeep conc64: callers and the connection driver on one thread batch best.
@@ -281,6 +310,7 @@ fn main() {
         ClientKind::Memcache => run_memcache(&args, &data, &shared),
         ClientKind::AsyncMemcached => run_async_memcached(&args, &data, &shared),
         ClientKind::Memkeep | ClientKind::MemkeepText => run_memkeep(&args, &data, &shared),
+        ClientKind::Raw => run_raw(&args, &data, &shared),
     };
     let outcome = match result {
         Ok(o) => o,
@@ -302,6 +332,8 @@ fn main() {
     let errors = shared.errors.load(Ordering::Relaxed);
     let mismatches = shared.mismatches.load(Ordering::Relaxed);
     let ok = errors == 0 && mismatches == 0 && ops > 0;
+    let cpu = Duration::from_nanos(shared.cpu_ns.load(Ordering::Relaxed)).as_secs_f64();
+    let per = |n: u64| if n > 0 { format!("{:.3}", cpu * 1e6 / n as f64) } else { "null".to_string() };
     let (metric, rate) = match args.workload {
         Workload::Multiget100 => ("keys_per_sec", keys as f64 / secs),
         _ => ("ops_per_sec", ops as f64 / secs),
@@ -312,7 +344,7 @@ fn main() {
         None => "null".to_string(),
     };
     println!(
-        "{{\"client\":\"{}\",\"workload\":\"{}\",\"metric\":\"{}\",\"value\":{:.0},\"ops\":{},\"keys\":{},\"seconds\":{:.3},\"errors\":{},\"mismatches\":{},\"connections\":{},\"runtime\":{},\"ok\":{}}}",
+        "{{\"client\":\"{}\",\"workload\":\"{}\",\"metric\":\"{}\",\"value\":{:.0},\"ops\":{},\"keys\":{},\"seconds\":{:.3},\"cpu_seconds\":{:.3},\"cpu_us_per_op\":{},\"cpu_us_per_key\":{},\"errors\":{},\"mismatches\":{},\"connections\":{},\"runtime\":{},\"ok\":{}}}",
         name(args.client),
         wname(args.workload),
         metric,
@@ -320,6 +352,9 @@ fn main() {
         ops,
         keys,
         secs,
+        cpu,
+        per(ops),
+        per(keys),
         errors,
         mismatches,
         outcome.connections,
@@ -337,6 +372,7 @@ fn name(c: ClientKind) -> &'static str {
         ClientKind::MemkeepText => "memkeep-text",
         ClientKind::Memcache => "memcache",
         ClientKind::AsyncMemcached => "async-memcached",
+        ClientKind::Raw => "raw",
     }
 }
 
@@ -509,22 +545,28 @@ fn run_async_memcached(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> R
                 l.flush(&shared);
             }));
         }
-        for t in tasks {
-            t.await.map_err(|e| format!("task: {e}"))?;
-        }
-        let window = ctl.join().map_err(|_| "controller panicked".to_string())?;
-        WINDOW.store(window.as_nanos() as u64, Ordering::Relaxed);
-        Ok(())
+        finish(tasks, ctl).await
     });
     res?;
-    Ok(Outcome {
-        window: Duration::from_nanos(WINDOW.load(Ordering::Relaxed)),
-        connections: workers,
-        runtime: Some(rtk),
-    })
+    Ok(async_outcome(workers, rtk))
 }
 
 static WINDOW: AtomicU64 = AtomicU64::new(0);
+
+/// Waits for the async workers and the controller; keeps the window length in `WINDOW`.
+async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>, ctl: std::thread::JoinHandle<Duration>) -> Result<(), String> {
+    for t in tasks {
+        t.await.map_err(|e| format!("task: {e}"))?;
+    }
+    let window = ctl.join().map_err(|_| "controller panicked".to_string())?;
+    WINDOW.store(window.as_nanos() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The outcome of an async cell whose window `finish` recorded.
+fn async_outcome(connections: usize, runtime: RuntimeKind) -> Outcome {
+    Outcome { window: Duration::from_nanos(WINDOW.load(Ordering::Relaxed)), connections, runtime: Some(runtime) }
+}
 
 // ---------------------------------------------------------------------------------------------
 // memkeep
@@ -617,17 +659,199 @@ fn run_memkeep(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Ou
                 l.flush(&shared);
             }));
         }
-        for t in tasks {
-            t.await.map_err(|e| format!("task: {e}"))?;
-        }
-        let window = ctl.join().map_err(|_| "controller panicked".to_string())?;
-        WINDOW.store(window.as_nanos() as u64, Ordering::Relaxed);
-        Ok(())
+        finish(tasks, ctl).await
     });
     res?;
-    Ok(Outcome {
-        window: Duration::from_nanos(WINDOW.load(Ordering::Relaxed)),
-        connections: 1,
-        runtime: Some(rtk),
-    })
+    Ok(async_outcome(1, rtk))
+}
+
+// ---------------------------------------------------------------------------------------------
+// raw: one tokio TCP socket, no client library (the bare-socket limit)
+// ---------------------------------------------------------------------------------------------
+
+/// One socket speaking the meta protocol: requests appended to a write buffer and written in
+/// one go, replies parsed in order from a read buffer and checked against what was asked.
+struct RawConn {
+    stream: tokio::net::TcpStream,
+    wbuf: Vec<u8>,
+    rbuf: Vec<u8>,
+    /// Start of the unparsed part of `rbuf`.
+    rpos: usize,
+    /// What each reply not yet parsed answers, in request order.
+    expect: std::collections::VecDeque<Op>,
+}
+
+impl RawConn {
+    async fn connect(addr: &str) -> Result<Self, String> {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("raw connect: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| format!("raw nodelay: {e}"))?;
+        Ok(RawConn {
+            stream,
+            wbuf: Vec::with_capacity(64 * 1024),
+            rbuf: Vec::with_capacity(64 * 1024),
+            rpos: 0,
+            expect: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Appends `mg <key> v` or `ms <key> <len>` + value.
+    fn push(&mut self, op: Op, data: &Data) {
+        match op {
+            Op::Get(i) => {
+                self.wbuf.extend_from_slice(b"mg ");
+                self.wbuf.extend_from_slice(data.keys[i].as_bytes());
+                self.wbuf.extend_from_slice(b" v\r\n");
+            }
+            Op::Set(i) => {
+                use std::io::Write;
+                let value = &data.values[i];
+                let _ = write!(self.wbuf, "ms {} {}\r\n", data.keys[i], value.len());
+                self.wbuf.extend_from_slice(value);
+                self.wbuf.extend_from_slice(b"\r\n");
+            }
+        }
+        self.expect.push_back(op);
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(&self.wbuf).await.map_err(|e| format!("raw write: {e}"))?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Reads what the socket has (at least one byte).
+    async fn read_some(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        if self.rpos > 0 {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        self.rbuf.reserve(32 * 1024);
+        match self.stream.read_buf(&mut self.rbuf).await {
+            Ok(0) => Err("raw read: server closed the connection".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("raw read: {e}")),
+        }
+    }
+
+    /// Parses the next whole reply, if the buffer holds one, and checks it (a miss or a wrong
+    /// value is a mismatch in `l`; a reply of the wrong shape is an error).
+    fn next_reply(&mut self, data: &Data, l: &mut Local) -> Result<bool, String> {
+        let buf = &self.rbuf[self.rpos..];
+        let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(false) };
+        let line = &buf[..eol];
+        let op = self.expect.front().ok_or("raw: reply with nothing in flight")?;
+        let used = match (op, line) {
+            (Op::Get(i), l2) if l2.starts_with(b"VA ") => {
+                let len: usize = std::str::from_utf8(&l2[3..])
+                    .ok()
+                    .and_then(|s| s.split(' ').next())
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| format!("raw: bad VA line {:?}", String::from_utf8_lossy(l2)))?;
+                let end = eol + 2 + len + 2;
+                if buf.len() < end {
+                    return Ok(false);
+                }
+                l.check(Some(&buf[eol + 2..eol + 2 + len]), &data.values[*i]);
+                end
+            }
+            (Op::Get(i), b"EN") => {
+                l.check(None, &data.values[*i]);
+                eol + 2
+            }
+            (Op::Set(_), b"HD") => eol + 2,
+            (_, other) => return Err(format!("raw: unexpected reply {:?}", String::from_utf8_lossy(other))),
+        };
+        self.rpos += used;
+        self.expect.pop_front();
+        Ok(true)
+    }
+}
+
+fn run_raw(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcome, String> {
+    let rtk = args.runtime.unwrap_or(default_runtime(args.client, args.workload));
+    let rt = build_runtime(rtk, args.worker_threads);
+    let res: Result<(), String> = rt.block_on(async {
+        let mut conn = RawConn::connect(&args.addr).await?;
+        if !args.no_preload {
+            let mut l = Local::default();
+            for chunk in (0..data.keys.len()).collect::<Vec<_>>().chunks(256) {
+                for &i in chunk {
+                    conn.push(Op::Set(i), data);
+                }
+                conn.flush().await?;
+                while !conn.expect.is_empty() {
+                    conn.read_some().await?;
+                    while conn.next_reply(data, &mut l)? {}
+                }
+            }
+        }
+        let ctl = controller(shared.clone(), args.warmup, args.seconds);
+        let (data, shared) = (data.clone(), shared.clone());
+        let (workload, seed, batch, concurrency) = (args.workload, args.seed, args.batch, args.concurrency);
+        // The loop runs as a spawned task, on a runtime worker, like memkeep's callers.
+        let task = tokio::spawn(async move {
+            let mut pick = Picker::new(seed, 0, data.keys.len());
+            let mut l = Local::default();
+            let result = raw_loop(&mut conn, &mut pick, &mut l, &data, &shared, workload, batch, concurrency).await;
+            if let Err(e) = result {
+                l.error(e);
+            }
+            l.flush(&shared);
+        });
+        finish(vec![task], ctl).await
+    });
+    res?;
+    Ok(async_outcome(1, rtk))
+}
+
+/// seq: one request at a time. conc64: `concurrency` requests always in flight, each reply
+/// replaced by a new request in the next write. multiget100: `batch` gets written at once, the
+/// next batch once all their replies are in.
+#[allow(clippy::too_many_arguments)]
+async fn raw_loop(
+    conn: &mut RawConn,
+    pick: &mut Picker,
+    l: &mut Local,
+    data: &Data,
+    shared: &Shared,
+    workload: Workload,
+    batch: usize,
+    concurrency: usize,
+) -> Result<(), String> {
+    loop {
+        if shared.phase.load(Ordering::Relaxed) == STOP {
+            return Ok(());
+        }
+        match workload {
+            Workload::Seq | Workload::Conc64 => {
+                let window = if workload == Workload::Seq { 1 } else { concurrency };
+                while conn.expect.len() < window {
+                    let op = if workload == Workload::Seq { pick.alternate() } else { pick.mixed() };
+                    conn.push(op, data);
+                }
+                conn.flush().await?;
+                conn.read_some().await?;
+                let phase = shared.phase.load(Ordering::Relaxed);
+                while conn.next_reply(data, l)? {
+                    l.done(phase, 1);
+                }
+            }
+            Workload::Multiget100 => {
+                for i in pick.batch(batch) {
+                    conn.push(Op::Get(i), data);
+                }
+                conn.flush().await?;
+                while !conn.expect.is_empty() {
+                    conn.read_some().await?;
+                    while conn.next_reply(data, l)? {}
+                }
+                l.done(shared.phase.load(Ordering::Relaxed), batch as u64);
+            }
+        }
+        if l.errors > 0 || l.mismatches > 1000 {
+            return Ok(());
+        }
+    }
 }

@@ -25,8 +25,10 @@ use crate::session::{CodecKind, SessionError, SessionKey};
 use crate::Client;
 
 #[cfg(feature = "actix-session")]
+#[cfg_attr(docsrs, doc(cfg(feature = "actix-session")))]
 pub mod actix;
 #[cfg(feature = "tower-sessions")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-sessions")))]
 pub mod tower_sessions;
 
 /// The default key prefix of the adapters' records.

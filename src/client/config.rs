@@ -230,6 +230,7 @@ impl ClientBuilder {
 
     /// TLS for every node (feature `tls`; default none: plain connections).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: super::TlsConfig) -> Self {
         self.tls = Some(tls);
         self

@@ -1,6 +1,7 @@
 //! The client: routing keys to nodes, applying the failure policy, and the operations.
 
 mod config;
+mod stampede;
 #[cfg(feature = "tls")]
 mod tls;
 mod types;
@@ -25,11 +26,15 @@ use crate::{Error, Result};
 /// `Duration::MAX`).
 const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
+pub use crate::protocol::RecacheFlags;
 pub use config::{ClientBuilder, FailurePolicy, NodeConfig, Protocol};
+pub use stampede::{ComputeError, ComputeOptions, ComputeSource, Computed};
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::TlsConfig;
 pub use types::{
-    CasOutcome, Credentials, Expiry, Item, Metrics, NodeStatus, StoreOptions, StoreOutcome,
+    CasOutcome, Credentials, Expiry, GetOptions, Item, Metrics, NodeStatus, StoreOptions,
+    StoreOutcome,
 };
 
 /// An async memcached client over a set of nodes.
@@ -190,6 +195,59 @@ impl Client {
         Ok(value.map(item))
     }
 
+    /// Reads `key` with the meta protocol's retrieval options: vivify on miss and a
+    /// recache threshold (see [`GetOptions`]; they need the meta protocol), the CAS
+    /// token, touch. `None` on a miss (never with `vivify_on_miss`: a miss then creates
+    /// the placeholder and returns it, empty, with [`RecacheFlags::win`]).
+    ///
+    /// This is the low-level form of [`Client::get_or_compute`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memkeep::Client) -> memkeep::Result<()> {
+    /// use memkeep::GetOptions;
+    /// use std::time::Duration;
+    ///
+    /// let options = GetOptions {
+    ///     vivify_on_miss: Some(Duration::from_secs(10)),
+    ///     ..GetOptions::default()
+    /// };
+    /// if let Some(item) = client.get_with("report", options).await? {
+    ///     if item.recache.win {
+    ///         // This caller alone recomputes the value, then stores it.
+    ///     } else if item.recache.already_won && item.value.is_empty() {
+    ///         // Another caller is computing it and there is no value yet: retry later.
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: GetOptions,
+    ) -> Result<Option<Item>> {
+        let key = key.as_ref();
+        let now = SystemTime::now();
+        let touch = options.touch.map(|e| e.to_exptime(now));
+        let cmd = if options.needs_meta() {
+            Command::GetRecache {
+                key,
+                vivify: options
+                    .vivify_on_miss
+                    .map(|d| Expiry::In(d.max(Duration::from_secs(1))).to_exptime(now)),
+                recache: options.recache_below.map(types::ceil_secs),
+                touch,
+            }
+        } else {
+            Command::Get {
+                key,
+                cas: options.cas,
+                touch,
+            }
+        };
+        let value = self.keyed(key, cmd, outcome::item).await?;
+        Ok(value.map(item))
+    }
+
     /// Reads many keys: split by node, one pipelined batch per node, all nodes at
     /// once. Misses are absent from the map. Fails as a whole if any node's batch fails.
     pub async fn get_many<I, K>(&self, keys: I) -> Result<HashMap<Vec<u8>, Item>>
@@ -200,24 +258,23 @@ impl Client {
         let keys: Vec<K> = keys.into_iter().collect();
         let deadline = self.deadline();
         let binary_ok = self.inner.protocol == Protocol::Meta;
-        let mut by_node: Vec<Vec<&[u8]>> = vec![Vec::new(); self.inner.nodes.len()];
+        // Per node: its keys, and whether they all travel as is.
+        let mut by_node: Vec<(Vec<&[u8]>, bool)> = vec![(Vec::new(), true); self.inner.nodes.len()];
         for key in &keys {
             let key = key.as_ref();
-            validate_key(key, binary_ok)?;
+            let plain = validate_key(key, binary_ok)? == KeyForm::Plain;
             let index = self.route(key, deadline).await?;
-            by_node
-                .get_mut(index)
-                .ok_or(Error::NoNodeAvailable)?
-                .push(key);
+            let (node_keys, node_plain) = by_node.get_mut(index).ok_or(Error::NoNodeAvailable)?;
+            node_keys.push(key);
+            *node_plain &= plain;
         }
         let batches = by_node
             .into_iter()
             .enumerate()
-            .filter(|(_, keys)| !keys.is_empty());
-        let batches = batches.map(|(index, keys)| async move {
-            let reply = self
-                .call(index, &Command::GetMany { keys: &keys }, deadline)
-                .await?;
+            .filter(|(_, (keys, _))| !keys.is_empty());
+        let batches = batches.map(|(index, (keys, plain))| async move {
+            let cmd = Command::GetMany { keys: &keys };
+            let reply = self.call_checked(index, &cmd, plain, deadline).await?;
             self.interpret(index, reply, |reply| outcome::items(reply, &keys))
         });
         let mut found = HashMap::with_capacity(keys.len());
@@ -337,6 +394,32 @@ impl Client {
         let key = key.as_ref();
         self.keyed(key, Command::Delete { key }, outcome::delete)
             .await
+    }
+
+    /// Invalidates `key` instead of deleting it (meta `md` with `I`): memcached keeps
+    /// the value, marks it stale and gives it a new CAS token. The next read with
+    /// [`Client::get_with`] (or any `mg`) gets the value with [`RecacheFlags::stale`] and
+    /// [`RecacheFlags::win`], and readers after it [`RecacheFlags::stale`] and
+    /// [`RecacheFlags::already_won`], until a store replaces the item (a plain store
+    /// clears both). `stale_for` sets a new expiry (meta `T`), bounding how long the
+    /// stale value may be served; `None` keeps the current one. False if the key was
+    /// missing. Needs the meta protocol.
+    ///
+    /// Any meta read takes that win, a plain [`Client::get`] included, so a key read
+    /// both ways can stay stale until it expires: prefer a `stale_for` bound.
+    pub async fn invalidate(
+        &self,
+        key: impl AsRef<[u8]>,
+        stale_for: Option<Expiry>,
+    ) -> Result<bool> {
+        let key = key.as_ref();
+        let exptime = stale_for.map(|e| e.to_exptime(SystemTime::now()));
+        let cmd = Command::Invalidate {
+            key,
+            exptime,
+            cas: None,
+        };
+        self.keyed(key, cmd, outcome::delete).await
     }
 
     /// Adds `delta` to the decimal number stored at `key`; `None` if it is missing.
@@ -543,11 +626,19 @@ impl Client {
         }
     }
 
-    /// Refuses what the protocol can't carry, before anything is queued.
-    fn check(&self, cmd: &Command<'_>) -> Result<()> {
+    /// Refuses what the protocol can't carry, before anything is queued. Says whether
+    /// every key travels as is ([`KeyForm::Plain`]), so encoding need not look again.
+    fn check(&self, cmd: &Command<'_>) -> Result<bool> {
         let binary_ok = self.inner.protocol == Protocol::Meta;
+        if cmd.is_meta_only() && !binary_ok {
+            return Err(Error::MetaProtocolRequired(match cmd {
+                Command::Invalidate { .. } => "invalidation (md with I)",
+                _ => "vivify on miss or a recache threshold (mg with N or R)",
+            }));
+        }
+        let mut plain = true;
         for key in cmd.keys() {
-            validate_key(key, binary_ok)?;
+            plain &= validate_key(key, binary_ok)? == KeyForm::Plain;
         }
         if let Command::Store { value, .. } = cmd {
             if value.len() > self.inner.max_value_size {
@@ -557,7 +648,7 @@ impl Client {
                 });
             }
         }
-        Ok(())
+        Ok(plain)
     }
 
     /// The node for `key` under the failure policy; `Retry` waits until `deadline` at most.
@@ -650,11 +741,11 @@ impl Client {
         cmd: Command<'_>,
         interpret: fn(Reply) -> Interpreted<T>,
     ) -> Result<T> {
-        self.check(&cmd)?;
+        let plain = self.check(&cmd)?;
         let deadline = self.deadline();
         loop {
             let index = self.route(key, deadline).await?;
-            let reply = match self.call(index, &cmd, deadline).await {
+            let reply = match self.call_checked(index, &cmd, plain, deadline).await {
                 // The node went down between routing and sending (its connection attempt
                 // failed while the request waited for it); the request was never written,
                 // so sending it again is safe.
@@ -662,7 +753,7 @@ impl Client {
                     match self.inner.policy {
                         FailurePolicy::Redistribute => {
                             let next = self.next_live(key, Some(index))?;
-                            let reply = self.call(next, &cmd, deadline).await?;
+                            let reply = self.call_checked(next, &cmd, plain, deadline).await?;
                             return self.interpret(next, reply, interpret);
                         }
                         // Wait for the node again, within the same deadline.
@@ -714,7 +805,7 @@ impl Client {
     }
 
     async fn keyed_noreply(&self, key: &[u8], cmd: Command<'_>) -> Result<()> {
-        self.check(&cmd)?;
+        let plain = self.check(&cmd)?;
         let deadline = self.deadline();
         let index = self.route(key, deadline).await?;
         let node = &self.inner.nodes[index];
@@ -722,7 +813,7 @@ impl Client {
         let quiet = self.inner.protocol == Protocol::Meta;
         let send = async {
             let permit = connection.reserve(encoded_size_hint(&cmd)).await?;
-            let (bytes, kind) = self.encode(&cmd, connection, quiet);
+            let (bytes, kind) = self.encode(&cmd, plain, connection, quiet);
             let request = Request {
                 bytes,
                 kind,
@@ -751,6 +842,21 @@ impl Client {
 
     /// Sends `cmd` to node `index` and waits for its reply, until `deadline`.
     async fn call(&self, index: usize, cmd: &Command<'_>, deadline: Instant) -> Result<Reply> {
+        let plain = cmd
+            .keys()
+            .all(|k| protocol::key::form_of(k) == KeyForm::Plain);
+        self.call_checked(index, cmd, plain, deadline).await
+    }
+
+    /// [`Client::call`] for a command whose keys were validated: `plain` says whether
+    /// they all travel as is.
+    async fn call_checked(
+        &self,
+        index: usize,
+        cmd: &Command<'_>,
+        plain: bool,
+        deadline: Instant,
+    ) -> Result<Reply> {
         let node = self.inner.nodes.get(index).ok_or(Error::NoNodeAvailable)?;
         let connection = node.connection();
         let timeout = self.inner.operation_timeout;
@@ -761,7 +867,7 @@ impl Client {
             // Room in the queue's byte budget first, so callers waiting for it hold no
             // encoded copy of their request.
             let permit = connection.reserve(encoded_size_hint(cmd)).await?;
-            let (bytes, kind) = self.encode(cmd, connection, false);
+            let (bytes, kind) = self.encode(cmd, plain, connection, false);
             connection.call(bytes, kind, permit).await
         };
         let result = match tokio::time::timeout_at(deadline, call).await {
@@ -786,17 +892,16 @@ impl Client {
     }
 
     /// Encodes `cmd` for `connection` and says what the driver should expect back.
+    /// `plain`: every key of `cmd` travels as is (as [`Client::check`] found).
     fn encode(
         &self,
         cmd: &Command<'_>,
+        plain: bool,
         connection: &ConnectionHandle,
         quiet: bool,
     ) -> (Bytes, RequestKind) {
         let mut buf = BytesMut::with_capacity(encoded_size_hint(cmd));
-        let plain_keys = || {
-            cmd.keys()
-                .all(|k| protocol::key::form_of(k) == KeyForm::Plain)
-        };
+        let plain_keys = || plain;
         let kind = match (self.inner.protocol, cmd) {
             // With `merge_gets`, the driver merges concurrent single-key gets into one
             // multi-key `get`, cheaper for the server than the same gets one by one.
@@ -819,8 +924,13 @@ impl Client {
             }
             (Protocol::Meta, _) => {
                 let opaque = connection.opaques(protocol::meta::opaque_count(cmd));
-                match protocol::meta::encode(cmd, &protocol::key::form_of, opaque, quiet, &mut buf)
-                {
+                let plain_form = |_: &[u8]| KeyForm::Plain;
+                let form: &dyn Fn(&[u8]) -> KeyForm = if plain {
+                    &plain_form
+                } else {
+                    &protocol::key::form_of
+                };
+                match protocol::meta::encode(cmd, form, opaque, quiet, &mut buf) {
                     Some(expect) => RequestKind::Reply(expect),
                     None => RequestKind::Quiet,
                 }
@@ -867,6 +977,7 @@ fn item(value: Value) -> Item {
         value: value.data,
         flags: value.flags,
         cas: value.cas,
+        recache: value.recache,
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::node::NodeState;
-use crate::protocol::RELATIVE_EXPIRY_LIMIT;
+use crate::protocol::{RecacheFlags, RELATIVE_EXPIRY_LIMIT};
 
 /// A username and password for memcached's text-protocol login (servers started with
 /// `-Y <file of user:password lines>`). Sent first on every connection, reconnects
@@ -74,8 +74,67 @@ pub struct Item {
     pub value: Bytes,
     /// The client flags stored with the value.
     pub flags: u32,
-    /// The CAS token, when the operation asked for it (`gets`).
+    /// The CAS token, when the operation asked for it (`gets`, and every read with
+    /// vivify on miss or a recache threshold).
     pub cas: Option<u64>,
+    /// The meta protocol's recache indications (`W` won, `Z` already won, `X` stale),
+    /// on every read in meta mode. A plain read sees `Z` (and an empty value) on a
+    /// placeholder someone won, `Z`/`X` on a value being recomputed; all false in text
+    /// mode.
+    pub recache: RecacheFlags,
+}
+
+/// Options of [`Client::get_with`](crate::Client::get_with): the meta protocol's
+/// retrieval flags that protect a hot key against a cache stampede, beside the CAS
+/// token and touch of `gets` and `gat`.
+///
+/// `vivify_on_miss` and `recache_below` need the meta protocol (in text mode the read
+/// fails with [`Error::MetaProtocolRequired`](crate::Error::MetaProtocolRequired)).
+/// With either, the returned item carries its CAS token and its
+/// [`Item::recache`] flags.
+///
+/// ```
+/// use memkeep::GetOptions;
+/// use std::time::Duration;
+///
+/// let options = GetOptions {
+///     vivify_on_miss: Some(Duration::from_secs(10)),
+///     recache_below: Some(Duration::from_secs(30)),
+///     ..GetOptions::default()
+/// };
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GetOptions {
+    /// Return the CAS token (as `gets` does).
+    pub cas: bool,
+    /// Reset the item's expiry on a hit (as `gat` does; meta `T`).
+    pub touch: Option<Expiry>,
+    /// Meta `N<ttl>`, vivify on miss: on a miss memcached creates an empty placeholder
+    /// item living this long (rounded up to whole seconds, at least 1 s) and answers
+    /// it with the win flag ([`RecacheFlags::win`]) to this caller only; callers that
+    /// read it before it is replaced see [`RecacheFlags::already_won`] and an empty
+    /// value. If the winner never stores, the placeholder expires after this TTL and the
+    /// next reader wins.
+    pub vivify_on_miss: Option<Duration>,
+    /// Meta `R<ttl>`, recache threshold: a hit whose remaining TTL is below this
+    /// (rounded up to whole seconds) wins the right to recache it
+    /// ([`RecacheFlags::win`] to one caller, [`RecacheFlags::already_won`] to the others
+    /// afterwards), so a hot item is refreshed before it expires. Items that never
+    /// expire never win this way.
+    pub recache_below: Option<Duration>,
+}
+
+impl GetOptions {
+    /// Whether these options need the meta protocol's recache flags.
+    pub(crate) fn needs_meta(&self) -> bool {
+        self.vivify_on_miss.is_some() || self.recache_below.is_some()
+    }
+}
+
+/// Whole seconds in `d`, rounded up.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// When an item expires.
@@ -114,7 +173,7 @@ impl Expiry {
         match self {
             Expiry::Never => 0,
             Expiry::In(d) => {
-                let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+                let secs = ceil_secs(d);
                 if secs == 0 {
                     -1
                 } else if secs <= RELATIVE_EXPIRY_LIMIT {

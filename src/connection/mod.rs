@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
@@ -181,6 +181,12 @@ impl ConnectionHandle {
         let wanted = u32::try_from(bytes)
             .unwrap_or(u32::MAX)
             .clamp(1, self.max_queued_bytes);
+        // Room now (the usual case): no waiter to register.
+        match self.budget.clone().try_acquire_many_owned(wanted) {
+            Ok(permit) => return Ok(permit),
+            Err(TryAcquireError::Closed) => return Err(Error::Shutdown),
+            Err(TryAcquireError::NoPermits) => {}
+        }
         self.budget
             .clone()
             .acquire_many_owned(wanted)
@@ -196,6 +202,12 @@ impl ConnectionHandle {
     /// Queues `request`, waiting for room in the channel. Cancel-safe: dropping the
     /// future before it completes means the request was not queued.
     pub(crate) async fn send(&self, request: Request) -> Result<(), Error> {
+        // Room in the channel now (the usual case): no waiter to register.
+        let request = match self.tx.try_send(request) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Shutdown),
+            Err(mpsc::error::TrySendError::Full(request)) => request,
+        };
         self.tx.send(request).await.map_err(|_| Error::Shutdown)
     }
 
@@ -214,7 +226,7 @@ impl ConnectionHandle {
             permit: Some(permit),
         })
         .await?;
-        rx.await.unwrap_or(Err(Error::Shutdown))
+        rx.await.unwrap_or_else(|_| Err(Error::Shutdown))
     }
 
     /// Asks a driver waiting out a reconnect backoff to try again as soon as the storm
@@ -583,13 +595,20 @@ impl Driver {
                 request = self.rx.recv(), if accepting => match request {
                     None => closing = true,
                     Some(request) => {
+                        // Others in flight: other callers are likely about to queue too.
+                        let concurrent = !self.in_flight.is_empty();
                         let mut open = OpenRun::Nothing;
                         self.enqueue(request, &mut write_buf, &mut open);
                         // Let the callers that are ready queue their requests first. On
                         // the multi-thread runtime a caller's send wakes this task into
                         // the worker's LIFO slot, ahead of the other woken callers; without
                         // this yield the driver would write one request per system call.
-                        tokio::task::yield_now().await;
+                        // A lone request (nothing else in flight: one caller at a time)
+                        // is written at once: the yield would only hand this task to the
+                        // other worker and cost that worker a wake-up per operation.
+                        if concurrent {
+                            tokio::task::yield_now().await;
+                        }
                         let mut taken = 1;
                         while taken < BATCH
                             && self.in_flight.len() < self.config.max_in_flight

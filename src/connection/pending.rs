@@ -449,6 +449,7 @@ mod tests {
             flags: None,
             cas: None,
             data: None,
+            recache: Default::default(),
         })
     }
 

@@ -14,7 +14,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-use super::{ErrorKind, Frame, MetaFrame, MetaStatus, TextStatus, MAX_LINE};
+use super::{ErrorKind, Frame, MetaFrame, MetaStatus, RecacheFlags, TextStatus, MAX_LINE};
 
 /// Why the byte stream can't be decoded. Every variant ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -227,11 +227,16 @@ fn sub_slice(whole: &Bytes, part: &[u8]) -> Bytes {
     whole.slice_ref(part)
 }
 
-fn parse_num<T: std::str::FromStr>(s: &[u8], what: &str, line: &[u8]) -> Result<T, DecodeError> {
-    std::str::from_utf8(s)
-        .ok()
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|t| t.parse().ok())
+fn parse_num<T: TryFrom<u64>>(s: &[u8], what: &str, line: &[u8]) -> Result<T, DecodeError> {
+    // One pass over the digits; an empty field, a non-digit or an overflow of T is malformed.
+    let mut n: Option<u64> = (!s.is_empty()).then_some(0);
+    for &b in s {
+        n = n.and_then(|n| {
+            let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+            n.checked_mul(10)?.checked_add(digit)
+        });
+    }
+    n.and_then(|n| T::try_from(n).ok())
         .ok_or_else(|| malformed(&format!("bad {what}"), line))
 }
 
@@ -276,6 +281,7 @@ fn parse_meta(
         flags: None,
         cas: None,
         data,
+        recache: RecacheFlags::default(),
     };
     while !flags.is_empty() {
         let (token, rest) = split_token(flags);
@@ -285,8 +291,11 @@ fn parse_meta(
             b"O" => frame.opaque = Some(parse_num(value, "opaque", line)?),
             b"f" => frame.flags = Some(parse_num(value, "client flags", line)?),
             b"c" => frame.cas = Some(parse_num(value, "cas", line)?),
-            // Other return flags (k, b, s, t, W, X, Z, ...) are not requested by this
-            // client; tolerate them so a proxy adding its own does not break us.
+            b"W" => frame.recache.win = true,
+            b"Z" => frame.recache.already_won = true,
+            b"X" => frame.recache.stale = true,
+            // Other return flags (k, b, s, t, ...) are not requested by this client;
+            // tolerate them so a proxy adding its own does not break us.
             _ => {}
         }
     }
@@ -368,6 +377,7 @@ mod tests {
             flags: None,
             cas: None,
             data: None,
+            recache: RecacheFlags::default(),
         }
     }
 
@@ -440,6 +450,39 @@ CLIENT_ERROR bad data chunk\r\nSERVER_ERROR out of memory\r\nVA 0\r\n\r\n";
     #[test]
     fn every_reply_kind_decodes() {
         assert_eq!(decode_all(MIXED).unwrap(), mixed_frames());
+    }
+
+    #[test]
+    fn recache_return_flags_decode() {
+        // Replies memcached 1.6.18 sent: a vivified placeholder won, the same seen by
+        // another caller, an invalidated item won, then seen again (flags in any order).
+        let stream = b"VA 0 c1 t30 W O1\r\n\r\nVA 0 c1 Z O2\r\n\r\n\
+VA 3 c3 t29 X W O3\r\nnew\r\nVA 3 c3 Z X O4\r\nnew\r\nHD c5\r\n";
+        let frames = decode_all(stream).unwrap();
+        let flags: Vec<(bool, bool, bool)> = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Meta(m) => (m.recache.win, m.recache.already_won, m.recache.stale),
+                other => panic!("not a meta frame: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (true, false, false),
+                (false, true, false),
+                (true, false, true),
+                (false, true, true),
+                (false, false, false)
+            ]
+        );
+        let Frame::Meta(won) = &frames[2] else {
+            unreachable!()
+        };
+        assert_eq!(
+            (won.cas, won.opaque, won.data.as_deref()),
+            (Some(3), Some(3), Some(&b"new"[..]))
+        );
     }
 
     #[test]
@@ -631,6 +674,15 @@ VALUE big 1 12 5\r\nhello world!\r\nVALUE k 0 2\r\nhi\r\nEND\r\n";
                 if let Some(o) = m.opaque {
                     out.extend_from_slice(format!(" O{o}").as_bytes());
                 }
+                for (set, flag) in [
+                    (m.recache.win, " W"),
+                    (m.recache.already_won, " Z"),
+                    (m.recache.stale, " X"),
+                ] {
+                    if set {
+                        out.extend_from_slice(flag.as_bytes());
+                    }
+                }
                 out.extend_from_slice(b"\r\n");
                 if let Some(data) = &m.data {
                     out.extend_from_slice(data);
@@ -664,27 +716,35 @@ VALUE big 1 12 5\r\nhello world!\r\nVALUE k 0 2\r\nhi\r\nEND\r\n";
                 proptest::option::of(any::<u32>()),
                 proptest::option::of(any::<u32>()),
                 proptest::option::of(any::<u64>()),
-                data
+                data,
+                any::<[bool; 3]>()
             )
-                .prop_map(|(s, opaque, flags, cas, data)| {
-                    let status = [
-                        MetaStatus::Value,
-                        MetaStatus::Ok,
-                        MetaStatus::Miss,
-                        MetaStatus::NotFound,
-                        MetaStatus::NotStored,
-                        MetaStatus::Exists,
-                        MetaStatus::Noop,
-                    ][s];
-                    let data = (status == MetaStatus::Value).then_some(data);
-                    Frame::Meta(MetaFrame {
-                        status,
-                        opaque,
-                        flags,
-                        cas,
-                        data,
-                    })
-                }),
+                .prop_map(
+                    |(s, opaque, flags, cas, data, [win, already_won, stale])| {
+                        let status = [
+                            MetaStatus::Value,
+                            MetaStatus::Ok,
+                            MetaStatus::Miss,
+                            MetaStatus::NotFound,
+                            MetaStatus::NotStored,
+                            MetaStatus::Exists,
+                            MetaStatus::Noop,
+                        ][s];
+                        let data = (status == MetaStatus::Value).then_some(data);
+                        Frame::Meta(MetaFrame {
+                            status,
+                            opaque,
+                            flags,
+                            cas,
+                            data,
+                            recache: RecacheFlags {
+                                win,
+                                already_won,
+                                stale,
+                            },
+                        })
+                    }
+                ),
             any::<u64>().prop_map(Frame::Number),
             Just(Frame::End),
         ]

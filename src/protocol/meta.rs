@@ -108,6 +108,43 @@ pub(crate) fn encode(
             end(buf, opaque, quiet);
             (!quiet).then_some(single)
         }
+        Command::GetRecache {
+            key,
+            vivify,
+            recache,
+            touch,
+        } => {
+            put_key(buf, b"mg ", key, form(key));
+            buf.put_slice(b" v f c");
+            if let Some(ttl) = vivify {
+                buf.put_slice(b" N");
+                put_i64(buf, ttl);
+            }
+            if let Some(secs) = recache {
+                buf.put_slice(b" R");
+                put_u64(buf, secs);
+            }
+            if let Some(t) = touch {
+                buf.put_slice(b" T");
+                put_i64(buf, t);
+            }
+            end(buf, opaque, quiet);
+            (!quiet).then_some(single)
+        }
+        Command::Invalidate { key, exptime, cas } => {
+            put_key(buf, b"md ", key, form(key));
+            buf.put_slice(b" I");
+            if let Some(t) = exptime {
+                buf.put_slice(b" T");
+                put_i64(buf, t);
+            }
+            if let Some(cas) = cas {
+                buf.put_slice(b" C");
+                put_u64(buf, cas);
+            }
+            end(buf, opaque, quiet);
+            (!quiet).then_some(single)
+        }
         // No meta forms exist for these; memcached takes text commands on the same
         // connection.
         Command::FlushAll | Command::Version | Command::Stats => Some(text::encode(cmd, buf)),
@@ -266,6 +303,51 @@ mod tests {
             .0,
             "mg k T5 O7\r\n"
         );
+    }
+
+    #[test]
+    fn recache_get_and_invalidate() {
+        let get = |vivify, recache, touch| Command::GetRecache {
+            key: b"k",
+            vivify,
+            recache,
+            touch,
+        };
+        assert_eq!(
+            wire(get(Some(30), None, None), false),
+            (
+                "mg k v f c N30 O7\r\n".into(),
+                Some(Expect::Meta { opaque: 7 })
+            )
+        );
+        assert_eq!(
+            wire(get(Some(5), Some(10), Some(60)), false).0,
+            "mg k v f c N5 R10 T60 O7\r\n"
+        );
+        assert_eq!(wire(get(None, None, None), false).0, "mg k v f c O7\r\n");
+        let invalidate = |exptime, cas| Command::Invalidate {
+            key: b"k",
+            exptime,
+            cas,
+        };
+        assert_eq!(
+            wire(invalidate(None, None), false),
+            ("md k I O7\r\n".into(), Some(Expect::Meta { opaque: 7 }))
+        );
+        assert_eq!(
+            wire(invalidate(Some(30), Some(12)), false).0,
+            "md k I T30 C12 O7\r\n"
+        );
+        let mut buf = BytesMut::new();
+        let form = |_: &[u8]| KeyForm::Base64;
+        let binary = Command::GetRecache {
+            key: b"a b",
+            vivify: Some(1),
+            recache: None,
+            touch: None,
+        };
+        encode(&binary, &form, 1, false, &mut buf);
+        assert_eq!(&buf[..], b"mg YSBi b v f c N1 O1\r\n");
     }
 
     #[test]

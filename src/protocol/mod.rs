@@ -118,6 +118,35 @@ pub(crate) struct MetaFrame {
     pub(crate) flags: Option<u32>,
     pub(crate) cas: Option<u64>,
     pub(crate) data: Option<Bytes>,
+    /// The `W`, `Z` and `X` return flags.
+    pub(crate) recache: RecacheFlags,
+}
+
+/// The recache indications memcached's meta protocol adds to a retrieved item: the
+/// return flags `W`, `Z` and `X` of `mg`. They tell callers which one of them should
+/// recompute the value, so that a hot key that expires or is invalidated is recomputed
+/// once instead of by every caller at once (a cache stampede).
+///
+/// memcached sends them on any `mg` of an item in that state, plain reads included
+/// (a plain `get` of a placeholder someone won returns it empty with `already_won`).
+/// They are always false in text-protocol mode (the text protocol has no such flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct RecacheFlags {
+    /// `W`, "won": this caller has won the right to recache the item and should
+    /// compute and store it. memcached hands it to exactly one caller: on a miss with
+    /// vivify-on-miss (`N`, the item then is an empty placeholder), on a hit whose
+    /// remaining TTL is below the recache threshold (`R`), or on the first read of an
+    /// item marked stale.
+    pub win: bool,
+    /// `Z`, "already won": the win flag was already sent to another caller, who is
+    /// recomputing the item. The value (if it is not the empty placeholder) may be
+    /// used meanwhile.
+    pub already_won: bool,
+    /// `X`, "stale": the item was invalidated (`md` with `I`, see
+    /// `Client::invalidate`); its value is outdated but may be served while the winner
+    /// recomputes it.
+    pub stale: bool,
 }
 
 /// How a storage command stores.
@@ -169,6 +198,22 @@ pub(crate) enum Command<'a> {
         key: &'a [u8],
         exptime: i64,
     },
+    /// Meta-only `mg` with the value, client flags and CAS token, and the recache
+    /// flags: `vivify` (`N`, an encoded expiry), `recache` (`R`, seconds of remaining
+    /// TTL below which a hit wins), `touch` (`T`, an encoded expiry).
+    GetRecache {
+        key: &'a [u8],
+        vivify: Option<i64>,
+        recache: Option<u64>,
+        touch: Option<i64>,
+    },
+    /// Meta-only `md` with `I`: marks the item stale instead of deleting it, with a new
+    /// TTL (`T`, an encoded expiry) if given, only if its CAS token is `cas` if given.
+    Invalidate {
+        key: &'a [u8],
+        exptime: Option<i64>,
+        cas: Option<u64>,
+    },
     FlushAll,
     Version,
     Stats,
@@ -182,11 +227,21 @@ impl Command<'_> {
             | Command::Store { key, .. }
             | Command::Delete { key }
             | Command::Arith { key, .. }
-            | Command::Touch { key, .. } => (Some(key), &[]),
+            | Command::Touch { key, .. }
+            | Command::GetRecache { key, .. }
+            | Command::Invalidate { key, .. } => (Some(key), &[]),
             Command::GetMany { keys } => (None, keys),
             Command::FlushAll | Command::Version | Command::Stats => (None, &[]),
         };
         one.into_iter().chain(many.iter().copied())
+    }
+
+    /// True for commands only the meta protocol can carry.
+    pub(crate) fn is_meta_only(&self) -> bool {
+        matches!(
+            self,
+            Command::GetRecache { .. } | Command::Invalidate { .. }
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::{ErrorKind, Frame, MetaFrame, MetaStatus, Reply, TextStatus};
+use super::{ErrorKind, Frame, MetaFrame, MetaStatus, RecacheFlags, Reply, TextStatus};
 
 /// Why a reply is not the outcome a command waits for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub(crate) struct Value {
     pub(crate) data: Bytes,
     pub(crate) flags: u32,
     pub(crate) cas: Option<u64>,
+    /// The meta `W`/`Z`/`X` flags (all false from the text protocol).
+    pub(crate) recache: RecacheFlags,
 }
 
 /// The server's error line as a refusal; anything else as not what was `wanted`.
@@ -50,6 +52,7 @@ fn meta_value(m: MetaFrame) -> Value {
         data: m.data.unwrap_or_default(),
         flags: m.flags.unwrap_or(0),
         cas: m.cas,
+        recache: m.recache,
     }
 }
 
@@ -138,7 +141,12 @@ pub(crate) fn item(reply: Reply) -> Interpreted<Option<Value>> {
         Reply::Values(values) => Ok(values.into_iter().find_map(|frame| match frame {
             Frame::Value {
                 flags, cas, data, ..
-            } => Some(Value { data, flags, cas }),
+            } => Some(Value {
+                data,
+                flags,
+                cas,
+                recache: RecacheFlags::default(),
+            }),
             _ => None,
         })),
         Reply::Meta(m) if m.status == MetaStatus::Value => Ok(Some(meta_value(m))),
@@ -159,7 +167,15 @@ pub(crate) fn items(reply: Reply, keys: &[&[u8]]) -> Interpreted<Vec<(Vec<u8>, V
                     flags,
                     cas,
                     data,
-                } => Some((key.to_vec(), Value { data, flags, cas })),
+                } => Some((
+                    key.to_vec(),
+                    Value {
+                        data,
+                        flags,
+                        cas,
+                        recache: RecacheFlags::default(),
+                    },
+                )),
                 _ => None,
             })
             .collect()),
@@ -209,6 +225,7 @@ mod tests {
             flags: None,
             cas: None,
             data: None,
+            recache: Default::default(),
         })
     }
 

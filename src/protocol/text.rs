@@ -98,6 +98,18 @@ pub(crate) fn encode(cmd: &Command<'_>, buf: &mut BytesMut) -> Expect {
             buf.put_slice(b"\r\n");
             Expect::TextLine
         }
+        // The text protocol has no recache flags and no invalidation; the client refuses
+        // these commands in text mode before encoding (`Error::MetaProtocolRequired`).
+        // Should one get here anyway, a plain read of the key is written: it changes
+        // nothing on the server.
+        Command::GetRecache { key, .. } | Command::Invalidate { key, .. } => encode(
+            &Command::Get {
+                key,
+                cas: true,
+                touch: None,
+            },
+            buf,
+        ),
         Command::FlushAll => {
             buf.put_slice(b"flush_all\r\n");
             Expect::TextLine

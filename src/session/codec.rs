@@ -55,10 +55,12 @@ impl Codec for MessagePack {
 
 /// JSON via serde_json (feature `codec-json`).
 #[cfg(feature = "codec-json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-json")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Json;
 
 #[cfg(feature = "codec-json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-json")))]
 impl Codec for Json {
     const KIND: CodecKind = CodecKind::Json;
 
@@ -73,10 +75,12 @@ impl Codec for Json {
 
 /// postcard (feature `codec-postcard`): compact, not self-describing.
 #[cfg(feature = "codec-postcard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-postcard")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Postcard;
 
 #[cfg(feature = "codec-postcard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-postcard")))]
 impl Codec for Postcard {
     const KIND: CodecKind = CodecKind::Postcard;
 
@@ -91,10 +95,12 @@ impl Codec for Postcard {
 
 /// CBOR via cbor4ii (feature `codec-cbor`).
 #[cfg(feature = "codec-cbor")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-cbor")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cbor;
 
 #[cfg(feature = "codec-cbor")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-cbor")))]
 impl Codec for Cbor {
     const KIND: CodecKind = CodecKind::Cbor;
 
@@ -109,10 +115,12 @@ impl Codec for Cbor {
 
 /// bitcode (feature `codec-bitcode`): fastest, not self-describing.
 #[cfg(feature = "codec-bitcode")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-bitcode")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Bitcode;
 
 #[cfg(feature = "codec-bitcode")]
+#[cfg_attr(docsrs, doc(cfg(feature = "codec-bitcode")))]
 impl Codec for Bitcode {
     const KIND: CodecKind = CodecKind::Bitcode;
 

@@ -143,6 +143,7 @@ pub struct SessionConfig {
     pub(crate) max_local_sessions: usize,
     pub(crate) auto_readonly_bytes: usize,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lifecycle: super::lifecycle::LifecycleConfig,
 }
 
 impl fmt::Debug for SessionConfig {
@@ -230,6 +231,7 @@ pub struct SessionConfigBuilder {
     max_local_sessions: usize,
     auto_readonly_bytes: usize,
     clock: Arc<dyn Clock>,
+    pub(crate) lifecycle: super::lifecycle::LifecycleConfig,
 }
 
 impl Default for SessionConfigBuilder {
@@ -256,6 +258,7 @@ impl Default for SessionConfigBuilder {
             max_local_sessions: 100_000,
             auto_readonly_bytes: 64 * 1024,
             clock: Arc::new(SystemClock),
+            lifecycle: Default::default(),
         }
     }
 }
@@ -279,6 +282,8 @@ impl SessionConfigBuilder {
 
     /// Failover node ids, comma or space separated: used for new sessions only when no
     /// other node is up (list the memcached on this instance's own machine here).
+    /// Sticky mode only (as in memcached-session-manager): [`build`](Self::build) refuses
+    /// it with [`Mode::NonSticky`].
     pub fn failover_nodes(mut self, ids: impl Into<String>) -> Self {
         self.failover_nodes = Some(ids.into());
         self
@@ -456,6 +461,15 @@ impl SessionConfigBuilder {
                 ));
             }
         }
+        if self.mode == Mode::NonSticky && !failover_nodes.is_empty() {
+            return Err(SessionError::config(
+                "failover_nodes",
+                "failover nodes are a sticky-mode setting (they keep an instance's own machine's \
+                 node out of its sessions' placement); in non-sticky mode every instance serves \
+                 every session, so there is no own machine to avoid: remove failover_nodes or \
+                 use Mode::Sticky",
+            ));
+        }
         let locking = self
             .locking
             .map_err(|reason| SessionError::config("locking", reason))?;
@@ -558,6 +572,7 @@ impl SessionConfigBuilder {
             max_local_sessions: self.max_local_sessions,
             auto_readonly_bytes: self.auto_readonly_bytes,
             clock: self.clock,
+            lifecycle: self.lifecycle,
         })
     }
 }
@@ -689,6 +704,26 @@ mod tests {
             let r = SessionConfig::builder().nodes(bad).build();
             assert_eq!(field_of(r), "nodes", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn failover_nodes_are_refused_in_non_sticky_mode() {
+        let r = SessionConfig::builder()
+            .nodes("n1:h:1,n2:h:2")
+            .mode(Mode::NonSticky)
+            .failover_nodes("n1")
+            .build();
+        let message = r
+            .as_ref()
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert_eq!(field_of(r), "failover_nodes");
+        assert!(message.contains("sticky"), "{message}");
+        let ok = SessionConfig::builder()
+            .nodes("n1:h:1,n2:h:2")
+            .mode(Mode::NonSticky)
+            .build();
+        assert!(ok.is_ok());
     }
 
     #[test]

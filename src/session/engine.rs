@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::config::{LockTimeoutPolicy, LockingMode, Mode, SessionConfig};
 use super::id::{SessionId, SessionKey};
+use super::listeners::SessionEventKind;
 use super::local::{LocalSessions, Slot, SlotState};
 use super::lock::{self, HeldLock, LockOutcome};
 use super::model::{Session, SessionData, WriteSnapshot};
@@ -231,8 +232,10 @@ impl Engine {
             // with the nodes that held them (two node faults: out of scope).
             None => return memory.filter(|_| pending),
         };
-        if validity.is_expired_at(super::clock::unix_millis(now)) {
+        let now_ms = super::clock::unix_millis(now);
+        if validity.is_expired_at(now_ms) || self.lifetime_over(stored.created_ms, now_ms) {
             self.stats.expired.fetch_add(1, Relaxed);
+            self.emit(SessionEventKind::Expired, id, None);
             return None;
         }
         let route = match self.config.mode {
@@ -241,6 +244,7 @@ impl Engine {
         };
         if self.config.mode == Mode::Sticky && id.route() != route {
             self.stats.instance_takeovers.fetch_add(1, Relaxed);
+            self.emit(SessionEventKind::TakenOver, &id.with_route(route), Some(id));
             tracing::info!(
                 from = id.route(),
                 to = route,
@@ -249,6 +253,7 @@ impl Engine {
         }
         if !s.known.holds(id.node(), version) {
             self.stats.restores_from_backup.fetch_add(1, Relaxed);
+            self.emit(SessionEventKind::RestoredFromBackup, id, None);
             tracing::warn!(
                 node = id.node(),
                 "the id's primary node does not hold the latest copy; served from another copy"
@@ -305,6 +310,7 @@ impl Engine {
             self.config.max_inactive_interval,
         );
         self.stats.sessions_created.fetch_add(1, Relaxed);
+        self.emit(SessionEventKind::Created, data.id(), None);
         Ok(Session::from_data(data))
     }
 
@@ -440,7 +446,7 @@ impl Engine {
 
     /// Re-reads the latest version and re-bases this request's own changes onto it.
     /// `Some` when the session turned out to be invalidated.
-    async fn merge_latest(
+    pub(crate) async fn merge_latest(
         &self,
         session: &Session,
         key: &SessionKey,
@@ -541,6 +547,9 @@ impl Engine {
             );
         }
         let new_id = id.with_nodes(&copies.primary, copies.backup.as_deref());
+        if id.node() != copies.primary {
+            self.emit(SessionEventKind::Relocated, &new_id, Some(id));
+        }
         d.set_id(new_id);
     }
 
@@ -577,6 +586,7 @@ impl Engine {
             )
         };
         self.stats.invalidations.fetch_add(1, Relaxed);
+        self.emit(SessionEventKind::Invalidated, &id, None);
         let mut nodes: Vec<String> = known.nodes().map(str::to_owned).collect();
         for n in std::iter::once(id.node()).chain(id.backup()) {
             if self.store.knows(n) && !nodes.iter().any(|k| k == n) {

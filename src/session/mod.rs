@@ -43,6 +43,8 @@ mod engine;
 mod error;
 pub mod format;
 pub mod id;
+mod lifecycle;
+pub mod listeners;
 mod local;
 mod lock;
 pub mod model;
@@ -65,10 +67,12 @@ pub use cookie::{
 };
 pub use error::SessionError;
 pub use id::{SessionId, SessionKey};
+pub use listeners::{SessionEvent, SessionEventKind, SessionListener};
 pub use model::{AttributeValue, Session, SessionData, SessionGuard};
 pub use request::{SaveOutcome, SessionRequest};
 pub use service::{BackupSessionService, RequestInfo};
 pub use stats::{DistributionSnapshot, SessionStats, StatsSnapshot};
 
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;

@@ -31,6 +31,14 @@ use super::format::{self, StoredSession, Validity};
 use super::id::SessionId;
 use super::SessionError;
 
+/// Attribute names starting with this are the lifecycle's own (the principal binding):
+/// stored and merged like attributes, hidden from the application's attribute API.
+pub const RESERVED_PREFIX: &str = "\u{1}memkeep.";
+
+fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
+
 /// The bounds of a value that can be kept in a session.
 pub trait AttributeValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> AttributeValue for T {}
@@ -232,27 +240,43 @@ impl SessionData {
 
     /// The attribute names, in order.
     pub fn attribute_names(&self) -> Vec<String> {
-        self.attrs.keys().cloned().collect()
+        self.user_attrs().cloned().collect()
     }
 
     /// Number of attributes.
     pub fn len(&self) -> usize {
-        self.attrs.len()
+        self.user_attrs().count()
     }
 
     /// True when there is no attribute.
     pub fn is_empty(&self) -> bool {
-        self.attrs.is_empty()
+        self.user_attrs().next().is_none()
     }
 
     /// True when the attribute exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.attrs.contains_key(name)
+        !is_reserved(name) && self.attrs.contains_key(name)
+    }
+
+    /// The application's attribute names (the lifecycle's reserved ones left out).
+    fn user_attrs(&self) -> impl Iterator<Item = &String> {
+        self.attrs.keys().filter(|n| !is_reserved(n))
     }
 
     /// Decodes the attribute `name` as a `T`. `Ok(None)` when absent; an error when the
     /// stored value is not a `T`.
     pub fn get<T: AttributeValue + Clone>(&self, name: &str) -> Result<Option<T>, SessionError> {
+        if is_reserved(name) {
+            return Ok(None);
+        }
+        self.get_any(name)
+    }
+
+    /// `get` without the reserved-name check (the lifecycle's own attributes).
+    pub(crate) fn get_any<T: AttributeValue + Clone>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, SessionError> {
         let Some(attr) = self.attrs.get(name) else {
             return Ok(None);
         };
@@ -273,6 +297,9 @@ impl SessionData {
         name: &str,
     ) -> Result<Option<&mut T>, SessionError> {
         let codec = self.codec;
+        if is_reserved(name) {
+            return Ok(None);
+        }
         let Some(attr) = self.attrs.get_mut(name) else {
             return Ok(None);
         };
@@ -294,6 +321,21 @@ impl SessionData {
 
     /// Sets the attribute `name` (encoded at once).
     pub fn insert<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), SessionError> {
+        if is_reserved(name) {
+            return Err(SessionError::Codec {
+                codec: self.codec.name(),
+                reason: format!("attribute names starting with {RESERVED_PREFIX:?} are reserved for the session's lifecycle"),
+            });
+        }
+        self.insert_any(name, value)
+    }
+
+    /// `insert` without the reserved-name check (the lifecycle's own attributes).
+    pub(crate) fn insert_any<T: Serialize + ?Sized>(
         &mut self,
         name: &str,
         value: &T,
@@ -322,6 +364,9 @@ impl SessionData {
 
     /// Removes the attribute `name`; true when it existed.
     pub fn remove(&mut self, name: &str) -> bool {
+        if is_reserved(name) {
+            return false;
+        }
         let Some(attr) = self.attrs.remove(name) else {
             return false;
         };
@@ -344,10 +389,15 @@ impl SessionData {
 
     /// Removes every attribute.
     pub fn clear(&mut self) {
-        if !self.attrs.is_empty() {
+        if !self.is_empty() {
             self.change_gen += 1;
             let gen = self.change_gen;
-            for (name, attr) in std::mem::take(&mut self.attrs) {
+            let (reserved, user): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                std::mem::take(&mut self.attrs)
+                    .into_iter()
+                    .partition(|(name, _)| is_reserved(name));
+            self.attrs = reserved;
+            for (name, attr) in user {
                 if attr.stored_hash.is_some() {
                     self.removed.insert(name, gen);
                 }
@@ -359,6 +409,43 @@ impl SessionData {
 
     pub(crate) fn set_id(&mut self, id: SessionId) {
         self.id = id;
+    }
+
+    /// The same session under a new id (rotation): every attribute, the creation time,
+    /// the last access and the interval, as a brand-new record (nothing stored yet under
+    /// the new key yet, or `base_version` of an earlier copy: everything needs a write).
+    pub(crate) fn rotated(
+        &self,
+        id: SessionId,
+        base_version: u64,
+    ) -> Result<SessionData, SessionError> {
+        let codec = self.codec;
+        let mut attrs = BTreeMap::new();
+        for (name, attr) in &self.attrs {
+            attrs.insert(
+                name.clone(),
+                Attr {
+                    bytes: attr.current_bytes(codec)?,
+                    stored_hash: None,
+                    live: None,
+                },
+            );
+        }
+        Ok(SessionData {
+            id,
+            codec,
+            created_ms: self.created_ms,
+            last_access_ms: self.last_access_ms,
+            max_inactive: self.max_inactive,
+            is_new: false,
+            attrs,
+            change_gen: 1,
+            written_gen: None,
+            invalidated: false,
+            base_version,
+            removed: BTreeMap::new(),
+            interval_changed_gen: None,
+        })
     }
 
     pub(crate) fn mark_not_new(&mut self) {

@@ -8,7 +8,8 @@ use super::config::Mode;
 use super::cookie::CookieDecision;
 use super::engine::{Engine, Saved, WritePolicy};
 use super::id::{SessionId, SessionKey};
-use super::local::Slot;
+use super::lifecycle::Rotated;
+use super::local::{Slot, SlotState};
 use super::model::Session;
 use super::store::KnownCopies;
 use super::SessionError;
@@ -40,6 +41,8 @@ struct ReqState {
     /// `invalidate()` found no session under the id presented: its key still gets
     /// tombstones at `finish` (a write of it may be queued, or in flight, elsewhere).
     invalidate_presented: Option<SessionId>,
+    /// `cycle_id()` was called: the session moves to a new id at `finish`.
+    rotate: bool,
     finished: bool,
 }
 
@@ -127,6 +130,18 @@ impl Drop for RequestInner {
     }
 }
 
+/// How a request's write may treat a newer stored version (see [`WritePolicy`]).
+fn write_policy(s: &SlotState, locked_request: bool) -> WritePolicy {
+    match &s.lock {
+        Some(l) => WritePolicy::Locked {
+            node: l.node.clone(),
+            token: l.token.clone(),
+        },
+        None if s.unlocked_guess && !locked_request => WritePolicy::Refuse,
+        None => WritePolicy::Merge,
+    }
+}
+
 /// One request's view of its session. Cheap to clone (the tower layer puts a clone in
 /// the request's extensions). Loads lazily: a request that never asks for its session
 /// costs no memcached round trip.
@@ -209,12 +224,27 @@ impl SessionRequest {
             st.slot = Some((key, Arc::clone(&slot)));
             st.locked_request = needs_lock;
             match engine.load(&id, &slot, needs_lock).await {
-                Ok(Some(sess)) => {
-                    st.presented = Some(candidate.clone());
-                    st.session = Some(sess.clone());
-                    st.loaded = true;
-                    return Ok(Some(sess));
-                }
+                Ok(Some(sess)) => match engine.principal_alive(&sess).await {
+                    Ok(true) => {
+                        st.presented = Some(candidate.clone());
+                        st.session = Some(sess.clone());
+                        st.loaded = true;
+                        return Ok(Some(sess));
+                    }
+                    Ok(false) => {
+                        // Its principal was logged out everywhere: the session dies now,
+                        // on every instance (tombstones, as an invalidation).
+                        st.presented = Some(candidate.clone());
+                        engine.stats.principal_logouts.fetch_add(1, Relaxed);
+                        sess.invalidate();
+                        let mut s = slot.state.lock().await;
+                        if let Err(e) = engine.invalidate(&sess, &s.known).await {
+                            tracing::warn!(error = %e, "session of a logged-out principal: tombstones not written; the principal's generation keeps refusing it");
+                        }
+                        s.session = None;
+                    }
+                    Err(e) => failure = Some(e),
+                },
                 Ok(None) => {}
                 // Another candidate may still load (a forged first id naming a node that
                 // is down must not hide the real session); the request fails only if none
@@ -293,6 +323,55 @@ impl SessionRequest {
         Ok(session)
     }
 
+    /// Rotates the session's id at the end of the request, keeping its data (the
+    /// Servlet API's `changeSessionId`, tower-sessions' `cycle_id`): call it on login
+    /// or any privilege change, against session fixation. At [`SessionRequest::finish`]
+    /// the session (with this request's changes) is written under a new random key on
+    /// every copy, then the old id is invalidated on every instance (tombstones, as
+    /// [`SessionRequest::invalidate`] does); `finish` returns the new id in
+    /// `SaveOutcome::cookie` (`Set`) and `session_id`. A write of the old id by a
+    /// request that overlaps the rotation is either carried over to the new id or
+    /// refused (never acknowledged and then lost). Returns the session (`None`: the
+    /// request has no session, nothing to rotate).
+    #[doc(alias = "change_session_id")]
+    #[doc(alias = "renew")]
+    pub async fn cycle_id(&self) -> Result<Option<Session>, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        let session = self.load(&mut st).await?;
+        st.rotate = session.is_some();
+        Ok(session)
+    }
+
+    /// Binds the request's session (created if there is none) to `principal` (the
+    /// user's stable name, e.g. an account id) on login: a later
+    /// [`BackupSessionService::invalidate_principal`](super::BackupSessionService::invalidate_principal)
+    /// of that principal ends the session on its next request, on any instance. Costs
+    /// one read of the principal's generation now and on every later load of the
+    /// session (see docs/session.md, "Lifecycle"). Combine with
+    /// [`SessionRequest::cycle_id`] on login.
+    pub async fn bind_principal(&self, principal: &str) -> Result<Session, SessionError> {
+        let session = self.get_or_create().await?;
+        self.inner
+            .engine
+            .bind_principal(&session, principal)
+            .await?;
+        Ok(session)
+    }
+
+    /// Logs `principal` out everywhere, from a request handler (the same as
+    /// [`BackupSessionService::invalidate_principal`](super::BackupSessionService::invalidate_principal);
+    /// here so that a handler that only has the axum extractor can call it). This
+    /// request's own session, if bound to `principal`, is invalidated too.
+    pub async fn invalidate_principal(&self, principal: &str) -> Result<u64, SessionError> {
+        let mut st = self.inner.state.lock().await;
+        let own = self.load(&mut st).await?;
+        let generation = self.inner.engine.invalidate_principal(principal).await?;
+        if let Some(s) = own.filter(|s| s.principal().as_deref() == Some(principal)) {
+            s.invalidate();
+        }
+        Ok(generation)
+    }
+
     /// Invalidates the request's session (if it has one): every copy is replaced by a
     /// tombstone when the request finishes, and the cookie is removed.
     ///
@@ -339,6 +418,7 @@ impl SessionRequest {
         }
         let mut outcome = SaveOutcome::default();
         let mut gone = false;
+        let mut rotated = None;
         let session = st.session.clone();
         if let (Some(session), Some((_, slot))) = (&session, &st.slot) {
             let mut s = slot.state.lock().await;
@@ -348,15 +428,22 @@ impl SessionRequest {
                 }
                 s.session = None;
                 gone = true;
+            } else if result.is_ok() && st.rotate {
+                // The old key's slot is left below as for a gone session.
+                let policy = write_policy(&s, st.locked_request);
+                match engine.rotate(session, &mut s.known, policy).await {
+                    Ok(Rotated::Done(new, known)) => {
+                        outcome.written = true;
+                        rotated = Some((new, known));
+                    }
+                    Ok(Rotated::Gone) => {}
+                    Err(e) => result = Err(e),
+                }
+                s.session = None;
+                s.loaded = false;
+                gone = true;
             } else if result.is_ok() {
-                let policy = match &s.lock {
-                    Some(l) => WritePolicy::Locked {
-                        node: l.node.clone(),
-                        token: l.token.clone(),
-                    },
-                    None if s.unlocked_guess && !st.locked_request => WritePolicy::Refuse,
-                    None => WritePolicy::Merge,
-                };
+                let policy = write_policy(&s, st.locked_request);
                 let changed = session.lock().is_changed().unwrap_or(true);
                 if changed && s.unlocked_guess && s.lock.is_none() {
                     engine.stats.auto_readonly_misses.fetch_add(1, Relaxed);
@@ -393,6 +480,26 @@ impl SessionRequest {
                 engine.release_lock(&key, &slot).await;
             }
         }
+        let session = match rotated {
+            Some((new, known)) => {
+                // Sticky mode keeps the session in memory under its new key.
+                let key = new.lock().id().key();
+                let slot = engine.local.join(key);
+                {
+                    let mut s = slot.state.lock().await;
+                    s.loaded = true;
+                    s.session = Some(new.clone());
+                    s.known = known;
+                }
+                engine.local.leave(&key, &slot);
+                if engine.config.mode == Mode::NonSticky {
+                    engine.local.forget(&key, &slot);
+                }
+                gone = false;
+                Some(new)
+            }
+            None => session,
+        };
         let live = session.filter(|s| !gone && !s.is_invalidated());
         match &live {
             Some(s) if result.is_ok() => {

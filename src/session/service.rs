@@ -166,6 +166,18 @@ impl BackupSessionService {
         self.inner.config.cookie.values_in(header)
     }
 
+    /// Logs `principal` out everywhere ("log out everywhere": password change, stolen
+    /// device): every session bound to it with
+    /// [`SessionRequest::bind_principal`](super::SessionRequest::bind_principal)
+    /// before this call is gone on its next request, on any instance (and is
+    /// invalidated then). Sessions bound after it live on. Returns the principal's new
+    /// generation. Costs a read and a write of the principal's generation record on
+    /// every memcached node (see docs/session.md, "Lifecycle").
+    pub async fn invalidate_principal(&self, principal: &str) -> Result<u64, SessionError> {
+        let generation = self.inner.invalidate_principal(principal).await?;
+        Ok(generation)
+    }
+
     /// The `Set-Cookie` value for a decision (`None`: send nothing).
     pub fn set_cookie_value(&self, decision: &CookieDecision) -> Option<String> {
         self.inner.config.cookie.set_cookie_value(decision)

@@ -271,6 +271,13 @@ counters! {
     /// Async mode: queued writes superseded by a later write of the same session before
     /// they were sent (only the latest state is written).
     async_coalesced,
+    /// Session ids rotated (`cycle_id`): the data moved to a new id, the old one died.
+    id_rotations,
+    /// Sessions not served because their principal was logged out everywhere since
+    /// they were bound (each is invalidated).
+    principal_logouts,
+    /// Principals logged out everywhere by this instance (`invalidate_principal`).
+    principal_invalidations,
 }
 
 #[cfg(test)]

@@ -734,6 +734,14 @@ impl DemoCluster {
         self.child.as_ref().map(Child::id)
     }
 
+    /// SIGKILLs the launcher (it gets no chance to stop anything) and reaps it.
+    pub fn kill_launcher(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM and wait (bounded); returns its exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;

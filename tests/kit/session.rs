@@ -128,6 +128,31 @@ impl Browser {
         Ok((r, outcome))
     }
 
+    /// A login: the session (created if needed) gets `user = 7`, is bound to
+    /// `principal` when one is given, and its id is rotated. Keeps the new cookie.
+    pub async fn login(
+        &mut self,
+        svc: &BackupSessionService,
+        principal: Option<&str>,
+    ) -> Result<SaveOutcome, SessionError> {
+        let req = svc.request(RequestInfo::new("/login").session_id(self.cookie.as_deref()));
+        let prepared = async {
+            let session = match principal {
+                Some(p) => req.bind_principal(p).await?,
+                None => req.get_or_create().await?,
+            };
+            session.insert("user", &7u64)?;
+            req.cycle_id().await
+        };
+        if let Err(e) = prepared.await {
+            let _ = req.finish().await;
+            return Err(e);
+        }
+        let outcome = req.finish().await?;
+        self.apply(&outcome);
+        Ok(outcome)
+    }
+
     /// Reads attribute `name` as a u64 (None: no session or no attribute).
     pub async fn read_u64(
         &mut self,
@@ -278,4 +303,29 @@ pub async fn logout(svc: &BackupSessionService, cookie: &str) {
         CookieDecision::Remove,
         "the logout removes the cookie"
     );
+}
+
+/// Makes a non-sticky lock vanish as it does when it expires (a stalled holder stops
+/// renewing it): the lock item `lock_key` is deleted from the one node that holds it.
+pub fn lose_lock(cluster: &Cluster, lock_key: &str) {
+    let removed = cluster
+        .addrs()
+        .iter()
+        .filter(|addr| crate::kit::memcached::raw::delete(addr, lock_key))
+        .count();
+    assert_eq!(removed, 1, "the lock was held on one node");
+}
+
+/// Two non-sticky instances with locking `all`, a 1 s lock expiry and a 5 s lock wait.
+pub fn locked_pair(cluster: &Cluster) -> (BackupSessionService, BackupSessionService) {
+    let make = || {
+        service(
+            cluster,
+            config(cluster, Mode::NonSticky)
+                .locking_str("all")
+                .lock_expiry(Duration::from_secs(1))
+                .lock_wait(Duration::from_secs(5)),
+        )
+    };
+    (make(), make())
 }

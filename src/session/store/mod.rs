@@ -30,7 +30,9 @@ use crate::{Client, Expiry, NodeState};
 
 mod handoff;
 mod locks;
+mod principal;
 mod read;
+mod retire;
 mod tombstone;
 mod write;
 

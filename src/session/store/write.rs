@@ -104,7 +104,7 @@ impl Store {
     /// Reads every copy of the current placement again: `Some(Conflict)` or `Some(Gone)`
     /// when one holds a version written after `base`. The fresh states replace what
     /// `known` said (their CAS tokens serve the write that follows).
-    async fn newer_anywhere(
+    pub(super) async fn newer_anywhere(
         &self,
         key: &SessionKey,
         base: u64,
@@ -166,7 +166,7 @@ impl Store {
     /// `repair`: a node already holding `new_version` counts as written (the same
     /// version is the same content when re-replicating what was read).
     #[allow(clippy::too_many_arguments)]
-    async fn place_record(
+    pub(super) async fn place_record(
         &self,
         key: &SessionKey,
         record: &mut [u8],
