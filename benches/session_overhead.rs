@@ -5,7 +5,9 @@
 //! store (the floor), in one run.
 //!
 //! Run: `cargo bench --bench session_overhead --features axum`
-//! (needs `/usr/bin/memcached`, or `MEMKEEP_MEMCACHED=/path`).
+//! (needs `/usr/bin/memcached`, or `MEMKEEP_MEMCACHED=/path`). With `--features
+//! axum,tower-sessions` it also measures tower-sessions on memkeep's replicated store
+//! (`ONLY=tower-sessions` to run just that beside the floor).
 //!
 //! Two transports, both measured by default (`TRANSPORT=http|inproc|both`):
 //! * `http`: a real axum server on 127.0.0.1, each user a keep-alive HTTP/1.1 connection
@@ -18,7 +20,13 @@
 //! Environment: `CLIENTS` (default 64 concurrent users), `ONLY` (run only the memkeep
 //! modes whose name contains it; the floor always runs).
 
-use std::process::{Child, Command, Stdio};
+#[path = "common/args.rs"]
+mod args;
+#[path = "common/http_users.rs"]
+mod http_users;
+#[path = "common/memcached.rs"]
+mod memcached;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,60 +34,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use http::header::{COOKIE, SET_COOKIE};
+use http::header::COOKIE;
 use http::Request;
+use memcached::start_memcached;
 use memkeep::session::tower::{SessionLayer, SessionMiddleware};
 use memkeep::session::{
     BackupSessionService, Mode, SessionConfig, SessionError, SessionRequest, WriteMode,
 };
 use tower::{Layer, Service, ServiceExt};
-
-struct Memcached(Child, u16);
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_memcached() -> Memcached {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let bin = std::env::var("MEMKEEP_MEMCACHED").unwrap_or_else(|_| "/usr/bin/memcached".into());
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-m",
-        "256",
-        "-t",
-        "2",
-    ]);
-    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    }) {
-        cmd.args(["-u", "root"]);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start memcached");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "memcached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Memcached(child, port)
-}
 
 async fn memkeep_counter(session: SessionRequest) -> Result<String, SessionError> {
     let s = session.get_or_create().await?;
@@ -102,15 +64,6 @@ enum Transport {
 }
 
 type App = axum::routing::RouterIntoService<Body>;
-
-fn cookie_of(resp_headers: &http::HeaderMap, prefix: &str) -> Option<String> {
-    resp_headers
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        .find(|pair| pair.starts_with(prefix))
-}
 
 /// Runs `clients` users for `seconds` against `app`; returns requests/s.
 async fn drive<S>(
@@ -189,7 +142,7 @@ where
                         match sender.send_request(req).await {
                             Ok(resp) => {
                                 let ok = resp.status().is_success();
-                                let set = cookie_of(resp.headers(), &prefix);
+                                let set = http_users::cookie_of(resp.headers(), &prefix);
                                 let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
                                 (ok, set)
                             }
@@ -202,7 +155,7 @@ where
                             .oneshot(req.body(Body::empty()).expect("request"))
                             .await;
                         let ok = resp.status().is_success();
-                        let set = cookie_of(resp.headers(), &prefix);
+                        let set = http_users::cookie_of(resp.headers(), &prefix);
                         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
                         (ok, set)
                     }
@@ -240,45 +193,26 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 enum Subject {
     Floor(Router),
     Memkeep(BackupSessionService, Router),
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a test runner building all targets (nextest
-    // listing, `cargo test --benches`) does not, and must not start a load run.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some((clients, seconds, rounds)) = args::load_run() else {
         return;
-    }
-    let clients: usize = env("CLIENTS", 64);
-    let seconds: u64 = env("SECONDS", 2);
-    let rounds: usize = env("ROUNDS", 3);
+    };
     let transports = match std::env::var("TRANSPORT").as_deref() {
         Ok("http") => vec![Transport::Http],
         Ok("inproc") => vec![Transport::InProcess],
         _ => vec![Transport::Http, Transport::InProcess],
     };
     let only = std::env::var("ONLY").unwrap_or_default();
-    let nodes = [start_memcached(), start_memcached()];
+    let nodes = [start_memcached(2), start_memcached(2)];
     let spec = format!("n0:127.0.0.1:{},n1:127.0.0.1:{}", nodes[0].1, nodes[1].1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    #[cfg(feature = "tower-sessions")]
+    let ports = [nodes[0].1, nodes[1].1];
+    let rt = args::runtime();
     rt.block_on(async move {
         let mut subjects: Vec<(String, Subject)> = Vec::new();
         let store = tower_sessions::MemoryStore::default();
@@ -290,6 +224,25 @@ fn main() {
                     .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false)),
             ),
         ));
+        // With feature `tower-sessions`: the same tower-sessions layer and handler as the
+        // floor, on memkeep's replicated store (two copies on the two nodes).
+        #[cfg(feature = "tower-sessions")]
+        {
+            let name = "tower-sessions on memkeep ReplicatedStore";
+            if name.contains(only.as_str()) {
+                let client = memcached::client_for(&ports);
+                let store = memkeep::adapters::tower_sessions::ReplicatedStore::new(client)
+                    .expect("store");
+                subjects.push((
+                    name.into(),
+                    Subject::Floor(
+                        Router::new()
+                            .route("/", get(tower_sessions_counter))
+                            .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false)),
+                    ),
+                ));
+            }
+        }
         let modes: [(&str, Mode, WriteMode, &str); 4] = [
             ("memkeep sticky+sync", Mode::Sticky, WriteMode::Sync, "none"),
             ("memkeep sticky+async", Mode::Sticky, WriteMode::Async, "none"),
@@ -361,12 +314,12 @@ fn main() {
                     samples[i].push(rps);
                 }
             }
-            let floor = median(&mut samples[0].clone());
+            let floor = args::median(&mut samples[0].clone());
             println!("\n{transport:?}:");
             println!("| mode | requests/s (median) | vs floor |");
             println!("|---|---|---|");
             for ((name, _), s) in subjects.iter().zip(samples.iter_mut()) {
-                let m = median(s);
+                let m = args::median(s);
                 println!("| {name} | {m:.0} | {:.2}x |", m / floor);
             }
         }

@@ -52,10 +52,19 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 
+#[cfg(any(feature = "tower-sessions", feature = "actix-session"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "tower-sessions", feature = "actix-session")))
+)]
+pub mod adapters;
 mod client;
 mod connection;
 pub mod error;
 pub mod locator;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod node;
 mod protocol;
 pub mod session;

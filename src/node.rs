@@ -63,6 +63,9 @@ pub(crate) struct NodeShared {
     pub(crate) id: Arc<str>,
     pub(crate) address: String,
     pub(crate) counters: NodeCounters,
+    /// The node's operation latency histogram (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) latency: metrics::Histogram,
     conn_states: Vec<AtomicU8>,
     /// The node's state for the hot path (read on every routed request).
     current: AtomicU8,
@@ -78,6 +81,8 @@ pub(crate) struct NodeShared {
 impl NodeShared {
     pub(crate) fn new(id: Arc<str>, address: String, connections: usize) -> Self {
         Self {
+            #[cfg(feature = "metrics")]
+            latency: crate::metrics::node_latency(&id, &address),
             id,
             address,
             counters: NodeCounters::default(),

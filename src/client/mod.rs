@@ -861,6 +861,8 @@ impl Client {
         let connection = node.connection();
         let timeout = self.inner.operation_timeout;
         let counters = &node.shared.counters;
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let call = async {
             // Room in the queue's byte budget first, so callers waiting for it hold no
             // encoded copy of their request.
@@ -884,6 +886,8 @@ impl Client {
         if result.is_err() {
             NodeCounters::add(&counters.errors, 1);
         }
+        #[cfg(feature = "metrics")]
+        node.shared.latency.record(started.elapsed());
         result
     }
 

@@ -194,7 +194,9 @@ impl Engine {
         }
         let hints: Vec<&str> = std::iter::once(id.node()).chain(id.backup()).collect();
         let now_ms = super::clock::unix_millis(self.config.clock.now());
+        let started = std::time::Instant::now();
         let fetched = self.store.fetch(&key, &hints, now_ms).await?;
+        self.stats.load_us.record_duration(started.elapsed());
         s.unlocked_guess = self.config.mode == Mode::NonSticky
             && matches!(self.config.locking, LockingMode::Auto)
             && !needs_lock;

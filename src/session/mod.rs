@@ -54,7 +54,7 @@ mod readonly_paths;
 mod request;
 mod service;
 pub mod stats;
-mod store;
+pub(crate) mod store;
 mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -11,6 +11,10 @@ pub(crate) struct Distribution {
     sum: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
+    /// Feature `metrics`: the histogram every sample also goes to, and the factor from
+    /// the sample's unit to the histogram's (microseconds to seconds).
+    #[cfg(feature = "metrics")]
+    histogram: Option<(metrics::Histogram, f64)>,
 }
 
 impl Default for Distribution {
@@ -20,16 +24,36 @@ impl Default for Distribution {
             sum: AtomicU64::new(0),
             min: AtomicU64::new(u64::MAX),
             max: AtomicU64::new(0),
+            #[cfg(feature = "metrics")]
+            histogram: None,
         }
     }
 }
 
+/// From microseconds to seconds, for [`Distribution::exported`].
+const MICROS: f64 = 1e-6;
+
 impl Distribution {
+    /// A distribution also exported as the histogram `name` (feature `metrics`; without
+    /// it, a plain distribution), each sample multiplied by `scale`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn exported(name: &'static str, scale: f64) -> Self {
+        Distribution {
+            #[cfg(feature = "metrics")]
+            histogram: Some((metrics::histogram!(name), scale)),
+            ..Distribution::default()
+        }
+    }
+
     pub(crate) fn record(&self, value: u64) {
         self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(value, Relaxed);
         self.min.fetch_min(value, Relaxed);
         self.max.fetch_max(value, Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some((h, scale)) = &self.histogram {
+            h.record(value as f64 * scale);
+        }
     }
 
     pub(crate) fn record_duration(&self, d: Duration) {
@@ -74,9 +98,10 @@ impl DistributionSnapshot {
 macro_rules! counters {
     ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
         /// The live counters of a service (see [`SessionStats::snapshot`]).
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         pub struct SessionStats {
             $( pub(crate) $name: AtomicU64, )*
+            pub(crate) load_us: Distribution,
             pub(crate) serialization_us: Distribution,
             pub(crate) deserialization_us: Distribution,
             pub(crate) session_size_bytes: Distribution,
@@ -85,11 +110,30 @@ macro_rules! counters {
             pub(crate) async_lag_us: Distribution,
         }
 
+        impl Default for SessionStats {
+            fn default() -> Self {
+                use crate::session::stats::names::*;
+                SessionStats {
+                    $( $name: AtomicU64::new(0), )*
+                    load_us: Distribution::exported(LOAD_DURATION, MICROS),
+                    serialization_us: Distribution::exported(SERIALIZATION_DURATION, MICROS),
+                    deserialization_us: Distribution::exported(DESERIALIZATION_DURATION, MICROS),
+                    session_size_bytes: Distribution::exported(SESSION_SIZE, 1.0),
+                    write_us: Distribution::exported(SAVE_DURATION, MICROS),
+                    lock_wait_us: Distribution::exported(LOCK_WAIT_DURATION, MICROS),
+                    async_lag_us: Distribution::exported(ASYNC_LAG, MICROS),
+                }
+            }
+        }
+
         /// A point-in-time copy of the counters.
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct StatsSnapshot {
             $( $(#[$doc])* pub $name: u64, )*
+            /// Time to read a session from memcached (every copy that can matter),
+            /// microseconds.
+            pub load_us: DistributionSnapshot,
             /// Time to encode a session for a write, microseconds.
             pub serialization_us: DistributionSnapshot,
             /// Time to decode a session loaded from memcached, microseconds.
@@ -110,6 +154,7 @@ macro_rules! counters {
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot {
                     $( $name: self.$name.load(Relaxed), )*
+                    load_us: self.load_us.snapshot(),
                     serialization_us: self.serialization_us.snapshot(),
                     deserialization_us: self.deserialization_us.snapshot(),
                     session_size_bytes: self.session_size_bytes.snapshot(),
@@ -119,7 +164,34 @@ macro_rules! counters {
                 }
             }
         }
+
+        impl StatsSnapshot {
+            /// Every counter with its name (the field's name), in declaration order.
+            pub fn counters(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name), )* ]
+            }
+        }
     };
+}
+
+/// The names of the histograms the distributions are exported as (feature `metrics`).
+pub(crate) mod names {
+    /// [`super::StatsSnapshot::load_us`].
+    pub(crate) const LOAD_DURATION: &str = "memkeep_session_load_duration_seconds";
+    /// [`super::StatsSnapshot::write_us`].
+    pub(crate) const SAVE_DURATION: &str = "memkeep_session_save_duration_seconds";
+    /// [`super::StatsSnapshot::serialization_us`].
+    pub(crate) const SERIALIZATION_DURATION: &str =
+        "memkeep_session_serialization_duration_seconds";
+    /// [`super::StatsSnapshot::deserialization_us`].
+    pub(crate) const DESERIALIZATION_DURATION: &str =
+        "memkeep_session_deserialization_duration_seconds";
+    /// [`super::StatsSnapshot::session_size_bytes`].
+    pub(crate) const SESSION_SIZE: &str = "memkeep_session_size_bytes";
+    /// [`super::StatsSnapshot::lock_wait_us`].
+    pub(crate) const LOCK_WAIT_DURATION: &str = "memkeep_session_lock_wait_duration_seconds";
+    /// [`super::StatsSnapshot::async_lag_us`].
+    pub(crate) const ASYNC_LAG: &str = "memkeep_session_async_write_lag_seconds";
 }
 
 counters! {
