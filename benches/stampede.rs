@@ -19,6 +19,8 @@
 //! It prints, per scenario, the recomputations per round and the callers' latency
 //! (p50, p99, max over all rounds), as a markdown table.
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "../tests/kit/memcached.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod memcached;
@@ -29,13 +31,6 @@ use std::time::{Duration, Instant};
 
 use memkeep::{Client, ComputeOptions, Expiry, Protocol};
 use tokio::sync::Semaphore;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The simulated backend: counts computations, runs at most `slots` at once.
 #[derive(Clone)]
@@ -94,10 +89,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let callers = knob("STAMPEDE_CALLERS", 1000) as usize;
-    let rounds = knob("STAMPEDE_ROUNDS", 5) as usize;
-    let work = Duration::from_millis(knob("STAMPEDE_WORK_MS", 20));
-    let slots = knob("STAMPEDE_SLOTS", 8) as usize;
+    // A test runner building all targets runs this binary too (without `--bench`, or with
+    // `--list`): it must not start a stampede then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let callers = args::env("STAMPEDE_CALLERS", 1000usize);
+    let rounds = args::env("STAMPEDE_ROUNDS", 5usize);
+    let work = Duration::from_millis(args::env("STAMPEDE_WORK_MS", 20u64));
+    let slots = args::env("STAMPEDE_SLOTS", 8usize);
     let server = memcached::Memcached::start();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

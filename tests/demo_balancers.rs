@@ -345,6 +345,10 @@ fn the_demo_cluster_command_serves_the_page_survives_both_kills_and_stops_everyt
     );
     let mut visitor = Visitor::new(cluster.front, true);
     let first = visitor.get(&[]).expect("the page through the demo proxy");
+    assert_eq!(
+        first.json["instance"]["backend"].as_str(),
+        Some("memcached")
+    );
     assert!(
         first.json["instance"]["balancer"]
             .as_str()
@@ -493,6 +497,11 @@ fn the_demo_cluster_with_peers_runs_the_four_step_walk_without_memcached() {
     assert_eq!(procs.len(), 2, "two instances, no memcached: {procs:?}");
     let mut visitor = Visitor::new(cluster.front, true);
     let first = visitor.get(&[]).expect("the page through HAProxy");
+    assert_eq!(
+        first.json["instance"]["backend"].as_str(),
+        Some("peers"),
+        "the page says the copies live on the peer instances"
+    );
     let again = visitor.get(&[]).expect("refresh");
     assert_eq!(again.route, first.route, "sticky");
     let added = visitor

@@ -447,6 +447,16 @@ impl PageView<'_> {
             .unwrap_or_default()
     }
 
+    /// Where the session's copies live: `"peers"` (the instances' replication endpoints,
+    /// no memcached) or `"memcached"`.
+    fn backend(&self) -> &'static str {
+        if self.app.options.replication.is_some() {
+            "peers"
+        } else {
+            "memcached"
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         let o = &self.app.options;
         let stats = self.app.service.stats();
@@ -458,6 +468,7 @@ impl PageView<'_> {
                 "mode": mode_name(o.mode),
                 "codec": o.codec.name(),
                 "balancer": o.balancer_label,
+                "backend": self.backend(),
             },
             "session_id": self.id_text,
             "event": self.event,
@@ -555,8 +566,13 @@ impl PageView<'_> {
                 "<tr><th>key</th><td><code>{}</code></td></tr>\n",
                 id.key()
             ));
-            s.push_str(&node_row("memcached node", "session-node", Some(id.node())));
-            s.push_str(&node_row("backup node", "session-backup", id.backup()));
+            let (node_label, backup_label) = if self.app.options.replication.is_some() {
+                ("copy on peer instance", "backup on peer instance")
+            } else {
+                ("memcached node", "backup node")
+            };
+            s.push_str(&node_row(node_label, "session-node", Some(id.node())));
+            s.push_str(&node_row(backup_label, "session-backup", id.backup()));
             s.push_str(&format!(
                 "<tr><th>route</th><td><b id=\"session-route\">{}</b></td></tr>\n</table>\n",
                 html(id.route().unwrap_or("(none: non-sticky)"))
@@ -630,7 +646,14 @@ impl PageView<'_> {
             }
             s.push_str("</tr>\n");
         }
-        s.push_str("</table>\n<table class=\"grid\">\n<tr><th>memcached</th><th>address</th><th>state (this instance's client)</th>");
+        s.push_str(&format!(
+            "</table>\n<table class=\"grid\">\n<tr><th>{}</th><th>address</th><th>state (this instance's client)</th>",
+            if self.app.options.replication.is_some() {
+                "peer replication endpoint (no memcached)"
+            } else {
+                "memcached"
+            }
+        ));
         if controls {
             s.push_str("<th></th>");
         }

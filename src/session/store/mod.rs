@@ -32,8 +32,8 @@ mod handoff;
 mod locks;
 mod principal;
 mod read;
-mod retire;
 pub(crate) mod rereplicate;
+mod retire;
 mod tombstone;
 mod write;
 
