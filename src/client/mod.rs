@@ -900,9 +900,22 @@ impl Client {
         connection: &ConnectionHandle,
         quiet: bool,
     ) -> (Bytes, RequestKind) {
-        let mut buf = BytesMut::with_capacity(encoded_size_hint(cmd));
+        encode_request(encoded_size_hint(cmd), |buf| {
+            self.encode_into(cmd, plain, connection, quiet, buf)
+        })
+    }
+
+    /// [`Client::encode`] into `buf`.
+    fn encode_into(
+        &self,
+        cmd: &Command<'_>,
+        plain: bool,
+        connection: &ConnectionHandle,
+        quiet: bool,
+        buf: &mut BytesMut,
+    ) -> RequestKind {
         let plain_keys = || plain;
-        let kind = match (self.inner.protocol, cmd) {
+        match (self.inner.protocol, cmd) {
             // With `merge_gets`, the driver merges concurrent single-key gets into one
             // multi-key `get`, cheaper for the server than the same gets one by one.
             (
@@ -913,14 +926,14 @@ impl Client {
                     ..
                 },
             ) if self.inner.merge_gets && plain_keys() => {
-                protocol::text::encode(cmd, &mut buf);
+                protocol::text::encode(cmd, buf);
                 RequestKind::MergeableGet
             }
-            (Protocol::Text, _) => RequestKind::Reply(protocol::text::encode(cmd, &mut buf)),
+            (Protocol::Text, _) => RequestKind::Reply(protocol::text::encode(cmd, buf)),
             // One multi-key text `get` beats the same keys as separate `mg` lines, and
             // its reply is checked key by key; binary keys still need `mg` with base64.
             (Protocol::Meta, Command::GetMany { .. }) if plain_keys() => {
-                RequestKind::Reply(protocol::text::encode(cmd, &mut buf))
+                RequestKind::Reply(protocol::text::encode(cmd, buf))
             }
             (Protocol::Meta, _) => {
                 let opaque = connection.opaques(protocol::meta::opaque_count(cmd));
@@ -930,13 +943,12 @@ impl Client {
                 } else {
                     &protocol::key::form_of
                 };
-                match protocol::meta::encode(cmd, form, opaque, quiet, &mut buf) {
+                match protocol::meta::encode(cmd, form, opaque, quiet, buf) {
                     Some(expect) => RequestKind::Reply(expect),
                     None => RequestKind::Quiet,
                 }
             }
-        };
-        (buf.freeze(), kind)
+        }
     }
 
     /// Runs a whole-node command on every node (or the pinned one), concurrently, and
@@ -963,6 +975,38 @@ impl Client {
     }
 }
 
+/// Requests whose size hint is at most this are encoded into a chunk kept per thread
+/// and shared by the requests encoded after one another: one allocation per chunk
+/// instead of one per request.
+const SMALL_REQUEST: usize = 512;
+/// The size of a fresh chunk.
+const ENCODE_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static ENCODE_BUF: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+}
+
+/// Runs `encode` on a buffer with room for about `hint` bytes and returns what it wrote.
+/// A small request is cut from this thread's chunk (each request holds a reference to
+/// the chunk, which is freed once the last of them is dropped); a large one gets a
+/// buffer of its own.
+fn encode_request<T>(hint: usize, encode: impl FnOnce(&mut BytesMut) -> T) -> (Bytes, T) {
+    if hint > SMALL_REQUEST {
+        let mut buf = BytesMut::with_capacity(hint);
+        let out = encode(&mut buf);
+        return (buf.freeze(), out);
+    }
+    let mut chunk = ENCODE_BUF.try_with(|cell| cell.take()).unwrap_or_default();
+    if chunk.capacity() < hint {
+        // A new chunk, unless every request cut from this one is gone already.
+        chunk.reserve(ENCODE_CHUNK);
+    }
+    let out = encode(&mut chunk);
+    let bytes = chunk.split().freeze();
+    let _ = ENCODE_BUF.try_with(|cell| cell.set(chunk));
+    (bytes, out)
+}
+
 fn encoded_size_hint(cmd: &Command<'_>) -> usize {
     match cmd {
         Command::Store { key, value, .. } => key.len() + value.len() + 64,
@@ -983,4 +1027,43 @@ fn item(value: Value) -> Item {
 
 fn unexpected_outcome(outcome: StoreOutcome) -> Error {
     Error::Server(format!("set answered {outcome:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    #[test]
+    fn requests_cut_from_the_shared_chunk_keep_their_own_bytes() {
+        let mut kept = Vec::new();
+        // Enough small requests to fill several chunks, each with distinct bytes.
+        for i in 0..(3 * ENCODE_CHUNK / 40) {
+            let line = format!("mg key-{i} v f t\r\n");
+            let (bytes, n) = encode_request(64, |buf| {
+                buf.put_slice(line.as_bytes());
+                i
+            });
+            assert_eq!(n, i);
+            kept.push((line, bytes));
+            // Drop some along the way: the chunk is reused or replaced, never shared
+            // with a request still alive.
+            if i % 3 == 0 {
+                kept.pop();
+            }
+        }
+        for (line, bytes) in &kept {
+            assert_eq!(bytes.as_ref(), line.as_bytes());
+        }
+        // A request that outgrows its hint still comes back whole.
+        let long = vec![b'x'; 3 * ENCODE_CHUNK];
+        let (bytes, ()) = encode_request(64, |buf| buf.put_slice(&long));
+        assert_eq!(bytes.as_ref(), &long[..]);
+        // A large one has a buffer of its own.
+        let (bytes, ()) = encode_request(SMALL_REQUEST + 1, |buf| buf.put_slice(b"set k"));
+        assert_eq!(bytes.as_ref(), b"set k");
+        for (line, bytes) in &kept {
+            assert_eq!(bytes.as_ref(), line.as_bytes());
+        }
+    }
 }

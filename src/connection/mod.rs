@@ -91,7 +91,7 @@ pub(crate) struct Request {
     /// Where the reply goes; `None` for fire-and-forget.
     pub(crate) reply: Option<ReplySender>,
     /// The request's share of the queue's byte budget, given back once the driver has
-    /// copied it to the socket's write buffer (or dropped it).
+    /// copied (or dropped) the batch the request was taken in to the socket's write buffer.
     pub(crate) permit: Option<QueuePermit>,
 }
 
@@ -598,7 +598,11 @@ impl Driver {
                         // Others in flight: other callers are likely about to queue too.
                         let concurrent = !self.in_flight.is_empty();
                         let mut open = OpenRun::Nothing;
-                        self.enqueue(request, &mut write_buf, &mut open);
+                        // The batch's shares of the byte budget, given back together once
+                        // the batch is in the write buffer: one lock of the semaphore per
+                        // batch instead of one per request.
+                        let mut permits = None;
+                        self.enqueue(request, &mut write_buf, &mut open, &mut permits);
                         // Let the callers that are ready queue their requests first. On
                         // the multi-thread runtime a caller's send wakes this task into
                         // the worker's LIFO slot, ahead of the other woken callers; without
@@ -615,12 +619,15 @@ impl Driver {
                             && write_buf.len() < WRITE_HIGH_WATER
                         {
                             match self.rx.try_recv() {
-                                Ok(request) => self.enqueue(request, &mut write_buf, &mut open),
+                                Ok(request) => {
+                                    self.enqueue(request, &mut write_buf, &mut open, &mut permits)
+                                }
                                 Err(_) => break,
                             }
                             taken += 1;
                         }
                         self.close_run(&mut write_buf, &mut open);
+                        drop(permits);
                         // Write now rather than after another trip through select!: one
                         // poll, which writes nothing if the socket is not ready.
                         match writer.write(&write_buf).now_or_never() {
@@ -643,11 +650,22 @@ impl Driver {
     }
 
     /// Appends `request` to the write buffer and its reply slot to the queue.
-    fn enqueue(&mut self, request: Request, write_buf: &mut BytesMut, open: &mut OpenRun) {
+    fn enqueue(
+        &mut self,
+        request: Request,
+        write_buf: &mut BytesMut,
+        open: &mut OpenRun,
+        permits: &mut Option<QueuePermit>,
+    ) {
         // The request's bytes are copied to the write buffer (bounded by
         // WRITE_HIGH_WATER) or dropped: either way its share of the queue's byte budget
-        // goes back when this returns.
-        let _permit = request.permit;
+        // joins the batch's, which goes back once the batch is in the write buffer.
+        // Every permit of this connection comes from its one budget, so they merge.
+        match (permits.as_mut(), request.permit) {
+            (Some(batch), Some(permit)) => batch.merge(permit),
+            (None, permit) => *permits = permit,
+            (Some(_), None) => {}
+        }
         // Nobody waits for it and nothing was written yet: skip it.
         if request.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
             return;
