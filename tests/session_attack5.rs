@@ -170,6 +170,56 @@ async fn a_cookie_header_with_the_old_and_the_new_id_gets_the_rotated_session_on
 }
 
 #[tokio::test]
+async fn a_rotation_while_the_old_ids_primary_was_stopped_keeps_the_old_id_dead_after_it_resumes() {
+    let mut cluster = Cluster::start(3);
+    for mode in ["sticky", "none"] {
+        let build = |route: &str| {
+            let c = config(
+                &cluster,
+                if mode == "sticky" {
+                    Mode::Sticky
+                } else {
+                    Mode::NonSticky
+                },
+            );
+            let c = if mode == "sticky" {
+                c.route(route)
+            } else {
+                c.locking_str(mode)
+            };
+            service(&cluster, c)
+        };
+        let (a, b) = (build("a"), build("b"));
+        let mut browser = Browser::new();
+        browser.increment(&a, "n").await.unwrap();
+        browser.increment(&b, "n").await.unwrap();
+        let old = browser.cookie.clone().unwrap();
+        let stopped = index_of(SessionId::parse(&old).unwrap().node());
+        cluster[stopped].pause();
+        for svc in [&a, &b] {
+            assert!(
+                session_kit::drive_down(svc, &Cluster::id(stopped), Duration::from_secs(10)).await
+            );
+        }
+        let (rotated, out) = rotate(&a, browser.clone()).await;
+        let out = out.unwrap().expect("a session to rotate");
+        assert!(out.written, "{mode}: {out:?}");
+        cluster[stopped].resume();
+        assert!(session_kit::wait_nodes_up(&[&a, &b], Duration::from_secs(10)).await);
+        assert_dead(
+            &cluster,
+            &[&b, &a],
+            &old,
+            &format!("{mode}: old id after resume"),
+        )
+        .await;
+        let mut r = rotated.clone();
+        assert_eq!(r.read_u64(&b, "n").await.unwrap(), Some(2), "{mode}");
+        assert_eq!(r.read_u64(&a, "user").await.unwrap(), Some(7), "{mode}");
+    }
+}
+
+#[tokio::test]
 async fn a_login_whose_bind_read_the_old_generation_is_logged_out_by_a_concurrent_log_out_everywhere(
 ) {
     let mut cluster = Cluster::start(3);
@@ -274,6 +324,17 @@ async fn max_lifetime_is_not_extended_by_a_takeover_with_a_rotation_or_a_backup_
     // Nor does a rotation of the expired session bring it back.
     let out = browser.login(&a, None).await.unwrap();
     assert_eq!(browser.read_u64(&b, "n").await.unwrap(), None, "{out:?}");
+}
+
+/// Waits (bounded) until an adapter's client sees every node up.
+async fn all_up(client: &memkeep::Client) -> bool {
+    kit::eventually(Duration::from_secs(10), || {
+        client
+            .node_ids()
+            .iter()
+            .all(|n| client.is_up(n) == Some(true))
+    })
+    .await
 }
 
 mod actix_store {
@@ -410,6 +471,30 @@ mod actix_store {
             }
         }
     }
+    #[tokio::test]
+    async fn a_ttl_refresh_after_a_holder_restarted_empty_keeps_the_state_and_both_copies() {
+        let mut cluster = Cluster::start(3);
+        let store = store(&cluster);
+        let real = store.save(state("book"), &HOUR).await.unwrap();
+        let id = SessionId::parse(real.as_ref()).unwrap();
+        let data_key = format!(
+            "{}{}",
+            memkeep::adapters::actix::DEFAULT_KEY_PREFIX,
+            id.key()
+        );
+        let first = index_of(id.node());
+        cluster[first].kill();
+        cluster[first].restart();
+        assert!(all_up(store.client()).await);
+        store.update_ttl(&real, &HOUR).await.unwrap();
+        assert_eq!(store.load(&real).await.unwrap(), Some(state("book")));
+        let held = adapters_kit::holders(&mut cluster, &data_key);
+        assert_eq!(held.len(), 2, "{held:?}");
+        let backup = index_of(id.backup().unwrap());
+        cluster[backup].kill();
+        let other = self::store(&cluster);
+        assert_eq!(other.load(&real).await.unwrap(), Some(state("book")));
+    }
 }
 
 mod tower_store {
@@ -442,6 +527,24 @@ mod tower_store {
             .and_then(|r| r.data.get("cart"))
             .and_then(|v| v.as_str())
             .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn a_client_chosen_expiry_date_a_year_away_is_cut_to_max_lifetime() {
+        let cluster = Cluster::start(2);
+        let store = store(&cluster);
+        let mut r = record(300, "long");
+        r.expiry_date = OffsetDateTime::now_utc() + time::Duration::days(365);
+        store.create(&mut r).await.unwrap();
+        let loaded = store.load(&Id(300)).await.unwrap().unwrap();
+        assert!(
+            loaded.expiry_date <= OffsetDateTime::now_utc() + time::Duration::days(15),
+            "expiry {} not cut to the two-week max_lifetime",
+            loaded.expiry_date
+        );
+        store.save(&r).await.unwrap();
+        let saved = store.load(&Id(300)).await.unwrap().unwrap();
+        assert!(saved.expiry_date <= OffsetDateTime::now_utc() + time::Duration::days(15));
     }
 
     #[tokio::test]
@@ -502,14 +605,7 @@ mod tower_store {
         assert_eq!(first.len(), 2, "{first:?}");
         cluster[first[0]].kill();
         cluster[first[0]].restart();
-        assert!(
-            kit::eventually(Duration::from_secs(10), || first_store
-                .client()
-                .node_ids()
-                .iter()
-                .all(|n| first_store.client().is_up(n) == Some(true)))
-            .await
-        );
+        assert!(all_up(first_store.client()).await);
         // The heal step: the next load restores the lost copy; then a new save.
         assert_eq!(
             cart(&first_store.load(&Id(77)).await.unwrap()).as_deref(),
