@@ -277,9 +277,13 @@ async fn a_bound_session_whose_primary_died_after_the_log_out_is_not_restored_fr
     }
     cluster[primary].restart();
     assert!(session_kit::wait_nodes_up(&[&a, &b], Duration::from_secs(10)).await);
-    for svc in [&a, &b] {
-        assert_eq!(look(svc, &id, "user").await.unwrap(), None);
-    }
+    assert_dead(
+        &cluster,
+        &[&a, &b],
+        &id,
+        "bound session after its primary came back",
+    )
+    .await;
 }
 
 #[tokio::test]
