@@ -625,3 +625,41 @@ mod tower_store {
         }
     }
 }
+
+/// A listener is synchronous code that may block (an audit sink, a lock): it runs on the
+/// blocking pool, so the requests that follow (here on a current-thread runtime, as
+/// `tokio::test` and each actix-web worker use) are not held up.
+#[tokio::test]
+async fn a_listener_that_blocks_does_not_hold_up_requests() {
+    let cluster = Cluster::start(2);
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = Arc::clone(&returned);
+    let svc = service(
+        &cluster,
+        config(&cluster, Mode::Sticky).route("a").listener(
+            move |_e: &memkeep::session::SessionEvent| {
+                // A slow audit sink: blocks until released (or 20 s pass).
+                let _ = release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(20));
+                r.store(true, std::sync::atomic::Ordering::SeqCst);
+            },
+        ),
+    );
+    let mut browser = Browser::new();
+    browser.increment(&svc, "n").await.unwrap(); // Created: the listener blocks
+    for i in 2..=4 {
+        assert_eq!(browser.increment(&svc, "n").await.unwrap(), i);
+    }
+    let blocked_meanwhile = !returned.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..4 {
+        let _ = release_tx.send(());
+    }
+    assert!(
+        blocked_meanwhile,
+        "the requests only completed after the blocking listener gave up: they waited for it"
+    );
+}

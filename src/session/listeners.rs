@@ -82,8 +82,8 @@ impl Listeners {
         self.list.len()
     }
 
-    /// Hands the event to every listener on a spawned task (called inline when there is
-    /// no runtime). Costs nothing without listeners.
+    /// Hands the event to every listener on the runtime's blocking pool (called inline
+    /// when there is no runtime). Costs nothing without listeners.
     pub(crate) fn emit(
         &self,
         kind: SessionEventKind,
@@ -110,8 +110,11 @@ impl Listeners {
             }
         };
         match tokio::runtime::Handle::try_current() {
+            // On the blocking pool, not as an async task: a listener is plain synchronous
+            // code and may block (I/O, a lock), which on a runtime worker would stall
+            // every request on that worker (all of them on a current-thread runtime).
             Ok(handle) => {
-                handle.spawn(async move { run() });
+                handle.spawn_blocking(run);
             }
             Err(_) => run(),
         }
