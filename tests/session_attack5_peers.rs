@@ -607,3 +607,87 @@ async fn a_logout_while_the_backup_is_down_stays_a_logout_when_it_returns() {
 async fn a_logout_with_backups_all_while_one_peer_is_down_stays_a_logout() {
     logout_while_a_peer_is_down(Backups::All).await;
 }
+
+/// Many sessions so the re-replication pass runs in batches while increments and
+/// logouts of the same sessions go on; then the owner dies and the re-placed copies
+/// must hold the last acknowledged values and none of the logged-out sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rereplication_batches_racing_increments_and_logouts() {
+    let peers = Peers::new(3, Backups::One);
+    let mut all = peers.start_all().await;
+    let web3 = all.pop().unwrap();
+    let web2 = all.pop().unwrap();
+    let web1 = all.pop().unwrap();
+    let n = 200;
+    let mut browsers = vec![Browser::new(); n];
+    let mut last = vec![0u64; n];
+    let mut wrong = increments(&web1, &mut browsers, &mut last).await;
+    let (kept, gone) = browsers.split_at_mut(150);
+    let (kept_last, _) = last.split_at_mut(150);
+    drop(web2);
+    let writes = async {
+        let mut wrong = Vec::new();
+        for _ in 0..3 {
+            wrong.extend(increments(&web1, kept, kept_last).await);
+        }
+        wrong
+    };
+    let logouts = async {
+        for b in gone.iter_mut() {
+            session_kit::logout(&web1, b.cookie.as_deref().unwrap()).await;
+        }
+    };
+    let (more, ()) = tokio::join!(writes, logouts);
+    wrong.extend(more);
+    assert!(wait_peer(&web1, "web2", false).await);
+    let ok = kit::eventually(Duration::from_secs(20), || {
+        kept.iter().all(|b| {
+            let k = b.id().unwrap().key().to_string();
+            web3.peer_endpoint().unwrap().holds(k.as_bytes())
+        })
+    })
+    .await;
+    assert!(ok, "every kept session has its copy on web3");
+    let gone_ids: Vec<String> = gone.iter().map(|b| b.cookie.clone().unwrap()).collect();
+    drop(web1);
+    assert!(wait_peer(&web3, "web1", false).await);
+    wrong.extend(reads_last(&web3, kept, kept_last).await);
+    for id in &gone_ids {
+        if let Ok(Some(seen)) = session_kit::look(&web3, id, "n").await {
+            wrong.push(format!("logged-out {id} seen on web3: {seen:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
+}
+
+/// `backups = all`, three instances: the owner writes while a peer dies, then the owner
+/// dies too, with no request between: the third serves every last acknowledged value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_all_writes_during_one_death_survive_a_second_death_without_heal() {
+    let peers = Peers::new(3, Backups::All);
+    let mut all = peers.start_all().await;
+    let web3 = all.pop().unwrap();
+    let web2 = all.pop().unwrap();
+    let web1 = all.pop().unwrap();
+    let n = 60;
+    let mut browsers = vec![Browser::new(); n];
+    let mut last = vec![0u64; n];
+    let mut wrong = increments(&web1, &mut browsers, &mut last).await;
+    let writes = async {
+        let mut wrong = Vec::new();
+        for _ in 0..3 {
+            wrong.extend(increments(&web1, &mut browsers, &mut last).await);
+        }
+        wrong
+    };
+    let kill = async {
+        tokio::task::yield_now().await;
+        drop(web2);
+    };
+    let (more, ()) = tokio::join!(writes, kill);
+    wrong.extend(more);
+    drop(web1);
+    assert!(wait_peer(&web3, "web1", false).await);
+    wrong.extend(reads_last(&web3, &mut browsers, &last).await);
+    assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
+}
