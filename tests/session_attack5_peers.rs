@@ -691,3 +691,33 @@ async fn backups_all_writes_during_one_death_survive_a_second_death_without_heal
     wrong.extend(reads_last(&web3, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
+
+/// The OWNER restarts empty (memory and endpoint lost) while its sessions are written:
+/// the restarted instance goes on from the backup's copy (no counter starts over), and
+/// after a heal the sessions survive the backup's death too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_restarted_empty_goes_on_from_the_backup_copy() {
+    let peers = Peers::new(2, Backups::One);
+    let mut all = peers.start_all().await;
+    let (web2, web1) = (all.pop().unwrap(), all.pop().unwrap());
+    let n = 30;
+    let mut browsers = vec![Browser::new(); n];
+    let mut last = vec![0u64; n];
+    let mut wrong = increments(&web1, &mut browsers, &mut last).await;
+    wrong.extend(increments(&web1, &mut browsers, &mut last).await);
+    drop(web1);
+    assert!(wait_peer(&web2, "web1", false).await);
+    let web1 = peers.start("web1");
+    assert_eq!(web1.peer_endpoint().unwrap().stats().entries, 0);
+    for _ in 0..2 {
+        wrong.extend(increments(&web1, &mut browsers, &mut last).await);
+    }
+    assert!(
+        last.iter().all(|&v| v == 4),
+        "every increment acknowledged: {last:?}"
+    );
+    drop(web2);
+    assert!(wait_peer(&web1, "web2", false).await);
+    wrong.extend(reads_last(&web1, &mut browsers, &last).await);
+    assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
+}
