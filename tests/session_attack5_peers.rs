@@ -721,3 +721,152 @@ async fn the_owner_restarted_empty_goes_on_from_the_backup_copy() {
     wrong.extend(reads_last(&web1, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
+
+/// A TCP relay `listen -> target` that can be cut (every connection dropped, new ones
+/// closed at once: a network partition) and healed.
+struct Partition {
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Partition {
+    async fn start(listen: u16, target: u16) -> Partition {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
+            .await
+            .unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = std::sync::Arc::new(tx);
+        let (c, g) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if c.load(SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut rx = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let mut inbound = inbound;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Partition { cut, generation }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+/// I1 with a backup that comes back with its OLD data (partitioned, not restarted):
+/// sessions of web1 (backup web2) are logged out on web1 while web2 is unreachable;
+/// web2 comes back still holding the old copies; then web1 dies. web2 must not serve
+/// any of the logged-out sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_partitioned_during_a_logout_comes_back_with_old_data() {
+    let peers = Peers::new(2, Backups::One);
+    let real = kit::memcached::free_port();
+    let partition = Partition::start(peers.port("web2"), real).await;
+    let web1 = peers.start("web1");
+    let web2 = peers.start_with("web2", |b| b.peer_bind(format!("127.0.0.1:{real}")));
+    assert!(session_kit::wait_nodes_up(&[&web1, &web2], Duration::from_secs(10)).await);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(session_kit::logged_in(&web1).await.cookie.unwrap());
+    }
+    partition.set(true);
+    assert!(wait_peer(&web1, "web2", false).await);
+    for id in &ids {
+        session_kit::logout(&web1, id).await;
+    }
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            memkeep::session::SessionId::parse(id)
+                .unwrap()
+                .key()
+                .to_string()
+        })
+        .collect();
+    let stale = keys
+        .iter()
+        .filter(|k| web2.peer_endpoint().unwrap().holds(k.as_bytes()))
+        .count();
+    assert_eq!(stale, keys.len(), "web2 keeps its old copies while cut off");
+    partition.set(false);
+    assert!(wait_peer(&web1, "web2", true).await);
+    // Let a re-replication pass run after the return.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut wrong = Vec::new();
+    for id in &ids {
+        if let Ok(Some(seen)) = session_kit::look(&web2, id, "user").await {
+            wrong.push(format!("{id} on web2 with web1 alive: {seen:?}"));
+        }
+    }
+    drop(web1);
+    assert!(wait_peer(&web2, "web1", false).await);
+    for id in &ids {
+        if let Ok(Some(seen)) = session_kit::look(&web2, id, "user").await {
+            wrong.push(format!("{id} on web2 after web1 died: {seen:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
+}
+
+/// I2 with a backup that comes back with OLD data: web1's sessions are incremented while
+/// web2 (their backup) is cut off; web2 returns holding the older values; after one
+/// request of each session (the heal), web1 dies: web2 serves the last acknowledged
+/// values.
+async fn partitioned_during_writes(heal_on_backup: bool) {
+    let peers = Peers::new(2, Backups::One);
+    let real = kit::memcached::free_port();
+    let partition = Partition::start(peers.port("web2"), real).await;
+    let web1 = peers.start("web1");
+    let web2 = peers.start_with("web2", |b| b.peer_bind(format!("127.0.0.1:{real}")));
+    assert!(session_kit::wait_nodes_up(&[&web1, &web2], Duration::from_secs(10)).await);
+    let n = 20;
+    let mut browsers = vec![Browser::new(); n];
+    let mut last = vec![0u64; n];
+    let mut wrong = increments(&web1, &mut browsers, &mut last).await;
+    partition.set(true);
+    assert!(wait_peer(&web1, "web2", false).await);
+    for _ in 0..3 {
+        wrong.extend(increments(&web1, &mut browsers, &mut last).await);
+    }
+    partition.set(false);
+    assert!(wait_peer(&web1, "web2", true).await);
+    // The heal: one request of each session, on the owner or on the returned backup
+    // (which must not take its own older copy for the latest).
+    let healer = if heal_on_backup { &web2 } else { &web1 };
+    wrong.extend(reads_last(healer, &mut browsers, &last).await);
+    drop(web1);
+    assert!(wait_peer(&web2, "web1", false).await);
+    wrong.extend(reads_last(&web2, &mut browsers, &last).await);
+    assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_partitioned_during_writes_comes_back_with_old_data() {
+    partitioned_during_writes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_back_with_old_data_serves_the_newer_copy_when_asked_first() {
+    partitioned_during_writes(true).await;
+}
