@@ -485,6 +485,34 @@ async fn reads_last(
     wrong
 }
 
+/// `svc` (route `route`; the service or an `Arc` of it) dies; once `survivor` sees it down, each session on
+/// `survivor` reads its last acknowledged counter; returns the wrong ones.
+async fn reads_after_death(
+    svc: impl Send,
+    route: &str,
+    survivor: &BackupSessionService,
+    browsers: &mut [Browser],
+    last: &[u64],
+) -> Vec<String> {
+    drop(svc);
+    assert!(wait_peer(survivor, route, false).await);
+    reads_last(survivor, browsers, last).await
+}
+
+/// Starts the three instances of `peers`.
+async fn three(
+    peers: &Peers,
+) -> (
+    BackupSessionService,
+    BackupSessionService,
+    BackupSessionService,
+) {
+    let mut all = peers.start_all().await;
+    let web3 = all.pop().unwrap();
+    let web2 = all.pop().unwrap();
+    (all.pop().unwrap(), web2, web3)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_restarted_empty_while_sessions_are_written_loses_nothing() {
     let peers = Peers::new(2, Backups::One);
@@ -513,19 +541,14 @@ async fn an_instance_restarted_empty_while_sessions_are_written_loses_nothing() 
     assert!(wait_peer(&web2, "web1", true).await);
     // Heal: one more acknowledged write of each session.
     wrong.extend(increments(&web2, &mut browsers, &mut last).await);
-    drop(web2);
-    assert!(wait_peer(&web1, "web2", false).await);
-    wrong.extend(reads_last(&web1, &mut browsers, &last).await);
+    wrong.extend(reads_after_death(web2, "web2", &web1, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rereplication_after_a_peer_dies_racing_requests_never_restores_an_older_value() {
     let peers = Peers::new(3, Backups::One);
-    let mut all = peers.start_all().await;
-    let web3 = all.pop().unwrap();
-    let web2 = all.pop().unwrap();
-    let web1 = all.pop().unwrap();
+    let (web1, web2, web3) = three(&peers).await;
     let n = 40;
     let mut browsers = vec![Browser::new(); n];
     let mut last = vec![0u64; n];
@@ -545,18 +568,13 @@ async fn rereplication_after_a_peer_dies_racing_requests_never_restores_an_older
     .await;
     assert!(done, "every session has its copy on web3");
     // No more requests: the owner dies, web3 must serve the last acknowledged value.
-    drop(web1);
-    assert!(wait_peer(&web3, "web1", false).await);
-    wrong.extend(reads_last(&web3, &mut browsers, &last).await);
+    wrong.extend(reads_after_death(web1, "web1", &web3, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
 
 async fn logout_while_a_peer_is_down(backups: Backups) {
     let peers = Peers::new(3, backups);
-    let mut all = peers.start_all().await;
-    let web3 = all.pop().unwrap();
-    let web2 = all.pop().unwrap();
-    let web1 = all.pop().unwrap();
+    let (web1, web2, web3) = three(&peers).await;
     let mut browsers = Vec::new();
     for _ in 0..10 {
         browsers.push(session_kit::logged_in(&web1).await);
@@ -614,10 +632,7 @@ async fn a_logout_with_backups_all_while_one_peer_is_down_stays_a_logout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rereplication_batches_racing_increments_and_logouts() {
     let peers = Peers::new(3, Backups::One);
-    let mut all = peers.start_all().await;
-    let web3 = all.pop().unwrap();
-    let web2 = all.pop().unwrap();
-    let web1 = all.pop().unwrap();
+    let (web1, web2, web3) = three(&peers).await;
     let n = 200;
     let mut browsers = vec![Browser::new(); n];
     let mut last = vec![0u64; n];
@@ -649,9 +664,7 @@ async fn rereplication_batches_racing_increments_and_logouts() {
     .await;
     assert!(ok, "every kept session has its copy on web3");
     let gone_ids: Vec<String> = gone.iter().map(|b| b.cookie.clone().unwrap()).collect();
-    drop(web1);
-    assert!(wait_peer(&web3, "web1", false).await);
-    wrong.extend(reads_last(&web3, kept, kept_last).await);
+    wrong.extend(reads_after_death(web1, "web1", &web3, kept, kept_last).await);
     for id in &gone_ids {
         if let Ok(Some(seen)) = session_kit::look(&web3, id, "n").await {
             wrong.push(format!("logged-out {id} seen on web3: {seen:?}"));
@@ -665,10 +678,7 @@ async fn rereplication_batches_racing_increments_and_logouts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_all_writes_during_one_death_survive_a_second_death_without_heal() {
     let peers = Peers::new(3, Backups::All);
-    let mut all = peers.start_all().await;
-    let web3 = all.pop().unwrap();
-    let web2 = all.pop().unwrap();
-    let web1 = all.pop().unwrap();
+    let (web1, web2, web3) = three(&peers).await;
     let n = 60;
     let mut browsers = vec![Browser::new(); n];
     let mut last = vec![0u64; n];
@@ -686,9 +696,7 @@ async fn backups_all_writes_during_one_death_survive_a_second_death_without_heal
     };
     let (more, ()) = tokio::join!(writes, kill);
     wrong.extend(more);
-    drop(web1);
-    assert!(wait_peer(&web3, "web1", false).await);
-    wrong.extend(reads_last(&web3, &mut browsers, &last).await);
+    wrong.extend(reads_after_death(web1, "web1", &web3, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
 
@@ -716,9 +724,7 @@ async fn the_owner_restarted_empty_goes_on_from_the_backup_copy() {
         last.iter().all(|&v| v == 4),
         "every increment acknowledged: {last:?}"
     );
-    drop(web2);
-    assert!(wait_peer(&web1, "web2", false).await);
-    wrong.extend(reads_last(&web1, &mut browsers, &last).await);
+    wrong.extend(reads_after_death(web2, "web2", &web1, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
 
@@ -855,9 +861,7 @@ async fn partitioned_during_writes(heal_on_backup: bool) {
     // (which must not take its own older copy for the latest).
     let healer = if heal_on_backup { &web2 } else { &web1 };
     wrong.extend(reads_last(healer, &mut browsers, &last).await);
-    drop(web1);
-    assert!(wait_peer(&web2, "web1", false).await);
-    wrong.extend(reads_last(&web2, &mut browsers, &last).await);
+    wrong.extend(reads_after_death(web1, "web1", &web2, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
 
