@@ -876,3 +876,47 @@ async fn a_backup_partitioned_during_writes_comes_back_with_old_data() {
 async fn a_backup_back_with_old_data_serves_the_newer_copy_when_asked_first() {
     partitioned_during_writes(true).await;
 }
+
+/// A logout while the backup (web2) is cut off; web1, which did it, dies before web2
+/// returns (two faults at once: outside the fault model with one backup; with three
+/// instances the tombstone also went to web3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_survives_its_instance_dying_before_the_cut_off_backup_returns() {
+    let peers = Peers::new(3, Backups::One);
+    let real = kit::memcached::free_port();
+    let partition = Partition::start(peers.port("web2"), real).await;
+    let web1 = peers.start("web1");
+    let web2 = peers.start_with("web2", |b| b.peer_bind(format!("127.0.0.1:{real}")));
+    let web3 = peers.start("web3");
+    assert!(session_kit::wait_nodes_up(&[&web1, &web2, &web3], Duration::from_secs(10)).await);
+    let mut ids = Vec::new();
+    while ids.len() < 10 {
+        let b = session_kit::logged_in(&web1).await;
+        let id = b.cookie.unwrap();
+        let key = memkeep::session::SessionId::parse(&id)
+            .unwrap()
+            .key()
+            .to_string();
+        if web2.peer_endpoint().unwrap().holds(key.as_bytes()) {
+            ids.push(id);
+        }
+    }
+    partition.set(true);
+    assert!(wait_peer(&web1, "web2", false).await);
+    for id in &ids {
+        session_kit::logout(&web1, id).await;
+    }
+    drop(web1);
+    assert!(wait_peer(&web3, "web1", false).await);
+    partition.set(false);
+    assert!(wait_peer(&web3, "web2", true).await);
+    let mut wrong = Vec::new();
+    for id in &ids {
+        for (name, svc) in [("web2", &web2), ("web3", &web3)] {
+            if let Ok(Some(seen)) = session_kit::look(svc, id, "user").await {
+                wrong.push(format!("{id} on {name}: {seen:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
+}
