@@ -459,9 +459,23 @@ async fn increments(
     browsers: &mut [Browser],
     last: &mut [u64],
 ) -> Vec<String> {
+    increments_spread(&[svc], browsers, last).await
+}
+
+/// The services still running.
+fn live(services: &[Option<BackupSessionService>]) -> Vec<&BackupSessionService> {
+    services.iter().flatten().collect()
+}
+
+/// [`increments`] with session `i` on `services[i % services.len()]`.
+async fn increments_spread(
+    services: &[&BackupSessionService],
+    browsers: &mut [Browser],
+    last: &mut [u64],
+) -> Vec<String> {
     let mut wrong = Vec::new();
     for (i, b) in browsers.iter_mut().enumerate() {
-        if let Ok(v) = b.increment(svc, "n").await {
+        if let Ok(v) = b.increment(services[i % services.len()], "n").await {
             if v != last[i] + 1 {
                 wrong.push(format!("session {i}: acknowledged {v} after {}", last[i]));
             }
@@ -918,5 +932,33 @@ async fn a_logout_survives_its_instance_dying_before_the_cut_off_backup_returns(
             }
         }
     }
+    assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
+}
+
+/// `backups = 1`, three instances, sessions owned by each: web1 is killed while they
+/// are written, every session is requested once (the heal), web2 is killed while they
+/// are written again; web3 serves every last acknowledged value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_killed_in_turn_under_writes_with_a_heal_between() {
+    let peers = Peers::new(3, Backups::One);
+    let (web1, web2, web3) = three(&peers).await;
+    let mut services = [Some(web1), Some(web2), Some(web3)];
+    let n = 30;
+    let mut browsers = vec![Browser::new(); n];
+    let mut last = vec![0u64; n];
+    let mut wrong = Vec::new();
+    // Session i on live instance i % (live ones).
+    wrong.extend(increments_spread(&live(&services), &mut browsers, &mut last).await);
+    for (kill, route) in [(0usize, "web1"), (1, "web2")] {
+        let dead = services[kill].take();
+        drop(dead);
+        let survivor = services[2].as_ref().unwrap();
+        assert!(wait_peer(survivor, route, false).await);
+        // Writes right after the death, then the heal (one more request each).
+        wrong.extend(increments_spread(&live(&services), &mut browsers, &mut last).await);
+        wrong.extend(increments_spread(&live(&services), &mut browsers, &mut last).await);
+    }
+    let web3 = services[2].as_ref().unwrap();
+    wrong.extend(reads_last(web3, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
