@@ -833,6 +833,7 @@ async fn a_backup_partitioned_during_a_logout_comes_back_with_old_data() {
     assert_eq!(stale, keys.len(), "web2 keeps its old copies while cut off");
     partition.set(false);
     assert!(wait_peer(&web1, "web2", true).await);
+    assert!(wait_peer(&web2, "web2", true).await);
     // Let a re-replication pass run after the return.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut wrong = Vec::new();
@@ -872,7 +873,10 @@ async fn partitioned_during_writes(heal_on_backup: bool) {
         wrong.extend(increments(&web1, &mut browsers, &mut last).await);
     }
     partition.set(false);
+    // Back for everyone: web2's client reaches web2's own endpoint through the same
+    // address, so web2 too must have reconnected before the heal.
     assert!(wait_peer(&web1, "web2", true).await);
+    assert!(wait_peer(&web2, "web2", true).await);
     // The heal: one request of each session, on the owner or on the returned backup
     // (which must not take its own older copy for the latest).
     let healer = if heal_on_backup { &web2 } else { &web1 };
@@ -924,6 +928,7 @@ async fn a_logout_survives_its_instance_dying_before_the_cut_off_backup_returns(
     assert!(wait_peer(&web3, "web1", false).await);
     partition.set(false);
     assert!(wait_peer(&web3, "web2", true).await);
+    assert!(wait_peer(&web2, "web2", true).await);
     let mut wrong = Vec::new();
     for id in &ids {
         for (name, svc) in [("web2", &web2), ("web3", &web3)] {
