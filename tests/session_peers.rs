@@ -14,9 +14,8 @@ use std::time::Duration;
 use memkeep::session::peer::{Backups, PEER_PROTOCOL_USER};
 use memkeep::session::{BackupSessionService, CookieDecision, Mode, SessionConfig, SessionError};
 use memkeep::{Client, Credentials, NodeConfig, NodeState};
-use peers_kit::{wait_peer, Peers, SECRET};
+use peers_kit::{exchange, wait_peer, Peers, SECRET};
 use session_kit::Browser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn key_of(b: &Browser) -> Vec<u8> {
     b.id().unwrap().key().to_string().into_bytes()
@@ -160,18 +159,6 @@ async fn three_instances_one_backup_two_killed_one_after_the_other_with_a_heal_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_backups_all_two_killed_without_any_request_between() {
     three_instances_two_killed(Backups::All, false).await;
-}
-
-/// Reads what the endpoint answers until it closes the connection.
-async fn exchange(port: u16, send: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(send).await.unwrap();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "the endpoint closes the connection");
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

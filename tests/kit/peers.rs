@@ -123,3 +123,38 @@ pub async fn wait_peer(svc: &BackupSessionService, route: &str, up: bool) -> boo
     })
     .await
 }
+
+/// The login block of the peer protocol with `secret`.
+pub fn login_block(secret: &str) -> String {
+    let user = memkeep::session::peer::PEER_PROTOCOL_USER;
+    format!(
+        "set auth 0 0 {}\r\n{user} {secret}\r\n",
+        user.len() + 1 + secret.len()
+    )
+}
+
+/// Sends `send` to the endpoint on `port` and reads what it answers until it closes the
+/// connection (bounded: 10 s). The write side is shut after `send` (the endpoint
+/// sees the end of the stream after it).
+pub async fn exchange(port: u16, send: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The endpoint may close before reading everything: a failed write is an answer too.
+    let _ = s.write_all(send).await;
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the endpoint closes the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
