@@ -967,3 +967,28 @@ async fn two_instances_killed_in_turn_under_writes_with_a_heal_between() {
     wrong.extend(reads_last(web3, &mut browsers, &last).await);
     assert!(wrong.is_empty(), "{}", session_kit::report(&wrong));
 }
+
+/// memcached (1.6.18 checked) answers every command before a pipelined `quit`, then
+/// closes; so does the endpoint (it used to execute them and drop their answers: a
+/// client pipelining `... quit` never learned its writes were stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_before_a_pipelined_quit_are_sent() {
+    let peers = Peers::new(2, Backups::One);
+    let web1 = peers.start("web1");
+    let port = peers.port("web1");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let send = format!("{}ms q 1\r\nx\r\nmg q v\r\nquit\r\n", login_block(SECRET));
+    s.write_all(send.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    // The write did happen:
+    assert!(web1.peer_endpoint().unwrap().holds(b"q"));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "STORED\r\nHD\r\nVA 1\r\nx\r\n",
+        "answers before quit"
+    );
+}

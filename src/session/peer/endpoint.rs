@@ -301,12 +301,16 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
             Some(line)
         }
     };
+    // The answers to the commands before the one that ended the connection (a pipelined
+    // `quit`, a refused or malformed command) are sent first, as memcached does.
     if let Some(line) = line {
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
-        let _ = stream.write_all(&out).await;
-        let _ = stream.shutdown().await;
     }
+    if !out.is_empty() {
+        let _ = stream.write_all(&out).await;
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// One parsed command.
