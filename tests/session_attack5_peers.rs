@@ -14,7 +14,7 @@ mod session_kit;
 
 use std::time::Duration;
 
-use memkeep::session::peer::{Backups, PEER_PROTOCOL_USER};
+use memkeep::session::peer::{Backups, LOGIN_DEADLINE, PEER_PROTOCOL_USER};
 use memkeep::session::BackupSessionService;
 use memkeep::{Client, Credentials, NodeConfig};
 use peers_kit::{exchange, login_block, wait_peer, Peers, SECRET};
@@ -990,5 +990,40 @@ async fn answers_before_a_pipelined_quit_are_sent() {
         String::from_utf8_lossy(&out),
         "STORED\r\nHD\r\nVA 1\r\nx\r\n",
         "answers before quit"
+    );
+}
+
+/// A connection that does not log in within `LOGIN_DEADLINE` is answered, closed and
+/// counted as refused (an unauthenticated client can't hold a connection forever), while
+/// a logged-in peer connection that stays idle as long is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_logs_in_is_closed_at_the_login_deadline() {
+    let peers = Peers::new(2, Backups::One);
+    let web1 = peers.start("web1");
+    let port = peers.port("web1");
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut peer = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    peer.write_all(login_block(SECRET).as_bytes())
+        .await
+        .unwrap();
+    let mut stored = [0u8; 8];
+    peer.read_exact(&mut stored).await.unwrap();
+    assert_eq!(&stored, b"STORED\r\n");
+    let mut out = Vec::new();
+    tokio::time::timeout(LOGIN_DEADLINE * 2, idle.read_to_end(&mut out))
+        .await
+        .expect("closed by the endpoint, not by this test's bound")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "CLIENT_ERROR login timed out\r\n"
+    );
+    assert_eq!(web1.peer_endpoint().unwrap().stats().refused_connections, 1);
+    peer.write_all(b"mn\r\n").await.unwrap();
+    let mut mn = [0u8; 4];
+    peer.read_exact(&mut mn).await.unwrap();
+    assert_eq!(
+        &mn, b"MN\r\n",
+        "the logged-in connection idle as long is still served"
     );
 }

@@ -48,6 +48,11 @@ pub const PEER_PROTOCOL_VERSION: &str = "memkeep-peer/1";
 /// The longest command line accepted, CRLF included.
 pub const MAX_LINE: usize = 2048;
 
+/// How long a connection may take to log in: one that has not by then is answered
+/// `CLIENT_ERROR login timed out`, closed and counted as refused (a peer logs in with its
+/// first write, so only a client that is not a peer waits that long).
+pub const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// The longest key (memcached's limit).
 const MAX_KEY: usize = 250;
 
@@ -264,6 +269,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut authenticated = false;
+    let login_deadline = tokio::time::Instant::now() + LOGIN_DEADLINE;
     let close = 'conn: loop {
         // Serve every complete command in the buffer, then write the answers at once.
         loop {
@@ -285,7 +291,15 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
             }
             out.clear();
         }
-        match stream.read_buf(&mut buf).await {
+        let read = if authenticated {
+            stream.read_buf(&mut buf).await
+        } else {
+            match tokio::time::timeout_at(login_deadline, stream.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => break Close::Refused("CLIENT_ERROR login timed out"),
+            }
+        };
+        match read {
             Ok(0) | Err(_) => break Close::Done,
             Ok(_) => {}
         }

@@ -36,7 +36,9 @@ use super::SessionError;
 
 pub mod endpoint;
 
-pub use endpoint::{PeerEndpoint, PeerEndpointStats, PEER_PROTOCOL_USER, PEER_PROTOCOL_VERSION};
+pub use endpoint::{
+    PeerEndpoint, PeerEndpointStats, LOGIN_DEADLINE, PEER_PROTOCOL_USER, PEER_PROTOCOL_VERSION,
+};
 
 /// How many peers keep a copy of each session besides the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
