@@ -144,6 +144,11 @@ struct Sess {
     /// The principal the session is bound to; `false`: the bind's outcome is unknown
     /// (its request failed under a fault).
     principal: Option<(&'static str, bool)>,
+    /// Logged out everywhere and not requested since. docs/session.md ("Limitations"):
+    /// such a session stays dead through one node fault, and the first request after
+    /// the log-out tombstones it for good; so the heal step requests it, as it requests
+    /// every live session, before the next fault.
+    unrequested_principal_logout: bool,
 }
 
 type Obs = BTreeMap<&'static str, Option<u64>>;
@@ -659,6 +664,7 @@ impl World {
             attrs,
             requested_since_fault: true,
             principal: None,
+            unrequested_principal_logout: false,
         });
         let si = self.sessions.len() - 1;
         self.log(format!("  -> s{si}"));
@@ -1003,6 +1009,7 @@ impl World {
             attrs: self.sessions[si].attrs.clone(),
             requested_since_fault: true,
             principal: self.sessions[si].principal,
+            unrequested_principal_logout: false,
         };
         self.sessions[si].life = Life::Invalidated;
         self.sessions[si].cookie = None;
@@ -1082,6 +1089,7 @@ impl World {
             s.life = match (&r, certain) {
                 (Ok(_), true) => {
                     s.cookie = None;
+                    s.unrequested_principal_logout = true;
                     self.c.principal_logouts += 1;
                     Life::Invalidated
                 }
@@ -1217,6 +1225,15 @@ impl World {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+        // Sessions logged out everywhere: one request each (checked like every probe).
+        let logged_out: Vec<usize> = (0..self.sessions.len())
+            .filter(|&i| self.sessions[i].unrequested_principal_logout)
+            .collect();
+        for si in logged_out {
+            let inst = self.rng.below(self.insts.len() as u64) as usize;
+            self.op_forged(si, inst).await;
+            self.sessions[si].unrequested_principal_logout = false;
         }
     }
 
