@@ -40,6 +40,15 @@ async fn assert_dead(cluster: &Cluster, services: &[&BackupSessionService], old:
     }
 }
 
+/// Two instances of one mode: `sticky` (routes a and b) or non-sticky with that locking.
+fn two_instances(cluster: &Cluster, mode: &str) -> (BackupSessionService, BackupSessionService) {
+    if mode == "sticky" {
+        (sticky(cluster, "a"), sticky(cluster, "b"))
+    } else {
+        (non_sticky(cluster, mode), non_sticky(cluster, mode))
+    }
+}
+
 /// A login that rotates the browser's existing session (it creates none): the outcome
 /// (`None`: the id found no session to rotate), or the error.
 async fn rotate(
@@ -70,11 +79,7 @@ async fn rotate(
 async fn two_instances_rotating_one_session_at_once_leave_the_data_under_a_live_id() {
     let cluster = Cluster::start(3);
     for mode in ["sticky", "none", "all"] {
-        let (a, b) = if mode == "sticky" {
-            (sticky(&cluster, "a"), sticky(&cluster, "b"))
-        } else {
-            (non_sticky(&cluster, mode), non_sticky(&cluster, mode))
-        };
+        let (a, b) = two_instances(&cluster, mode);
         for round in 0..5 {
             let mut browser = Browser::new();
             browser.increment(&a, "n").await.unwrap();
@@ -112,11 +117,7 @@ async fn two_instances_rotating_one_session_at_once_leave_the_data_under_a_live_
 async fn a_rotation_that_loaded_before_a_logout_elsewhere_never_resurrects_the_session() {
     let cluster = Cluster::start(3);
     for mode in ["sticky", "none"] {
-        let (a, b) = if mode == "sticky" {
-            (sticky(&cluster, "a"), sticky(&cluster, "b"))
-        } else {
-            (non_sticky(&cluster, mode), non_sticky(&cluster, mode))
-        };
+        let (a, b) = two_instances(&cluster, mode);
         let mut browser = Browser::new();
         browser.increment(&a, "n").await.unwrap();
         let old = browser.cookie.clone().unwrap();
@@ -134,6 +135,56 @@ async fn a_rotation_that_loaded_before_a_logout_elsewhere_never_resurrects_the_s
             }
         }
         assert_dead(&cluster, &[&a, &b], &old, &format!("{mode}: old id")).await;
+    }
+}
+
+/// The opposite order of the test above (the I1 gap of the first lifecycle round): a
+/// logout that loaded the session before a rotation of it completed on the other
+/// instance, and finishes after, kills the rotated id too (it follows the retirement
+/// tombstone to the key the session moved to). Locking `all` and `auto` serialize the
+/// two requests (the logout holds the session's lock), so they can't interleave so.
+#[tokio::test]
+async fn a_logout_that_loaded_before_a_rotation_elsewhere_kills_the_rotated_id_too() {
+    let cluster = Cluster::start(3);
+    for mode in ["sticky", "none"] {
+        let (a, b) = two_instances(&cluster, mode);
+        for rotations in 1..=3 {
+            let mut browser = Browser::new();
+            browser.increment(&a, "n").await.unwrap();
+            let old = browser.cookie.clone().unwrap();
+            // The logout loads the session on b and is about to finish ...
+            let logout = b.request(RequestInfo::new("/logout").session_id(Some(&old)));
+            let loaded = logout.session().await.unwrap().expect("the session");
+            drop(loaded);
+            // ... when the login rotates the id on a (once or several times in a row).
+            let mut current = browser.clone();
+            let mut ids = Vec::new();
+            for _ in 0..rotations {
+                let (next, out) = rotate(&a, current.clone()).await;
+                let out = out.unwrap().expect("the session to rotate");
+                assert!(out.written, "{mode}: the rotation was acknowledged");
+                current = next;
+                ids.push(current.cookie.clone().unwrap());
+            }
+            let followed = b.stats().successors_invalidated;
+            logout.invalidate().await.unwrap();
+            let out = logout.finish().await.unwrap();
+            assert_eq!(
+                out.cookie,
+                CookieDecision::Remove,
+                "{mode}: logout acknowledged"
+            );
+            assert_eq!(
+                b.stats().successors_invalidated - followed,
+                rotations,
+                "{mode}: the logout followed each rotation"
+            );
+            let what = format!("{mode}, {rotations} rotation(s)");
+            assert_dead(&cluster, &[&a, &b], &old, &format!("{what}: old id")).await;
+            for id in &ids {
+                assert_dead(&cluster, &[&a, &b], id, &format!("{what}: rotated id {id}")).await;
+            }
+        }
     }
 }
 

@@ -166,7 +166,7 @@ async fn invalidation_removes_every_copy_and_the_cookie() {
             let decoded = memkeep::session::format::decode(&record.value, &id.key()).unwrap();
             assert_eq!(
                 decoded.record,
-                memkeep::session::format::Record::Tombstone,
+                memkeep::session::format::Record::Tombstone { successor: None },
                 "{mode:?}"
             );
             assert!(

@@ -240,6 +240,7 @@ struct Counters {
     faults: u64,
     probes: u64,
     rotations: u64,
+    logout_rotation_races: u64,
     binds: u64,
     principal_logouts: u64,
 }
@@ -992,38 +993,150 @@ impl World {
                 return;
             }
         };
+        if let Some(ni) = self.adopt_rotation(si, &what, &out, Life::Live) {
+            self.sessions[si].life = Life::Invalidated;
+            self.sessions[si].cookie = None;
+            self.c.rotations += 1;
+            let carried: Vec<_> = self
+                .uncertain
+                .iter()
+                .filter(|(s, ..)| *s == si)
+                .map(|&(_, a, w)| (ni, a, w))
+                .collect();
+            self.uncertain.extend(carried);
+            self.log(format!("  -> s{si} dead, data now s{ni}"));
+        }
+    }
+
+    /// The new id a rotation of `si` gave (`out`), added to the model as a session of
+    /// its own in state `life`, with `si`'s attribute candidates; its index. `None` (a
+    /// violation) when the rotation gave no new id.
+    fn adopt_rotation(
+        &mut self,
+        si: usize,
+        what: &str,
+        out: &SaveOutcome,
+        life: Life,
+    ) -> Option<usize> {
         let new = match &out.cookie {
             CookieDecision::Set(id) => SessionId::parse(id),
             _ => None,
         };
         let Some(new) = new.filter(|n| n.key() != self.sessions[si].key) else {
             self.violation(format!("{what}: no new id given: {out:?}"));
-            return;
+            return None;
         };
         let id = new.to_string();
         let moved = Sess {
             key: new.key(),
-            cookie: Some(id.clone()),
+            cookie: (life == Life::Live).then(|| id.clone()),
             ids: vec![id],
-            life: Life::Live,
+            life,
             attrs: self.sessions[si].attrs.clone(),
             requested_since_fault: true,
             principal: self.sessions[si].principal,
             unrequested_principal_logout: false,
         };
-        self.sessions[si].life = Life::Invalidated;
-        self.sessions[si].cookie = None;
         self.sessions.push(moved);
-        self.c.rotations += 1;
-        let ni = self.sessions.len() - 1;
-        let carried: Vec<_> = self
-            .uncertain
-            .iter()
-            .filter(|(s, ..)| *s == si)
-            .map(|&(_, a, w)| (ni, a, w))
-            .collect();
-        self.uncertain.extend(carried);
-        self.log(format!("  -> s{si} dead, data now s{ni}"));
+        Some(self.sessions.len() - 1)
+    }
+
+    /// A logout and a login (id rotation) of live session `si` on two instances, each
+    /// loading before the other finishes: the logout loads, the rotation runs whole,
+    /// then the logout finishes (`logout_first`); or the rotation loads, the logout runs
+    /// whole, then the rotation finishes. Either way an acknowledged logout leaves no
+    /// id of the session - the old one, nor one the rotation gave - serving it (I1,
+    /// docs/session.md "Id rotation"). Only where nothing locks (a lock serializes them).
+    async fn op_logout_racing_rotation(&mut self, si: usize) {
+        for i in 0..self.insts.len() {
+            if self.insts[i].kind == Kind::StickyAsync {
+                self.op_flush(i).await;
+            }
+        }
+        let n = self.insts.len() as u64;
+        let il = self.inst_for(si);
+        let ir = (il + 1 + self.rng.below(n - 1) as usize) % n as usize;
+        let logout_first = self.rng.chance(50);
+        let cookie = self.sessions[si].cookie.clone();
+        let what = format!(
+            "logout via {} racing a rotation via {} of s{si} ({} loads first)",
+            self.insts[il].name,
+            self.insts[ir].name,
+            if logout_first { "logout" } else { "rotation" }
+        );
+        let svc_l = self.insts[il].svc.clone();
+        let svc_r = self.insts[ir].svc.clone();
+        let logout = svc_l.request(RequestInfo::new("/logout").session_id(cookie.as_deref()));
+        let login = svc_r.request(RequestInfo::new("/login").session_id(cookie.as_deref()));
+        let rotate_load = |r: Result<Option<Session>, SessionError>| match r {
+            Err(e) => Load::Failed(e.to_string()),
+            Ok(None) => Load::Absent,
+            Ok(Some(s)) => observe(&s),
+        };
+        self.tick();
+        let (l_logout, l_rotate, fin_rotate, fin_logout);
+        if logout_first {
+            let (l, s) = load(&logout, false).await;
+            l_logout = l;
+            l_rotate = rotate_load(login.cycle_id().await);
+            fin_rotate = login.finish().await;
+            if let Some(s) = &s {
+                apply(s, Act::Invalidate);
+            }
+            drop(s);
+            fin_logout = logout.finish().await;
+        } else {
+            l_rotate = rotate_load(login.cycle_id().await);
+            let (l, s) = load(&logout, false).await;
+            l_logout = l;
+            if let Some(s) = &s {
+                apply(s, Act::Invalidate);
+            }
+            drop(s);
+            fin_logout = logout.finish().await;
+            fin_rotate = login.finish().await;
+        }
+        self.tick();
+        self.c.requests += 2;
+        self.c.logout_rotation_races += 1;
+        self.log(format!(
+            "{what}: logout {l_logout:?} / {fin_logout:?}; rotation {l_rotate:?} / {fin_rotate:?}"
+        ));
+        self.check_load(si, &format!("{what}: logout"), &l_logout, true, None);
+        self.check_load(si, &format!("{what}: rotation"), &l_rotate, true, None);
+        self.sessions[si].requested_since_fault = true;
+        let logged_out = match (&l_logout, &fin_logout) {
+            (Load::Found(..), Ok(out)) if out.cookie == CookieDecision::Remove => Life::Invalidated,
+            (Load::Found(..), Ok(out)) => {
+                self.violation(format!("{what}: logout did not remove the cookie: {out:?}"));
+                return;
+            }
+            // Failed under a fault, or nothing loaded: the outcome is not modelled.
+            _ => Life::Retired,
+        };
+        if logged_out == Life::Retired && self.fault.is_none() {
+            self.violation(format!(
+                "{what}: logout failed without a fault: {fin_logout:?}"
+            ));
+        }
+        self.sessions[si].life = logged_out;
+        self.sessions[si].cookie = None;
+        self.c.invalidations += 1;
+        match (&l_rotate, &fin_rotate) {
+            (Load::Found(..), Ok(out)) if matches!(out.cookie, CookieDecision::Set(_)) => {
+                // The rotation was acknowledged: its id is dead with the logout.
+                if let Some(ni) = self.adopt_rotation(si, &what, out, logged_out) {
+                    self.c.rotations += 1;
+                    self.log(format!(
+                        "  -> s{si} and its rotated id s{ni}: {logged_out:?}"
+                    ));
+                }
+            }
+            (_, Err(e)) if self.fault.is_none() => {
+                self.violation(format!("{what}: rotation failed without a fault: {e}"))
+            }
+            _ => {}
+        }
     }
 
     /// A request of live session `si` binds it to principal `p`.
@@ -1258,6 +1371,13 @@ impl World {
                 self.op_request(si, inst, path, act).await
             }
             35..=39 if self.may("rotate") => {
+                let unlocked = self
+                    .insts
+                    .iter()
+                    .all(|i| i.kind != Kind::NonSticky || i.locking == "none");
+                if unlocked && self.may("logout") && self.rng.chance(30) {
+                    return self.op_logout_racing_rotation(si).await;
+                }
                 let inst = self.inst_for(si);
                 self.op_rotate(si, inst).await
             }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::session::clock::unix_millis;
 use crate::session::format::{self, StoredSession, Validity};
 use crate::session::stats::{SessionStats, StatsSnapshot};
-use crate::session::store::{Latest, Replicated, Store, HANDOFF_PERIOD};
+use crate::session::store::{KnownCopies, Latest, Replicated, Store, HANDOFF_PERIOD};
 use crate::session::{CodecKind, SessionError, SessionKey};
 use crate::Client;
 
@@ -330,7 +330,7 @@ impl Backend {
                 None if matches!(content, Content::Touch(_)) => return Ok(Written::Deleted),
                 None => (0, now, None),
                 Some(_) if create => return Ok(Written::Taken),
-                Some(Latest::Tombstone) => {
+                Some(Latest::Tombstone { .. }) => {
                     self.stats.writes_after_invalidation.fetch_add(1, Relaxed);
                     return Ok(Written::Deleted);
                 }
@@ -409,7 +409,10 @@ impl Backend {
                 self.max_lifetime,
             ),
         };
-        self.store.invalidate(key, &nodes, now, lifetime).await?;
+        self.store
+            .invalidate(key, &nodes, now, lifetime, &KnownCopies::default(), None)
+            .await
+            .result?;
         self.stats.invalidations.fetch_add(1, Relaxed);
         Ok(())
     }

@@ -22,6 +22,10 @@ use super::SessionError;
 /// How many times an unlocked write re-reads and merges before it gives up.
 const MERGE_ATTEMPTS: usize = 4;
 
+/// Rotated keys one invalidation follows (each rotation of the session between its
+/// load and its invalidation adds one).
+const MAX_SUCCESSORS: usize = 16;
+
 /// Whether a write that finds a newer stored version may merge onto it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum WritePolicy {
@@ -224,7 +228,7 @@ impl Engine {
                 stored,
                 validity,
             }) => (version, stored, validity),
-            Some(Latest::Tombstone) => return None,
+            Some(Latest::Tombstone { .. }) => return None,
             // No copy where one could be. A memory copy with a write still queued (async
             // mode: its first write, or a write after both nodes were replaced) is the
             // session: the queued write stores it. Any other memory copy is not written
@@ -463,7 +467,7 @@ impl Engine {
         let fetched = self.store.fetch(key, &hints, now_ms).await?;
         *known = fetched.known;
         match fetched.latest {
-            Some(Latest::Tombstone) => return Ok(Some(self.gone())),
+            Some(Latest::Tombstone { .. }) => return Ok(Some(self.gone())),
             Some(Latest::Session {
                 version, stored, ..
             }) => {
@@ -599,9 +603,48 @@ impl Engine {
             }
         }
         let now = super::clock::unix_millis(self.config.clock.now());
-        self.store
-            .invalidate(&id.key(), &nodes, now, max_inactive)
-            .await
+        let first = self
+            .store
+            .invalidate(&id.key(), &nodes, now, max_inactive, known, None)
+            .await;
+        let followed = self
+            .invalidate_successors(first.successors, now, max_inactive)
+            .await;
+        first.result.and(followed)
+    }
+
+    /// An invalidation of a session this request loaded found its key retired by an id
+    /// rotation that completed meanwhile (elsewhere): the session lives on under the
+    /// successor keys, which are invalidated in turn (and theirs, up to
+    /// `MAX_SUCCESSORS` keys), so the rotation can't carry a logged-out session on.
+    async fn invalidate_successors(
+        &self,
+        mut pending: Vec<SessionKey>,
+        now: u64,
+        max_inactive: std::time::Duration,
+    ) -> Result<(), SessionError> {
+        let mut followed: Vec<SessionKey> = Vec::new();
+        let mut outcome = Ok(());
+        while let Some(key) = pending.pop() {
+            if followed.contains(&key) {
+                continue;
+            }
+            if followed.len() == MAX_SUCCESSORS {
+                tracing::error!("an invalidation found more rotated ids than it follows; the rest live on until they expire");
+                return Err(SessionError::Conflict);
+            }
+            followed.push(key);
+            self.stats.successors_invalidated.fetch_add(1, Relaxed);
+            let next = self
+                .store
+                .invalidate(&key, &[], now, max_inactive, &KnownCopies::default(), None)
+                .await;
+            if let Err(e) = next.result {
+                outcome = outcome.and(Err(e));
+            }
+            pending.extend(next.successors);
+        }
+        outcome
     }
 
     /// Invalidates the key of an id under which no session was found (see
@@ -614,8 +657,16 @@ impl Engine {
             .collect();
         let now = super::clock::unix_millis(self.config.clock.now());
         self.store
-            .invalidate(&id.key(), &nodes, now, self.config.max_inactive_interval)
+            .invalidate(
+                &id.key(),
+                &nodes,
+                now,
+                self.config.max_inactive_interval,
+                &KnownCopies::default(),
+                None,
+            )
             .await
+            .result
     }
 
     /// Sticky mode: drops expired sessions from memory.

@@ -13,7 +13,7 @@
 //! | 29..37 | creation time, ms since the Unix epoch, big-endian |
 //! | 37..45 | last access, ms (a tombstone: the invalidation time) |
 //! | 45..53 | max inactive interval, ms |
-//! | 53.. | body: the codec's encoding of a list of `(name, bytes)` attributes (none in a tombstone) |
+//! | 53.. | body: the codec's encoding of a list of `(name, bytes)` attributes; in a tombstone, empty or (a key retired by an id rotation) the 16 bytes of the key the session moved to, its *successor* |
 //!
 //! A validity record (`validity:<key>`), written by the 0.1 layer for requests that only
 //! read the session; still read (when a record alone says the session expired), no
@@ -149,7 +149,12 @@ pub enum Record {
     /// A live session.
     Session(StoredSession),
     /// An invalidated session: terminal, outranks every session record.
-    Tombstone,
+    Tombstone {
+        /// The key the session moved to when this one was retired by an id rotation
+        /// (`None`: invalidated). An invalidation that read the session before the
+        /// rotation follows it, so the rotation can't carry a logged-out session on.
+        successor: Option<SessionKey>,
+    },
 }
 
 /// A decoded record with its write version.
@@ -165,7 +170,10 @@ impl Versioned {
     /// The order in which copies supersede each other: a higher write version wins; at
     /// the same version a tombstone wins (an invalidation is never undone).
     pub fn rank(&self) -> (u64, bool) {
-        (self.version, matches!(self.record, Record::Tombstone))
+        (
+            self.version,
+            matches!(self.record, Record::Tombstone { .. }),
+        )
     }
 }
 
@@ -251,6 +259,15 @@ pub fn encode_tombstone(key: &SessionKey, version: u64, invalidated_ms: u64) -> 
     out
 }
 
+/// The tombstone of `key` retired by an id rotation to `successor` (see
+/// [`Record::Tombstone`]): a tombstone of version `u64::MAX` whose body is the
+/// successor's 16 bytes. Readers older than the successor field ignore the body.
+pub fn encode_retirement(key: &SessionKey, invalidated_ms: u64, successor: &SessionKey) -> Vec<u8> {
+    let mut out = encode_tombstone(key, u64::MAX, invalidated_ms);
+    out.extend_from_slice(successor.as_bytes());
+    out
+}
+
 /// Decodes a record stored under `expected`'s keys.
 pub fn decode(bytes: &[u8], expected: &SessionKey) -> Result<Versioned, FormatError> {
     if bytes.len() < 3 {
@@ -282,7 +299,12 @@ pub fn decode(bytes: &[u8], expected: &SessionKey) -> Result<Versioned, FormatEr
     };
     let record = match bytes[3] {
         0 => Record::Session(decode_session(bytes, expected, fields, header_len)?),
-        1 => Record::Tombstone,
+        1 => Record::Tombstone {
+            successor: bytes
+                .get(header_len..)
+                .and_then(|body| <[u8; 16]>::try_from(body).ok())
+                .map(SessionKey::from_bytes),
+        },
         k => return Err(FormatError::UnknownKind(k)),
     };
     Ok(Versioned { version, record })
@@ -465,6 +487,26 @@ mod tests {
     }
 
     #[test]
+    fn a_retirement_tombstone_names_its_successor_and_a_plain_one_none() {
+        let successor = SessionKey::from_bytes([7; 16]);
+        let retired = decode(&encode_retirement(&key(), 1_000, &successor), &key()).unwrap();
+        assert_eq!(retired.version, u64::MAX);
+        assert_eq!(
+            retired.record,
+            Record::Tombstone {
+                successor: Some(successor)
+            }
+        );
+        // A body that is not exactly one key names no successor (still a tombstone).
+        let mut odd = encode_retirement(&key(), 1_000, &successor);
+        odd.push(0);
+        assert_eq!(
+            decode(&odd, &key()).unwrap().record,
+            Record::Tombstone { successor: None }
+        );
+    }
+
+    #[test]
     fn an_unknown_codec_id_is_refused() {
         let mut bytes = encode_with(CodecKind::MessagePack);
         bytes[4] = 200;
@@ -486,7 +528,7 @@ mod tests {
     #[test]
     fn tombstone_decodes_as_tombstone_with_its_version() {
         let decoded = decode(&encode_tombstone(&key(), 7, 1_000), &key()).unwrap();
-        assert_eq!(decoded.record, Record::Tombstone);
+        assert_eq!(decoded.record, Record::Tombstone { successor: None });
         assert_eq!(decoded.version, 7);
     }
 
@@ -504,7 +546,7 @@ mod tests {
     fn a_tombstone_outranks_a_session_of_the_same_version() {
         let session = Versioned {
             version: 3,
-            record: Record::Tombstone,
+            record: Record::Tombstone { successor: None },
         };
         let mut bytes = encode_with(CodecKind::MessagePack);
         set_version(&mut bytes, 3);

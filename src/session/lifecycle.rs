@@ -150,8 +150,16 @@ impl Engine {
             .collect();
         let now = super::clock::unix_millis(self.config.clock.now());
         self.store
-            .invalidate(&id.key(), &nodes, now, session.max_inactive_interval())
+            .invalidate(
+                &id.key(),
+                &nodes,
+                now,
+                session.max_inactive_interval(),
+                known,
+                None,
+            )
             .await
+            .result
     }
 
     /// Rotates the id of `old` (loaded or created by this request; `known` what the
@@ -204,7 +212,14 @@ impl Engine {
             let now = super::clock::unix_millis(self.config.clock.now());
             match self
                 .store
-                .retire(&old_key, old_base, now, tombstone_interval, known)
+                .retire(
+                    &old_key,
+                    &new_id.key(),
+                    old_base,
+                    now,
+                    tombstone_interval,
+                    known,
+                )
                 .await
             {
                 Ok(Replicated::Written { .. }) => {
@@ -216,11 +231,19 @@ impl Engine {
                             nodes.push(n.to_owned());
                         }
                     }
-                    if let Err(e) = self
+                    let new_key = new_id.key();
+                    let spread = self
                         .store
-                        .invalidate(&old_key, &nodes, now, tombstone_interval)
-                        .await
-                    {
+                        .invalidate(
+                            &old_key,
+                            &nodes,
+                            now,
+                            tombstone_interval,
+                            known,
+                            Some(&new_key),
+                        )
+                        .await;
+                    if let Err(e) = spread.result {
                         tracing::warn!(error = %e, "rotated id: tombstones not spread to every node; the placement's copies hold them");
                     }
                     self.stats.id_rotations.fetch_add(1, Relaxed);

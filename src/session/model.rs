@@ -733,9 +733,9 @@ impl Session {
                     decoded.version,
                 )))
             }
-            format::Record::Tombstone => Err(SessionError::Format(format::FormatError::Body(
-                "the record is a tombstone".into(),
-            ))),
+            format::Record::Tombstone { .. } => Err(SessionError::Format(
+                format::FormatError::Body("the record is a tombstone".into()),
+            )),
         }
     }
 

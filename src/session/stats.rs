@@ -281,6 +281,9 @@ counters! {
     async_coalesced,
     /// Session ids rotated (`cycle_id`): the data moved to a new id, the old one died.
     id_rotations,
+    /// Rotated ids invalidated by an invalidation that found the session's key retired
+    /// by a rotation completed meanwhile (the logout follows the session to its new id).
+    successors_invalidated,
     /// Sessions not served because their principal was logged out everywhere since
     /// they were bound (each is invalidated).
     principal_logouts,

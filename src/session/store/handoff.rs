@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::{Expiry, NodeState, StoreMode, StoreOptions, StoreOutcome};
 
-use super::{flags_of, ttl, Store, TOMBSTONE_VERSION};
+use super::{ttl, Store, TOMBSTONE_VERSION};
 use crate::session::format;
 use crate::session::id::SessionKey;
 
@@ -163,7 +163,7 @@ impl Store {
     }
 
     async fn deliver_segment(&self, target: &str, holder: &str, list: &str, now_ms: u64) -> usize {
-        let (Ok(holder_client), Ok(target_client)) = (self.node(holder), self.node(target)) else {
+        let (Ok(holder_client), Ok(_)) = (self.node(holder), self.node(target)) else {
             return 0;
         };
         let Ok(Some(item)) = holder_client.gets(list).await else {
@@ -179,18 +179,10 @@ impl Store {
             }
             let tombstone =
                 format::encode_tombstone(&hint.key, TOMBSTONE_VERSION, hint.invalidated_ms);
-            let options = StoreOptions {
-                flags: flags_of(TOMBSTONE_VERSION),
-                expiry: ttl(Duration::from_millis(deadline - now_ms)),
-                cas: None,
-            };
-            match target_client
-                .store(
-                    StoreMode::Set,
-                    self.data_key(&hint.key),
-                    &tombstone,
-                    options,
-                )
+            let expiry = ttl(Duration::from_millis(deadline - now_ms));
+            // Conditional like every tombstone write: a retirement already there stays.
+            match self
+                .put_tombstone(target, &hint.key, &tombstone, expiry, None)
                 .await
             {
                 Ok(_) => delivered += 1,

@@ -18,8 +18,11 @@
 //!   the session: the write stops there ([`Replicated::Conflict`], or
 //!   [`Replicated::Gone`] for a tombstone). The primary is written before the backup,
 //!   so a write refused on the primary touches no copy.
-//! * **A tombstone overwrites anything and is overwritten by nothing**
-//!   ([`Store::invalidate`]): it is `set` on every node that may hold a copy.
+//! * **A tombstone replaces any session copy and is replaced by nothing**
+//!   ([`Store::put_tombstone`]): it is stored on every node that may hold a copy,
+//!   conditionally (`add`, or `cas` over the copy read), so a tombstone already there -
+//!   possibly a retirement naming the key a rotated session moved to - stays, and an
+//!   invalidation that finds a successor invalidates it too (the engine follows it).
 //! * A save is acknowledged only when every copy of the placement acknowledged it.
 
 use std::collections::HashMap;
@@ -126,8 +129,12 @@ pub(crate) enum Latest {
         /// The newest validity among the copies.
         validity: Validity,
     },
-    /// The session was invalidated.
-    Tombstone,
+    /// The session was invalidated (or its key retired by an id rotation to
+    /// `successor`).
+    Tombstone {
+        /// See [`Record::Tombstone`].
+        successor: Option<SessionKey>,
+    },
 }
 
 /// What a read found.

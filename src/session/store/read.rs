@@ -99,7 +99,7 @@ impl Store {
                 continue;
             }
             let entry = match decoded.record {
-                Record::Tombstone => Latest::Tombstone,
+                Record::Tombstone { successor } => Latest::Tombstone { successor },
                 Record::Session(stored) => Latest::Session {
                     version: decoded.version,
                     validity: stored.validity,
@@ -118,8 +118,9 @@ impl Store {
                 }
             }
         }
-        if matches!(latest, Some(Latest::Tombstone)) {
-            self.spread_tombstone(key, &answered, &known).await;
+        if let Some(Latest::Tombstone { successor }) = &latest {
+            self.spread_tombstone(key, &answered, &known, successor.as_ref())
+                .await;
         }
         if latest.is_none() {
             // Every node the id names failed: its copies may be there. (One of them

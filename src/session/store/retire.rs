@@ -6,7 +6,8 @@
 use super::*;
 
 impl Store {
-    /// Puts a tombstone on every copy of the placement of `key`, as a write based on
+    /// Puts a tombstone naming `successor` (the key the session moved to) on every copy
+    /// of the placement of `key`, as a write based on
     /// version `base`: `Conflict` when a copy holds a newer version (another request
     /// wrote the old key since it was copied: copy again, then retry), `Gone` when it
     /// was invalidated meanwhile. The tombstone is then spread to every other node by
@@ -14,6 +15,7 @@ impl Store {
     pub(crate) async fn retire(
         &self,
         key: &SessionKey,
+        successor: &SessionKey,
         base: u64,
         invalidated_ms: u64,
         max_inactive: Duration,
@@ -22,7 +24,7 @@ impl Store {
         if let Some(refused) = self.newer_anywhere(key, base, known).await {
             return Ok(refused);
         }
-        let mut tombstone = format::encode_tombstone(key, TOMBSTONE_VERSION, invalidated_ms);
+        let mut tombstone = format::encode_retirement(key, invalidated_ms, successor);
         self.place_record(
             key,
             &mut tombstone,

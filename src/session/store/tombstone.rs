@@ -1,41 +1,68 @@
 //! Invalidation: tombstones on every usable node, hints for the nodes that missed them
 //! (`handoff`), and read repair of a tombstone a read found (see the module's rules).
+//!
+//! A tombstone never replaces another one ([`Store::put_tombstone`]): a key retired by
+//! an id rotation holds a tombstone naming the key the session moved to (its
+//! successor), and an invalidation that loaded the session before the rotation finds
+//! that name there and invalidates the successor too, instead of erasing the trail.
 
 use std::time::Duration;
 
-use crate::{Expiry, StoreMode, StoreOptions};
+use crate::{Expiry, StoreMode, StoreOptions, StoreOutcome};
 
 use super::*;
 
+/// What one invalidation did.
+#[derive(Debug)]
+pub(crate) struct Invalidation {
+    /// Ok when the placement's nodes (at least one) hold a tombstone.
+    pub(crate) result: Result<(), SessionError>,
+    /// The successors named by tombstones the nodes already held (the key was retired
+    /// by an id rotation: the session lives on under these keys).
+    pub(crate) successors: Vec<SessionKey>,
+}
+
+/// What a tombstone write found on one node.
+pub(super) enum Put {
+    /// The tombstone is stored.
+    Stored,
+    /// The node already held a tombstone (kept as it is), naming this successor.
+    Kept(Option<SessionKey>),
+}
+
 impl Store {
-    /// Invalidates a session: a tombstone `set` on every node of `nodes` (the nodes the
-    /// read found or the id named) and of the current placement; the validity records
-    /// are removed. Ok when the placement's nodes (at least one) hold the tombstone.
+    /// Invalidates a session: a tombstone on every node of `nodes` (the nodes the read
+    /// found or the id named) and of the current placement, and on every other usable
+    /// node; the validity records are removed. A tombstone a node already holds is kept
+    /// and its successor reported. `known`: what the invalidating request read (its
+    /// CAS tokens spare a read per copy). `successor`: the key the session moved to
+    /// (an id rotation spreading its retirement), written into the tombstones.
     pub(crate) async fn invalidate(
         &self,
         key: &SessionKey,
         nodes: &[String],
         invalidated_ms: u64,
         max_inactive: Duration,
-    ) -> Result<(), SessionError> {
-        let tombstone = format::encode_tombstone(key, TOMBSTONE_VERSION, invalidated_ms);
+        known: &KnownCopies,
+        successor: Option<&SessionKey>,
+    ) -> Invalidation {
+        let tombstone = match successor {
+            Some(next) => format::encode_retirement(key, invalidated_ms, next),
+            None => format::encode_tombstone(key, TOMBSTONE_VERSION, invalidated_ms),
+        };
         let expiry = ttl(max_inactive.saturating_add(TOMBSTONE_MARGIN));
         let mut exclude: Vec<String> = Vec::new();
         let mut done: Vec<String> = Vec::new();
-        let options = StoreOptions {
-            flags: flags_of(TOMBSTONE_VERSION),
-            expiry,
-            cas: None,
-        };
+        let mut successors: Vec<SessionKey> = Vec::new();
         let write = |node: String| {
             let tombstone = &tombstone;
             async move {
                 let client = self.node(&node)?;
-                let (t, _) = futures::join!(
-                    client.store(StoreMode::Set, self.data_key(key), tombstone, options),
+                let (put, _) = futures::join!(
+                    self.put_tombstone(&node, key, tombstone, expiry, known.get(&node)),
                     client.delete(self.validity_key(key))
                 );
-                t.map(|_| node)
+                put.map(|p| (node, p))
             }
         };
         // Every usable node gets the tombstone, not only the copies' nodes: a copy the
@@ -64,7 +91,14 @@ impl Store {
                 .collect();
             for result in futures::future::join_all(batch.into_iter().map(write)).await {
                 match result {
-                    Ok(node) => done.push(node),
+                    Ok((node, put)) => {
+                        if let Put::Kept(Some(next)) = put {
+                            if !successors.contains(&next) {
+                                successors.push(next);
+                            }
+                        }
+                        done.push(node);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "tombstone not written on a node");
                         last_error = Some(e);
@@ -102,9 +136,68 @@ impl Store {
             self.record_hints(key, &missed, &done, invalidated_ms, ttl_secs)
                 .await;
         }
-        outcome.unwrap_or_else(|| {
+        let result = outcome.unwrap_or_else(|| {
             Err(last_error.map_or(SessionError::NoNodeAvailable, SessionError::Memcached))
-        })
+        });
+        Invalidation { result, successors }
+    }
+
+    /// Stores `tombstone` under `key` on `node` unless the node already holds a
+    /// tombstone, which is kept (a retirement's successor must not be erased by a plain
+    /// invalidation racing it). Conditional like a session write: `add` where the node
+    /// is believed to hold nothing, `cas` over the copy it holds; a record that changed
+    /// meanwhile is read again. `known`: the node's state as last read (`None`: assumed
+    /// empty, the common case off the copies' nodes, and checked by the `add`).
+    pub(super) async fn put_tombstone(
+        &self,
+        node: &str,
+        key: &SessionKey,
+        tombstone: &[u8],
+        expiry: Expiry,
+        known: Option<CopyState>,
+    ) -> Result<Put, crate::Error> {
+        let client = self.node(node)?;
+        let data_key = self.data_key(key);
+        // A tombstone known to be there is read again for its successor.
+        let mut state = match known {
+            Some(CopyState::Present { version, .. }) if version == TOMBSTONE_VERSION => None,
+            Some(s) => Some(s),
+            None => Some(CopyState::Missing),
+        };
+        for _ in 0..COPY_ATTEMPTS {
+            let current = match state.take() {
+                Some(s) => s,
+                None => match client.gets(&data_key).await? {
+                    None => CopyState::Missing,
+                    Some(item) => match format::decode(&item.value, key) {
+                        Ok(format::Versioned {
+                            record: Record::Tombstone { successor },
+                            ..
+                        }) => return Ok(Put::Kept(successor)),
+                        // A session copy (or a record this reader refuses): replaced.
+                        _ => CopyState::Present {
+                            version: 0,
+                            cas: item.cas.unwrap_or(0),
+                        },
+                    },
+                },
+            };
+            let (mode, cas) = match current {
+                CopyState::Missing => (StoreMode::Add, None),
+                CopyState::Present { cas, .. } => (StoreMode::Set, Some(cas)),
+            };
+            let options = StoreOptions {
+                flags: flags_of(TOMBSTONE_VERSION),
+                expiry,
+                cas,
+            };
+            if client.store(mode, &data_key, tombstone, options).await? == StoreOutcome::Stored {
+                return Ok(Put::Stored);
+            }
+        }
+        Err(crate::Error::Server(
+            "session record kept changing under a tombstone write".into(),
+        ))
     }
 
     /// Read repair of an invalidation: a read found the tombstone as the latest copy and
@@ -115,6 +208,7 @@ impl Store {
         key: &SessionKey,
         answered: &[&str],
         known: &KnownCopies,
+        successor: Option<&SessionKey>,
     ) {
         let behind: Vec<&str> = answered
             .iter()
@@ -124,7 +218,11 @@ impl Store {
         if behind.is_empty() {
             return;
         }
-        let tombstone = format::encode_tombstone(key, TOMBSTONE_VERSION, 0);
+        // The tombstone found, successor included (a retirement stays one).
+        let tombstone = match successor {
+            Some(next) => format::encode_retirement(key, 0, next),
+            None => format::encode_tombstone(key, TOMBSTONE_VERSION, 0),
+        };
         let options = StoreOptions {
             flags: flags_of(TOMBSTONE_VERSION),
             expiry: ttl(self.repair_ttl),
