@@ -373,6 +373,55 @@ async fn log_out_everywhere_case(fault: NodeFault, down: usize) {
     assert!(a.stats().principal_logouts + b.stats().principal_logouts >= 6);
 }
 
+/// Log-out-everywhere while a node is stopped: the node resumes with the old generation,
+/// gets the new one from the hints the others kept (hinted handoff, as for tombstones),
+/// and then the two nodes that got the log-out are restarted empty. A session of the
+/// principal whose copy survives on the resumed node stays logged out.
+#[tokio::test]
+async fn log_out_everywhere_missed_by_a_stopped_node_survives_the_loss_of_the_nodes_that_got_it() {
+    let mut cluster = Cluster::start(3);
+    let a = service(&cluster, config(&cluster, Mode::Sticky).route("a"));
+    let n0 = Cluster::id(0);
+    // A session of ann with a copy on n0 (the node that will miss the log-out).
+    let mut ann = None;
+    for _ in 0..50 {
+        let mut br = Browser::new();
+        br.login(&a, Some("ann")).await.unwrap();
+        let id = br.id().unwrap();
+        if id.node() == n0 || id.backup() == Some(n0.as_str()) {
+            ann = Some(br);
+            break;
+        }
+    }
+    let ann = ann.expect("a session with a copy on n0 among 50");
+    cluster[0].pause();
+    assert!(session_kit::drive_down(&a, &n0, Duration::from_secs(10)).await);
+    assert_eq!(a.invalidate_principal("ann").await.unwrap(), 1);
+    let delivered = a.stats().hints_delivered;
+    cluster[0].resume();
+    assert!(session_kit::wait_nodes_up(&[&a], Duration::from_secs(10)).await);
+    // The background handoff (every second) delivers the generation to n0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while a.stats().hints_delivered == delivered {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hint delivered to n0 in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in [1, 2] {
+        cluster[i].kill();
+        cluster[i].restart();
+    }
+    assert!(session_kit::wait_nodes_up(&[&a], Duration::from_secs(10)).await);
+    let id = ann.cookie.clone().unwrap();
+    assert_eq!(
+        look(&a, &id, "user").await.unwrap(),
+        None,
+        "ann's session {id} served after log-out-everywhere: n0 kept the old generation"
+    );
+}
+
 type Seen = Arc<Mutex<Vec<SessionEvent>>>;
 
 fn recorder() -> (Seen, impl Fn(&SessionEvent) + Send + Sync + 'static) {

@@ -256,6 +256,9 @@ struct World {
     now: u64,
     next_id: u64,
     history: Vec<String>,
+    /// When the run started (history lines carry the wall-clock time since, in ms:
+    /// background work such as hint delivery runs on its own schedule).
+    started: Instant,
     fault: Option<Fault>,
     ops_since_fault: u32,
     uncertain: Vec<(usize, &'static str, u64)>,
@@ -281,7 +284,8 @@ impl World {
 
     fn log(&mut self, line: String) {
         let t = self.now;
-        self.history.push(format!("t{t} {line}"));
+        let ms = self.started.elapsed().as_millis();
+        self.history.push(format!("t{t} +{ms}ms {line}"));
     }
 
     /// A mismatch between the service and the model: the test fails at once with the
@@ -1326,6 +1330,11 @@ impl World {
         let uncertain = std::mem::take(&mut self.uncertain);
         self.settle_writes(uncertain);
         self.log(format!("HEAL {fault:?}"));
+        // Healing includes the hinted handoff (docs/session.md: a node back from an
+        // absence gets what it missed within a second; a second fault in that second,
+        // of the nodes holding the hints, is a second simultaneous fault).
+        let delivered = svcs[0].deliver_hints().await;
+        self.log(format!("  hints delivered: {delivered}"));
         for si in self.live() {
             for attempt in 0..10 {
                 let inst = self.inst_for(si);
@@ -1461,6 +1470,14 @@ impl World {
             }
         }
         self.log("FINAL CHECK".into());
+        for inst in 0..self.insts.len() {
+            let st = self.insts[inst].svc.stats();
+            let line = format!(
+                "  {}: hints delivered {}, hint failures {}",
+                self.insts[inst].name, st.hints_delivered, st.hint_failures
+            );
+            self.log(line);
+        }
         for si in 0..self.sessions.len() {
             match self.sessions[si].life {
                 Life::Live => {
@@ -1563,6 +1580,7 @@ async fn run_family_on(
         now: 0,
         next_id: 0,
         history: Vec::new(),
+        started: Instant::now(),
         fault: None,
         ops_since_fault: 0,
         uncertain: Vec::new(),

@@ -254,6 +254,17 @@ impl BackupSessionService {
     pub fn purge_expired(&self) -> usize {
         self.inner.purge_expired()
     }
+
+    /// Hinted handoff, now: delivers to every node that is up the tombstones and
+    /// principal generations it missed while it was away (down, stopped, failing).
+    /// Every instance also does this in the background every second; call it after
+    /// bringing a node back to close that second's window before the next maintenance
+    /// step, or from an operations endpoint. Returns the number of hints delivered
+    /// (also counted in `hints_delivered`).
+    pub async fn deliver_hints(&self) -> usize {
+        let now = super::clock::unix_millis(self.inner.config.clock.now());
+        self.inner.store.deliver_hints(now).await
+    }
 }
 
 async fn sweeper(engine: Weak<Engine>) {

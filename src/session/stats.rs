@@ -232,6 +232,9 @@ counters! {
     /// Tombstone hints that could not be recorded (every hint segment full, or a node
     /// error): such a node, back with an old copy, relies on the other tombstones.
     hint_failures,
+    /// Hints delivered to a node that had missed them (tombstones and principal
+    /// generations, hinted handoff).
+    hints_delivered,
     /// Validity refreshes (touch) of sessions that were only read.
     validity_refreshes,
     /// Sessions loaded from memcached and taken over by this instance (sticky mode).

@@ -12,6 +12,11 @@
 //! time; delivery is idempotent). So
 //! a node that comes back with an old copy of an invalidated session gets the tombstone
 //! even when nobody presents the old id again and the invalidating instance is gone.
+//!
+//! The same lists carry the principal generations a node missed (a log-out-everywhere
+//! while it was away): `P <32 hex principal key> <generation>\n`, delivered by raising
+//! the node's generation record (only ever forward). Readers that predate these lines
+//! skip them.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -35,14 +40,23 @@ const HINT_LIST_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One parsed hint line.
 #[derive(Debug, PartialEq, Eq)]
-struct Hint {
-    key: SessionKey,
-    invalidated_ms: u64,
-    ttl_secs: u64,
+enum Hint {
+    /// The tombstone of `key`, set at `invalidated_ms`, to keep `ttl_secs`.
+    Tombstone {
+        key: SessionKey,
+        invalidated_ms: u64,
+        ttl_secs: u64,
+    },
+    /// The principal whose record key is `key` is at `generation` at least.
+    Principal { key: SessionKey, generation: u64 },
 }
 
 fn hint_line(key: &SessionKey, invalidated_ms: u64, ttl_secs: u64) -> String {
     format!("{key} {invalidated_ms} {ttl_secs}\n")
+}
+
+fn principal_hint_line(key: &SessionKey, generation: u64) -> String {
+    format!("P {key} {generation}\n")
 }
 
 /// The well-formed lines of a hint list (anything else is skipped).
@@ -51,14 +65,22 @@ fn parse_hints(bytes: &[u8]) -> Vec<Hint> {
     text.lines()
         .filter_map(|line| {
             let mut parts = line.split(' ');
-            let key = SessionKey::parse(parts.next()?)?;
-            let invalidated_ms = parts.next()?.parse().ok()?;
-            let ttl_secs = parts.next()?.parse().ok()?;
-            parts.next().is_none().then_some(Hint {
-                key,
-                invalidated_ms,
-                ttl_secs,
-            })
+            let first = parts.next()?;
+            let hint = if first == "P" {
+                let key = SessionKey::parse(parts.next()?)?;
+                let generation = parts.next()?.parse().ok()?;
+                Hint::Principal { key, generation }
+            } else {
+                let key = SessionKey::parse(first)?;
+                let invalidated_ms = parts.next()?.parse().ok()?;
+                let ttl_secs = parts.next()?.parse().ok()?;
+                Hint::Tombstone {
+                    key,
+                    invalidated_ms,
+                    ttl_secs,
+                }
+            };
+            parts.next().is_none().then_some(hint)
         })
         .collect()
 }
@@ -85,7 +107,23 @@ impl Store {
         ttl_secs: u64,
     ) {
         let line = hint_line(key, invalidated_ms, ttl_secs);
-        let line = line.as_str();
+        self.record_hint_line(&line, missed, holders).await;
+    }
+
+    /// Records, on each node of `holders`, that each node of `missed` lacks generation
+    /// `generation` of the principal whose record key is `key`.
+    pub(super) async fn record_principal_hints(
+        &self,
+        key: &SessionKey,
+        generation: u64,
+        missed: &[String],
+        holders: &[String],
+    ) {
+        let line = principal_hint_line(key, generation);
+        self.record_hint_line(&line, missed, holders).await;
+    }
+
+    async fn record_hint_line(&self, line: &str, missed: &[String], holders: &[String]) {
         let pairs: Vec<(&String, &String)> = missed
             .iter()
             .flat_map(|m| holders.iter().filter(move |h| *h != m).map(move |h| (m, h)))
@@ -96,7 +134,7 @@ impl Store {
         for (missed, holder, result) in futures::future::join_all(writes).await {
             if let Err(e) = result {
                 self.stats.hint_failures.fetch_add(1, Relaxed);
-                tracing::error!(node = %missed, holder = %holder, error = %e, "tombstone hint not recorded: if this node comes back with an old copy, only the tombstones on the other nodes hide it");
+                tracing::error!(node = %missed, holder = %holder, error = %e, "hint not recorded: if this node comes back with old data, only the other nodes' tombstones or principal generations correct it");
             }
         }
     }
@@ -138,6 +176,9 @@ impl Store {
                 delivered += self.deliver_from(target, holder, now_ms).await;
             }
         }
+        self.stats
+            .hints_delivered
+            .fetch_add(delivered as u64, Relaxed);
         delivered
     }
 
@@ -171,24 +212,37 @@ impl Store {
         };
         let mut delivered = 0;
         for hint in parse_hints(&item.value) {
-            let deadline = hint
-                .invalidated_ms
-                .saturating_add(hint.ttl_secs.saturating_mul(1000));
-            if deadline <= now_ms {
-                continue;
-            }
-            let tombstone =
-                format::encode_tombstone(&hint.key, TOMBSTONE_VERSION, hint.invalidated_ms);
-            let expiry = ttl(Duration::from_millis(deadline - now_ms));
-            // Conditional like every tombstone write: a retirement already there stays.
-            match self
-                .put_tombstone(target, &hint.key, &tombstone, expiry, None)
-                .await
-            {
-                Ok(_) => delivered += 1,
-                // The target failed again: keep the list for the next round.
+            let result = match hint {
+                Hint::Tombstone {
+                    key,
+                    invalidated_ms,
+                    ttl_secs,
+                } => {
+                    let deadline = invalidated_ms.saturating_add(ttl_secs.saturating_mul(1000));
+                    if deadline <= now_ms {
+                        continue;
+                    }
+                    let tombstone =
+                        format::encode_tombstone(&key, TOMBSTONE_VERSION, invalidated_ms);
+                    let expiry = ttl(Duration::from_millis(deadline - now_ms));
+                    // Conditional like every tombstone write: a retirement already
+                    // there stays.
+                    self.put_tombstone(target, &key, &tombstone, expiry, None)
+                        .await
+                        .map(|_| true)
+                }
+                Hint::Principal { key, generation } => {
+                    let item = self.principal_item(&key);
+                    self.raise_principal(target, &item, generation, None).await
+                }
+            };
+            match result {
+                Ok(true) => delivered += 1,
+                // The target failed again, or its record kept changing: keep the list
+                // for the next round.
+                Ok(false) => return delivered,
                 Err(e) => {
-                    tracing::debug!(node = target, error = %e, "tombstone hint not delivered yet");
+                    tracing::debug!(node = target, error = %e, "hint not delivered yet");
                     return delivered;
                 }
             }
@@ -203,7 +257,7 @@ impl Store {
             tracing::info!(
                 node = target,
                 delivered,
-                "tombstones a node missed were handed off to it"
+                "tombstones and principal generations a node missed were handed off to it"
             );
         }
         delivered
@@ -237,17 +291,23 @@ mod tests {
         let k = SessionKey::from_bytes([9; 16]);
         let mut list = hint_line(&k, 1_000, 1_800).into_bytes();
         list.extend_from_slice(b"not a hint\n\xff\xfe\n");
+        list.extend_from_slice(principal_hint_line(&k, 3).as_bytes());
         list.extend_from_slice(hint_line(&k, 2_000, 60).as_bytes());
-        list.extend_from_slice(b"0909 1 2 3\n");
+        list.extend_from_slice(b"0909 1 2 3\nP 0909 1\nP \n");
+        list.extend_from_slice(format!("P {k} 4 5\n").as_bytes());
         assert_eq!(
             parse_hints(&list),
             vec![
-                Hint {
+                Hint::Tombstone {
                     key: k,
                     invalidated_ms: 1_000,
                     ttl_secs: 1_800
                 },
-                Hint {
+                Hint::Principal {
+                    key: k,
+                    generation: 3
+                },
+                Hint::Tombstone {
                     key: k,
                     invalidated_ms: 2_000,
                     ttl_secs: 60

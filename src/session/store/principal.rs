@@ -19,7 +19,9 @@
 //!
 //! With at most one node unavailable at a time, the records a read finds include one
 //! from a node that was up when the generation was bumped (the bump wrote every usable
-//! node, and a node restarted empty since is read past). Cost: one parallel `get` to two
+//! node, and a node restarted empty since is read past). A node that missed a bump gets
+//! the generation from the hints the others keep for it (`handoff`), like a tombstone it
+//! missed, so later faults of the nodes that got it don't bring the old one back. Cost: one parallel `get` to two
 //! nodes per load of a bound session; a bind and a bump read and write every node.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -63,14 +65,14 @@ pub(crate) fn principal_key(principal: &str) -> SessionKey {
 
 /// What one node holds.
 #[derive(Clone, Copy)]
-struct Held {
+pub(super) struct Held {
     generation: u64,
     /// CAS token (`None`: no record).
     cas: Option<u64>,
 }
 
 impl Store {
-    fn principal_item(&self, key: &SessionKey) -> String {
+    pub(super) fn principal_item(&self, key: &SessionKey) -> String {
         format!("{}principal:{key}", self.prefix)
     }
 
@@ -88,7 +90,7 @@ impl Store {
     }
 
     /// Makes `node` hold at least `generation` (only ever forward). True when it does.
-    async fn raise_principal(
+    pub(super) async fn raise_principal(
         &self,
         node: &str,
         item: &str,
@@ -225,22 +227,34 @@ impl Store {
         let writes = held
             .iter()
             .map(|(n, h)| self.raise_principal(n, &item, generation, Some(*h)));
-        let mut stored = 0;
-        for result in futures::future::join_all(writes).await {
+        let mut stored: Vec<String> = Vec::new();
+        for ((node, _), result) in held.iter().zip(futures::future::join_all(writes).await) {
             match result {
-                Ok(true) => stored += 1,
+                Ok(true) => stored.push(node.clone()),
                 Ok(false) => {
                     return Err(SessionError::Memcached(crate::Error::Server(
                         "principal generation kept changing under a conditional write".into(),
                     )))
                 }
                 Err(e) if e.is_node_failure() => {
-                    tracing::warn!(error = %e, "principal generation not written on a node");
+                    tracing::warn!(node = %node, error = %e, "principal generation not written on a node");
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        if stored == 0 {
+        // A node that missed the generation (down, stopped, failing) gets it from the
+        // hints the others keep (handoff.rs), as it gets the tombstones it missed.
+        let missed: Vec<String> = self
+            .client
+            .node_ids()
+            .into_iter()
+            .filter(|n| !stored.contains(n))
+            .collect();
+        if generation > 0 && !stored.is_empty() && !missed.is_empty() {
+            self.record_principal_hints(&key, generation, &missed, &stored)
+                .await;
+        }
+        if stored.is_empty() {
             return Err(SessionError::NoNodeAvailable);
         }
         Ok(generation)
