@@ -574,6 +574,16 @@ impl Client {
             .map(|n| n.shared.state())
     }
 
+    /// A receiver of each node's health, in node order (the session layer's hinted
+    /// handoff wakes when a node comes back up).
+    pub(crate) fn watch_node_states(&self) -> Vec<tokio::sync::watch::Receiver<NodeState>> {
+        self.inner
+            .nodes
+            .iter()
+            .map(|n| n.shared.watch_state())
+            .collect()
+    }
+
     /// Counters summed over all nodes.
     pub fn metrics(&self) -> Metrics {
         self.inner

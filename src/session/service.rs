@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::Client;
+use tokio::sync::watch;
+
+use crate::{Client, NodeState};
 
 use super::config::{Mode, SessionConfig};
 use super::cookie::{strip_url_session_id, CookieDecision, SessionIdCandidates};
@@ -151,7 +153,8 @@ impl BackupSessionService {
             tokio::spawn(sweeper(Arc::downgrade(&inner)));
             tokio::spawn(super::store::rereplicate::run(Arc::downgrade(&inner)));
         }
-        tokio::spawn(hint_deliverer(Arc::downgrade(&inner)));
+        let states = inner.store.client().watch_node_states();
+        tokio::spawn(hint_deliverer(Arc::downgrade(&inner), states));
         Ok(BackupSessionService { inner, peer: None })
     }
 
@@ -279,15 +282,37 @@ async fn sweeper(engine: Weak<Engine>) {
     }
 }
 
-async fn hint_deliverer(engine: Weak<Engine>) {
+/// Hinted handoff in the background: every `HANDOFF_PERIOD`, and at once when a node
+/// comes back up (so the window in which a node back from an absence serves what it
+/// missed is the time to notice it is up, not up to a period).
+async fn hint_deliverer(engine: Weak<Engine>, mut states: Vec<watch::Receiver<NodeState>>) {
     loop {
-        tokio::time::sleep(HANDOFF_PERIOD).await;
+        let _ = tokio::time::timeout(HANDOFF_PERIOD, came_up(&mut states)).await;
         match engine.upgrade() {
             Some(me) => {
                 let now = super::clock::unix_millis(me.config.clock.now());
                 me.store.deliver_hints(now).await;
             }
             None => return,
+        }
+    }
+}
+
+/// Resolves when some node turns `Up`; never when no state can change any more.
+async fn came_up(states: &mut [watch::Receiver<NodeState>]) {
+    loop {
+        if states.is_empty() {
+            return std::future::pending().await;
+        }
+        let changes = states.iter_mut().map(|s| Box::pin(s.changed()));
+        let (changed, i, rest) = futures::future::select_all(changes).await;
+        drop(rest);
+        if changed.is_err() {
+            // The client is gone (the engine with it): periodic delivery only.
+            return std::future::pending().await;
+        }
+        if *states[i].borrow_and_update() == NodeState::Up {
+            return;
         }
     }
 }
