@@ -596,12 +596,7 @@ impl Engine {
         };
         self.stats.invalidations.fetch_add(1, Relaxed);
         self.emit(SessionEventKind::Invalidated, &id, None);
-        let mut nodes: Vec<String> = known.nodes().map(str::to_owned).collect();
-        for n in std::iter::once(id.node()).chain(id.backup()) {
-            if self.store.knows(n) && !nodes.iter().any(|k| k == n) {
-                nodes.push(n.to_owned());
-            }
-        }
+        let nodes = self.tombstone_targets(&id, known);
         let now = super::clock::unix_millis(self.config.clock.now());
         let first = self
             .store
@@ -647,14 +642,22 @@ impl Engine {
         outcome
     }
 
+    /// The nodes an invalidation of `id`'s key writes first (it then writes every usable
+    /// node): those the request's read found, and those the id names that are configured.
+    pub(crate) fn tombstone_targets(&self, id: &SessionId, known: &KnownCopies) -> Vec<String> {
+        let mut nodes: Vec<String> = known.nodes().map(str::to_owned).collect();
+        for n in std::iter::once(id.node()).chain(id.backup()) {
+            if self.store.knows(n) && !nodes.iter().any(|k| k == n) {
+                nodes.push(n.to_owned());
+            }
+        }
+        nodes
+    }
+
     /// Invalidates the key of an id under which no session was found (see
     /// `SessionRequest::invalidate`): tombstones on the id's nodes and every usable node.
     pub(crate) async fn invalidate_id(&self, id: &SessionId) -> Result<(), SessionError> {
-        let nodes: Vec<String> = std::iter::once(id.node())
-            .chain(id.backup())
-            .filter(|n| self.store.knows(n))
-            .map(str::to_owned)
-            .collect();
+        let nodes = self.tombstone_targets(id, &KnownCopies::default());
         let now = super::clock::unix_millis(self.config.clock.now());
         self.store
             .invalidate(

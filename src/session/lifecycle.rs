@@ -143,11 +143,7 @@ impl Engine {
         known: &KnownCopies,
     ) -> Result<(), SessionError> {
         let id = session.id();
-        let nodes: Vec<String> = known
-            .nodes()
-            .chain(std::iter::once(id.node()).chain(id.backup()))
-            .map(str::to_owned)
-            .collect();
+        let nodes = self.tombstone_targets(&id, known);
         let now = super::clock::unix_millis(self.config.clock.now());
         self.store
             .invalidate(
@@ -225,12 +221,7 @@ impl Engine {
                 Ok(Replicated::Written { .. }) => {
                     // The placement's copies hold the tombstone: spread it to every node
                     // (and hints for the nodes that are away), as an invalidation does.
-                    let mut nodes: Vec<String> = known.nodes().map(str::to_owned).collect();
-                    for n in std::iter::once(old_id.node()).chain(old_id.backup()) {
-                        if self.store.knows(n) && !nodes.iter().any(|k| k == n) {
-                            nodes.push(n.to_owned());
-                        }
-                    }
+                    let nodes = self.tombstone_targets(&old_id, known);
                     let new_key = new_id.key();
                     let spread = self
                         .store
