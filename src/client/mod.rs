@@ -593,9 +593,9 @@ impl Client {
                 bytes: Bytes::new(),
                 kind: RequestKind::Panic,
                 reply: None,
+                deadline: None,
                 permit: None,
             })
-            .await
     }
 
     /// The index of the node with this id.
@@ -811,24 +811,27 @@ impl Client {
         let node = &self.inner.nodes[index];
         let connection = node.connection();
         let quiet = self.inner.protocol == Protocol::Meta;
-        let send = async {
-            let permit = connection.reserve(encoded_size_hint(&cmd)).await?;
-            let (bytes, kind) = self.encode(&cmd, plain, connection, quiet);
-            let request = Request {
-                bytes,
-                kind,
-                reply: None,
-                permit: Some(permit),
-            };
-            connection.send(request).await
+        let hint = encoded_size_hint(&cmd);
+        let permit = match connection.try_reserve(hint)? {
+            Some(permit) => permit,
+            None => match tokio::time::timeout_at(deadline, connection.reserve(hint)).await {
+                Ok(permit) => permit?,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        node: node.shared.id.to_string(),
+                        after: self.inner.operation_timeout,
+                    })
+                }
+            },
         };
-        match tokio::time::timeout_at(deadline, send).await {
-            Ok(sent) => sent,
-            Err(_) => Err(Error::Timeout {
-                node: node.shared.id.to_string(),
-                after: self.inner.operation_timeout,
-            }),
-        }
+        let (bytes, kind) = self.encode(&cmd, plain, connection, quiet);
+        connection.send(Request {
+            bytes,
+            kind,
+            reply: None,
+            deadline: None,
+            permit: Some(permit),
+        })
     }
 
     /// When an operation starting now must be over: one deadline covers routing (the
@@ -863,24 +866,32 @@ impl Client {
         let counters = &node.shared.counters;
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let call = async {
-            // Room in the queue's byte budget first, so callers waiting for it hold no
-            // encoded copy of their request.
-            let permit = connection.reserve(encoded_size_hint(cmd)).await?;
-            let (bytes, kind) = self.encode(cmd, plain, connection, false);
-            connection.call(bytes, kind, permit).await
+        // A place in the connection's queue first, so callers waiting for one hold no
+        // encoded copy of their request. Once queued, the request's deadline is the
+        // driver's to enforce (one timer per connection); only a caller that must wait
+        // for a place arms a timer of its own, for that wait.
+        let hint = encoded_size_hint(cmd);
+        let reserved = match connection.try_reserve(hint) {
+            Ok(Some(permit)) => Ok(permit),
+            Ok(None) => tokio::time::timeout_at(deadline, connection.reserve(hint))
+                .await
+                .unwrap_or_else(|_| {
+                    connection.record_timeout();
+                    NodeCounters::add(&counters.timeouts, 1);
+                    tracing::debug!(node = %node.shared.id, ?timeout, "operation timed out");
+                    Err(Error::Timeout {
+                        node: node.shared.id.to_string(),
+                        after: timeout,
+                    })
+                }),
+            Err(e) => Err(e),
         };
-        let result = match tokio::time::timeout_at(deadline, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                connection.record_timeout();
-                NodeCounters::add(&counters.timeouts, 1);
-                tracing::debug!(node = %node.shared.id, ?timeout, "operation timed out");
-                Err(Error::Timeout {
-                    node: node.shared.id.to_string(),
-                    after: timeout,
-                })
+        let result = match reserved {
+            Ok(permit) => {
+                let (bytes, kind) = self.encode(cmd, plain, connection, false);
+                connection.call(bytes, kind, permit, deadline).await
             }
+            Err(e) => Err(e),
         };
         NodeCounters::add(&counters.operations, 1);
         if result.is_err() {
