@@ -263,7 +263,10 @@ impl Client {
         for key in &keys {
             let key = key.as_ref();
             let plain = validate_key(key, binary_ok)? == KeyForm::Plain;
-            let index = self.route(key, deadline).await?;
+            let index = match self.route_now(key) {
+                Some(index) => index,
+                None => self.route(key, deadline).await?,
+            };
             let (node_keys, node_plain) = by_node.get_mut(index).ok_or(Error::NoNodeAvailable)?;
             node_keys.push(key);
             *node_plain &= plain;
@@ -651,6 +654,28 @@ impl Client {
         Ok(plain)
     }
 
+    /// `key`'s primary node.
+    fn primary(&self, key: &[u8]) -> usize {
+        // With one node there is nothing to hash (libmemcached skips it too).
+        if self.inner.nodes.len() == 1 {
+            0
+        } else {
+            self.inner.locator.primary(key)
+        }
+    }
+
+    /// The node for `key` when that needs no wait and no policy (the pinned node, or a
+    /// primary that can take requests): [`Client::route`]'s usual case, without its
+    /// future.
+    fn route_now(&self, key: &[u8]) -> Option<usize> {
+        if self.pinned.is_some() {
+            return self.pinned;
+        }
+        let primary = self.primary(key);
+        let node = self.inner.nodes.get(primary)?;
+        node.shared.is_available().then_some(primary)
+    }
+
     /// The node for `key` under the failure policy; `Retry` waits until `deadline` at most.
     ///
     /// A node in its reconnect backoff is asked to try again now (at most once per
@@ -658,20 +683,12 @@ impl Client {
     /// operation otherwise, the caller waits for that attempt, within its deadline: the
     /// first operation after a restart finds the server instead of the backoff.
     async fn route(&self, key: &[u8], deadline: Instant) -> Result<usize> {
-        if let Some(index) = self.pinned {
+        if let Some(index) = self.route_now(key) {
             return Ok(index);
         }
         let nodes = &self.inner.nodes;
-        // With one node there is nothing to hash (libmemcached skips it too).
-        let primary = if nodes.len() == 1 {
-            0
-        } else {
-            self.inner.locator.primary(key)
-        };
+        let primary = self.primary(key);
         let node = nodes.get(primary).ok_or(Error::NoNodeAvailable)?;
-        if node.shared.is_available() {
-            return Ok(primary);
-        }
         match self.inner.policy {
             FailurePolicy::Redistribute => {
                 if let Ok(next) = self.next_live(key, None) {
@@ -744,7 +761,10 @@ impl Client {
         let plain = self.check(&cmd)?;
         let deadline = self.deadline();
         loop {
-            let index = self.route(key, deadline).await?;
+            let index = match self.route_now(key) {
+                Some(index) => index,
+                None => self.route(key, deadline).await?,
+            };
             let reply = match self.call_checked(index, &cmd, plain, deadline).await {
                 // The node went down between routing and sending (its connection attempt
                 // failed while the request waited for it); the request was never written,
@@ -807,7 +827,10 @@ impl Client {
     async fn keyed_noreply(&self, key: &[u8], cmd: Command<'_>) -> Result<()> {
         let plain = self.check(&cmd)?;
         let deadline = self.deadline();
-        let index = self.route(key, deadline).await?;
+        let index = match self.route_now(key) {
+            Some(index) => index,
+            None => self.route(key, deadline).await?,
+        };
         let node = &self.inner.nodes[index];
         let connection = node.connection();
         let quiet = self.inner.protocol == Protocol::Meta;
