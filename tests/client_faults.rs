@@ -1,6 +1,14 @@
 //! Faults a real memcached can't produce, through the kit's scripted FakeServer:
 //! garbage, half replies, silence, half-closed sockets, absurd lengths, slow answers.
 //!
+//! Operation timeouts are enforced by the connection driver (one timer per connection,
+//! from the deadlines of the callers it holds) rather than by a timer per call: the
+//! `*_deadline*` tests check that every caller gets `Error::Timeout` at its own deadline
+//! wherever its request is (written and awaiting a reply, held by the driver while the
+//! window is full or the connection is being made, or waiting for a place in the queue),
+//! that each timeout is counted once, and that the connection is dropped after
+//! `timeout_threshold` of them as before.
+//!
 //! The fake behaves like memcached except for the requests a rule picks (by key), so
 //! each test injects one fault into an otherwise working connection and then checks
 //! that (1) the faulty operation fails with the right error kind, (2) no caller waits
@@ -11,7 +19,7 @@ mod kit;
 use std::time::{Duration, Instant};
 
 use kit::{Action, FakeServer, History, Match, Rule, HANG_SLACK};
-use memkeep::{Client, Error, Expiry, Protocol};
+use memkeep::{Client, ClientBuilder, Error, Expiry, Protocol};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// No caller may wait longer than this: its timeout plus generous slack.
@@ -48,14 +56,22 @@ both_protocols!(
     error_lines_map_to_their_error_kinds_and_the_connection_goes_on,
     slow_reply_within_the_timeout_succeeds,
     late_reply_to_a_timed_out_request_is_not_delivered_to_the_next_caller,
+    each_caller_times_out_at_its_own_deadline_and_the_stalled_connection_is_dropped,
+    callers_waiting_for_room_in_the_queue_time_out_at_their_deadline,
+    requests_queued_while_the_connection_is_made_time_out_at_their_deadline,
+    a_caller_that_gave_up_is_not_counted_as_a_timeout_past_its_deadline,
 );
 
-fn client(fake: &FakeServer, p: Protocol) -> Client {
+fn builder(fake: &FakeServer, p: Protocol) -> ClientBuilder {
     kit::builder_for(&[fake.addr()], p)
         .operation_timeout(OP_TIMEOUT)
         .connect_timeout(OP_TIMEOUT)
-        .timeout_threshold(2)
         .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+fn client(fake: &FakeServer, p: Protocol) -> Client {
+    builder(fake, p)
+        .timeout_threshold(2)
         .build()
         .expect("client for the fake server")
 }
@@ -417,4 +433,137 @@ async fn late_reply_to_a_timed_out_request_is_not_delivered_to_the_next_caller(p
         let got = get_after_recovery(&c, "late").await;
         assert_eq!(got.as_deref().map(str::as_bytes), Some(&late_v[..]));
     }
+}
+
+/// Runs `get key` on a task of its own; yields how long it took and its result.
+type GetResult = Result<Option<memkeep::Item>, Error>;
+
+fn spawn_get(c: &Client, key: String) -> tokio::task::JoinHandle<(Duration, GetResult)> {
+    let c = c.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let got = kit::no_hang("get", LIMIT, c.get(&key)).await;
+        (started.elapsed(), got)
+    })
+}
+
+/// Sends `get stall` (which the fake must stall), then `callers - 1` gets queued behind
+/// it, `gap` apart, and checks that all of them time out at their own deadline, each
+/// counted once.
+async fn all_time_out_behind_a_stall(c: &Client, callers: usize, gap: Duration) {
+    let mut started = vec![spawn_get(c, "stall".into())];
+    for i in 1..callers {
+        tokio::time::sleep(gap).await;
+        started.push(spawn_get(c, format!("queued-{i}")));
+    }
+    all_time_out(started).await;
+    assert_eq!(
+        c.metrics().timeouts,
+        callers as u64,
+        "each timeout counted once"
+    );
+}
+
+/// Checks that every caller got this client's timeout, no earlier than its deadline
+/// (nor later than `LIMIT`: spawn_get checks that).
+async fn all_time_out(callers: Vec<tokio::task::JoinHandle<(Duration, GetResult)>>) {
+    for (i, caller) in callers.into_iter().enumerate() {
+        let (took, got) = caller.await.unwrap();
+        assert_timed_out(&format!("caller {i}"), took, &got);
+    }
+}
+
+/// Checks that `got` is this client's timeout, reported no earlier than the deadline.
+fn assert_timed_out(what: &str, took: Duration, got: &GetResult) {
+    match got {
+        Err(Error::Timeout { node, after }) => {
+            assert_eq!(node, "n0", "{what}");
+            assert_eq!(*after, OP_TIMEOUT, "{what}");
+        }
+        other => panic!("{what}: expected a timeout, got {other:?}"),
+    }
+    assert!(
+        took >= OP_TIMEOUT,
+        "{what}: timed out after {took:?}, before its deadline ({OP_TIMEOUT:?})"
+    );
+}
+
+async fn each_caller_times_out_at_its_own_deadline_and_the_stalled_connection_is_dropped(
+    p: Protocol,
+) {
+    const CALLERS: usize = 4;
+    let fake = FakeServer::with_rules(vec![Rule::on_key("stall", Action::Stall).once()]).await;
+    fake.preload("after", "a", 0);
+    let c = builder(&fake, p)
+        .timeout_threshold(CALLERS as u32)
+        .build()
+        .expect("client");
+    c.set("warm", "w", Expiry::Never).await.unwrap();
+    // Deadlines 100 ms apart: no caller is released by an earlier caller's deadline,
+    // nor kept past its own.
+    all_time_out_behind_a_stall(&c, CALLERS, Duration::from_millis(100)).await;
+    // `timeout_threshold` consecutive timeouts: the connection is dropped, and a fresh
+    // one serves.
+    assert_eq!(get_after_recovery(&c, "after").await.as_deref(), Some("a"));
+    assert!(fake.connections() >= 2, "reconnected after the stall");
+}
+
+async fn callers_waiting_for_room_in_the_queue_time_out_at_their_deadline(p: Protocol) {
+    // Two in flight, then two held by the driver (its queue slots), then callers that
+    // wait for a slot: all of them must time out at their deadline.
+    const CALLERS: usize = 9;
+    let fake = FakeServer::with_rules(vec![Rule::on_key("stall", Action::Stall).once()]).await;
+    fake.preload("after", "a", 0);
+    let c = builder(&fake, p)
+        .max_in_flight(2)
+        .timeout_threshold(1000)
+        .build()
+        .expect("client");
+    c.set("warm", "w", Expiry::Never).await.unwrap();
+    all_time_out_behind_a_stall(&c, CALLERS, Duration::from_millis(10)).await;
+    // Below the threshold the connection is kept; once the server drops it, the
+    // client reconnects and serves.
+    assert_eq!(fake.connections(), 1);
+    fake.drop_connections();
+    assert_eq!(get_after_recovery(&c, "after").await.as_deref(), Some("a"));
+}
+
+async fn requests_queued_while_the_connection_is_made_time_out_at_their_deadline(p: Protocol) {
+    // The server accepts but never answers the handshake, and the connect timeout is
+    // longer than the operation timeout: requests wait for the connection, held by the
+    // driver, and must still time out at their own deadline.
+    let fake = FakeServer::with_rules(vec![Rule::new(Match::Accept, Action::Stall).once()]).await;
+    fake.preload("after", "a", 0);
+    let c = builder(&fake, p)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let callers: Vec<_> = (0..3).map(|i| spawn_get(&c, format!("k{i}"))).collect();
+    all_time_out(callers).await;
+    assert_eq!(c.metrics().timeouts, 3, "each timeout counted once");
+    // The next connection attempt finds a server that answers.
+    assert_eq!(get_after_recovery(&c, "after").await.as_deref(), Some("a"));
+}
+
+async fn a_caller_that_gave_up_is_not_counted_as_a_timeout_past_its_deadline(p: Protocol) {
+    let fake = FakeServer::with_rules(vec![Rule::on_key("stall", Action::Stall).once()]).await;
+    let c = builder(&fake, p)
+        .timeout_threshold(1000)
+        .build()
+        .expect("client");
+    c.set("warm", "w", Expiry::Never).await.unwrap();
+    // Dropped well before its deadline, once in flight and once queued behind it.
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), async {
+        tokio::join!(c.get("stall"), c.get("behind"))
+    })
+    .await;
+    assert!(gave_up.is_err(), "the stalled server answered: {gave_up:?}");
+    // Past the deadline the driver has dropped: nobody is told, nothing is counted.
+    tokio::time::sleep(OP_TIMEOUT * 2).await;
+    assert_eq!(c.metrics().timeouts, 0);
+    // A caller that does wait still gets its timeout, counted once.
+    let started = Instant::now();
+    let got = kit::no_hang("get", LIMIT, c.get("later")).await;
+    assert_timed_out("a later caller", started.elapsed(), &got);
+    assert_eq!(c.metrics().timeouts, 1);
 }

@@ -369,6 +369,7 @@ impl ClientBuilder {
             address: address.to_string(),
             target,
             connect_timeout: self.connect_timeout,
+            operation_timeout: self.operation_timeout,
             max_in_flight: self.max_in_flight,
             max_value_size: self.max_value_size,
             timeout_threshold: self.timeout_threshold,

@@ -263,7 +263,10 @@ impl Client {
         for key in &keys {
             let key = key.as_ref();
             let plain = validate_key(key, binary_ok)? == KeyForm::Plain;
-            let index = self.route(key, deadline).await?;
+            let index = match self.route_now(key) {
+                Some(index) => index,
+                None => self.route(key, deadline).await?,
+            };
             let (node_keys, node_plain) = by_node.get_mut(index).ok_or(Error::NoNodeAvailable)?;
             node_keys.push(key);
             *node_plain &= plain;
@@ -603,9 +606,9 @@ impl Client {
                 bytes: Bytes::new(),
                 kind: RequestKind::Panic,
                 reply: None,
+                deadline: None,
                 permit: None,
             })
-            .await
     }
 
     /// The index of the node with this id.
@@ -661,6 +664,28 @@ impl Client {
         Ok(plain)
     }
 
+    /// `key`'s primary node.
+    fn primary(&self, key: &[u8]) -> usize {
+        // With one node there is nothing to hash (libmemcached skips it too).
+        if self.inner.nodes.len() == 1 {
+            0
+        } else {
+            self.inner.locator.primary(key)
+        }
+    }
+
+    /// The node for `key` when that needs no wait and no policy (the pinned node, or a
+    /// primary that can take requests): [`Client::route`]'s usual case, without its
+    /// future.
+    fn route_now(&self, key: &[u8]) -> Option<usize> {
+        if self.pinned.is_some() {
+            return self.pinned;
+        }
+        let primary = self.primary(key);
+        let node = self.inner.nodes.get(primary)?;
+        node.shared.is_available().then_some(primary)
+    }
+
     /// The node for `key` under the failure policy; `Retry` waits until `deadline` at most.
     ///
     /// A node in its reconnect backoff is asked to try again now (at most once per
@@ -668,20 +693,12 @@ impl Client {
     /// operation otherwise, the caller waits for that attempt, within its deadline: the
     /// first operation after a restart finds the server instead of the backoff.
     async fn route(&self, key: &[u8], deadline: Instant) -> Result<usize> {
-        if let Some(index) = self.pinned {
+        if let Some(index) = self.route_now(key) {
             return Ok(index);
         }
         let nodes = &self.inner.nodes;
-        // With one node there is nothing to hash (libmemcached skips it too).
-        let primary = if nodes.len() == 1 {
-            0
-        } else {
-            self.inner.locator.primary(key)
-        };
+        let primary = self.primary(key);
         let node = nodes.get(primary).ok_or(Error::NoNodeAvailable)?;
-        if node.shared.is_available() {
-            return Ok(primary);
-        }
         match self.inner.policy {
             FailurePolicy::Redistribute => {
                 if let Ok(next) = self.next_live(key, None) {
@@ -754,7 +771,10 @@ impl Client {
         let plain = self.check(&cmd)?;
         let deadline = self.deadline();
         loop {
-            let index = self.route(key, deadline).await?;
+            let index = match self.route_now(key) {
+                Some(index) => index,
+                None => self.route(key, deadline).await?,
+            };
             let reply = match self.call_checked(index, &cmd, plain, deadline).await {
                 // The node went down between routing and sending (its connection attempt
                 // failed while the request waited for it); the request was never written,
@@ -817,28 +837,34 @@ impl Client {
     async fn keyed_noreply(&self, key: &[u8], cmd: Command<'_>) -> Result<()> {
         let plain = self.check(&cmd)?;
         let deadline = self.deadline();
-        let index = self.route(key, deadline).await?;
+        let index = match self.route_now(key) {
+            Some(index) => index,
+            None => self.route(key, deadline).await?,
+        };
         let node = &self.inner.nodes[index];
         let connection = node.connection();
         let quiet = self.inner.protocol == Protocol::Meta;
-        let send = async {
-            let permit = connection.reserve(encoded_size_hint(&cmd)).await?;
-            let (bytes, kind) = self.encode(&cmd, plain, connection, quiet);
-            let request = Request {
-                bytes,
-                kind,
-                reply: None,
-                permit: Some(permit),
-            };
-            connection.send(request).await
+        let hint = encoded_size_hint(&cmd);
+        let permit = match connection.try_reserve(hint)? {
+            Some(permit) => permit,
+            None => match tokio::time::timeout_at(deadline, connection.reserve(hint)).await {
+                Ok(permit) => permit?,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        node: node.shared.id.to_string(),
+                        after: self.inner.operation_timeout,
+                    })
+                }
+            },
         };
-        match tokio::time::timeout_at(deadline, send).await {
-            Ok(sent) => sent,
-            Err(_) => Err(Error::Timeout {
-                node: node.shared.id.to_string(),
-                after: self.inner.operation_timeout,
-            }),
-        }
+        let (bytes, kind) = self.encode(&cmd, plain, connection, quiet);
+        connection.send(Request {
+            bytes,
+            kind,
+            reply: None,
+            deadline: None,
+            permit: Some(permit),
+        })
     }
 
     /// When an operation starting now must be over: one deadline covers routing (the
@@ -873,24 +899,32 @@ impl Client {
         let counters = &node.shared.counters;
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let call = async {
-            // Room in the queue's byte budget first, so callers waiting for it hold no
-            // encoded copy of their request.
-            let permit = connection.reserve(encoded_size_hint(cmd)).await?;
-            let (bytes, kind) = self.encode(cmd, plain, connection, false);
-            connection.call(bytes, kind, permit).await
+        // A place in the connection's queue first, so callers waiting for one hold no
+        // encoded copy of their request. Once queued, the request's deadline is the
+        // driver's to enforce (one timer per connection); only a caller that must wait
+        // for a place arms a timer of its own, for that wait.
+        let hint = encoded_size_hint(cmd);
+        let reserved = match connection.try_reserve(hint) {
+            Ok(Some(permit)) => Ok(permit),
+            Ok(None) => tokio::time::timeout_at(deadline, connection.reserve(hint))
+                .await
+                .unwrap_or_else(|_| {
+                    connection.record_timeout();
+                    NodeCounters::add(&counters.timeouts, 1);
+                    tracing::debug!(node = %node.shared.id, ?timeout, "operation timed out");
+                    Err(Error::Timeout {
+                        node: node.shared.id.to_string(),
+                        after: timeout,
+                    })
+                }),
+            Err(e) => Err(e),
         };
-        let result = match tokio::time::timeout_at(deadline, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                connection.record_timeout();
-                NodeCounters::add(&counters.timeouts, 1);
-                tracing::debug!(node = %node.shared.id, ?timeout, "operation timed out");
-                Err(Error::Timeout {
-                    node: node.shared.id.to_string(),
-                    after: timeout,
-                })
+        let result = match reserved {
+            Ok(permit) => {
+                let (bytes, kind) = self.encode(cmd, plain, connection, false);
+                connection.call(bytes, kind, permit, deadline).await
             }
+            Err(e) => Err(e),
         };
         NodeCounters::add(&counters.operations, 1);
         if result.is_err() {

@@ -1,11 +1,13 @@
 //! One TCP connection to one memcached server, driven by one task.
 //!
-//! Callers never touch the socket. They encode their request, hand it to the
-//! connection's driver through a bounded channel together with a reply channel, and
-//! wait. The driver owns the socket, a write buffer and the in-flight queue:
+//! Callers never touch the socket. They take a place in the connection's queue (one of
+//! `max_in_flight` slots and a share of the byte budget), encode their request, hand it
+//! to the connection's driver through a channel together with a reply channel and their
+//! deadline, and wait. The driver owns the socket, a write buffer and the in-flight
+//! queue:
 //!
 //! ```text
-//!  callers ──mpsc (bounded)──► driver ──one write per batch──► memcached
+//!  callers ──mpsc (bounded by the queue permits)──► driver ──one write per batch──► memcached
 //!     ▲                          │ in-flight FIFO (≤ max_in_flight)
 //!     └──────oneshot reply───────┴◄──── frames, in request order ────┘
 //! ```
@@ -14,8 +16,14 @@
 //!   buffer and writes it with as few system calls as the socket allows; replies come
 //!   back in request order and are matched to the head of the in-flight queue (checked
 //!   against the meta opaque when there is one).
-//! * **Backpressure**: the driver stops taking requests while `max_in_flight` replies
-//!   are outstanding; callers then wait in the bounded channel.
+//! * **Backpressure**: the driver writes nothing more while `max_in_flight` replies are
+//!   outstanding (or its write buffer is full); it holds the requests that arrive
+//!   meanwhile, in order, and callers beyond the queue's slots wait for one.
+//! * **Deadlines**: the driver answers [`Error::Timeout`] to every caller it holds,
+//!   waiting or in flight, once the caller's deadline passes, from one timer per
+//!   connection set to the earliest deadline (requests are mostly in deadline order, so
+//!   it rarely moves); a caller arms a timer of its own only while it waits for a place
+//!   in the queue.
 //! * **Cancellation**: a caller that stops waiting (timeout, dropped future) only drops
 //!   its receiver. A request not yet written is skipped; one already written keeps its
 //!   place in the queue and its reply is read and thrown away. The byte stream never
@@ -27,16 +35,18 @@
 mod pending;
 mod transport;
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
@@ -45,7 +55,7 @@ use crate::protocol::text::KEYS_PER_GET;
 use crate::protocol::{Expect, Frame, FrameDecoder, MetaStatus, Reply, TextStatus};
 use crate::Credentials;
 use crate::Error;
-use pending::{merged_key, Pending, ReplySender, Step};
+use pending::{earliest, merged_key, Pending, ReplySender, Step};
 use transport::{Stream, PLAIN_TO_TLS};
 pub(crate) use transport::{Target, Tls};
 
@@ -64,6 +74,8 @@ pub(crate) struct ConnectionConfig {
     /// Where to connect.
     pub(crate) target: Target,
     pub(crate) connect_timeout: Duration,
+    /// The clients' operation timeout: what [`Error::Timeout`] says a caller waited.
+    pub(crate) operation_timeout: Duration,
     pub(crate) max_in_flight: usize,
     pub(crate) max_value_size: usize,
     pub(crate) timeout_threshold: u32,
@@ -90,13 +102,30 @@ pub(crate) struct Request {
     pub(crate) kind: RequestKind,
     /// Where the reply goes; `None` for fire-and-forget.
     pub(crate) reply: Option<ReplySender>,
-    /// The request's share of the queue's byte budget, given back once the driver has
-    /// copied (or dropped) the batch the request was taken in to the socket's write buffer.
+    /// When the caller stops waiting for the reply: the driver answers
+    /// [`Error::Timeout`] then, wherever the request is (`None`: no deadline).
+    pub(crate) deadline: Option<Instant>,
+    /// The request's place in the queue (its slot and its share of the byte budget),
+    /// given back once the driver has copied (or dropped) the batch the request was
+    /// taken in to the socket's write buffer.
     pub(crate) permit: Option<QueuePermit>,
 }
 
-/// A share of a connection's queued-bytes budget.
-pub(crate) type QueuePermit = OwnedSemaphorePermit;
+/// A request's place in a connection's queue: one of its `max_in_flight` slots and its
+/// share of the queued-bytes budget.
+#[derive(Debug)]
+pub(crate) struct QueuePermit {
+    slot: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
+}
+
+impl QueuePermit {
+    /// Joins `other` (from the same connection) to this permit, to give both back at once.
+    fn merge(&mut self, other: QueuePermit) {
+        self.slot.merge(other.slot);
+        self.bytes.merge(other.bytes);
+    }
+}
 
 /// What a request expects back, as far as the driver is concerned.
 #[derive(Debug)]
@@ -125,10 +154,11 @@ enum OpenRun {
 /// The callers' side of a connection.
 #[derive(Debug)]
 pub(crate) struct ConnectionHandle {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::UnboundedSender<Request>,
     shared: Arc<ConnectionShared>,
-    /// Bytes of encoded requests not yet taken by the driver: the channel bounds their
-    /// count, this bounds their size.
+    /// Requests not yet taken by the driver into its in-flight queue: `slots` bounds
+    /// their count (`max_in_flight`), `budget` their encoded bytes.
+    slots: Arc<Semaphore>,
     budget: Arc<Semaphore>,
     max_queued_bytes: u32,
 }
@@ -146,7 +176,11 @@ impl ConnectionHandle {
     /// Starts the driver task of connection `slot` of `node`. Must run inside a tokio
     /// runtime.
     pub(crate) fn spawn(config: ConnectionConfig, node: Arc<NodeShared>, slot: usize) -> Self {
-        let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
+        // Unbounded: the queue permits (`reserve`) bound what callers queue, so that
+        // the driver can take every queued request, and enforce its deadline, at any
+        // time.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let shared = Arc::new(ConnectionShared {
             next_opaque: AtomicU32::new(1),
             consecutive_timeouts: AtomicU32::new(0),
@@ -164,34 +198,66 @@ impl ConnectionHandle {
             slot,
             rx,
             shared: shared.clone(),
-            in_flight: std::collections::VecDeque::new(),
+            in_flight: VecDeque::new(),
+            waiting: VecDeque::new(),
+            deadlines: Deadlines::default(),
+            closing: false,
         };
         tokio::spawn(driver.run().instrument(span));
         Self {
             tx,
             shared,
+            slots,
             budget,
             max_queued_bytes,
         }
     }
 
-    /// Waits for room for a request of about `bytes` encoded bytes in the queue's byte
-    /// budget (a request larger than the whole budget waits for all of it). Cancel-safe.
-    pub(crate) async fn reserve(&self, bytes: usize) -> Result<QueuePermit, Error> {
-        let wanted = u32::try_from(bytes)
+    /// The share of the byte budget a request of about `bytes` encoded bytes takes.
+    fn wanted(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes)
             .unwrap_or(u32::MAX)
-            .clamp(1, self.max_queued_bytes);
-        // Room now (the usual case): no waiter to register.
-        match self.budget.clone().try_acquire_many_owned(wanted) {
-            Ok(permit) => return Ok(permit),
+            .clamp(1, self.max_queued_bytes)
+    }
+
+    /// A place in the queue for a request of about `bytes` encoded bytes if there is
+    /// room now (the usual case, with no waiter to register); `None` if the caller must
+    /// wait for one ([`ConnectionHandle::reserve`]).
+    pub(crate) fn try_reserve(&self, bytes: usize) -> Result<Option<QueuePermit>, Error> {
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
             Err(TryAcquireError::Closed) => return Err(Error::Shutdown),
-            Err(TryAcquireError::NoPermits) => {}
-        }
-        self.budget
+            Err(TryAcquireError::NoPermits) => return Ok(None),
+        };
+        match self
+            .budget
             .clone()
-            .acquire_many_owned(wanted)
+            .try_acquire_many_owned(self.wanted(bytes))
+        {
+            Ok(bytes) => Ok(Some(QueuePermit { slot, bytes })),
+            Err(TryAcquireError::Closed) => Err(Error::Shutdown),
+            Err(TryAcquireError::NoPermits) => Ok(None),
+        }
+    }
+
+    /// Waits for a place in the queue for a request of about `bytes` encoded bytes: one
+    /// of the `max_in_flight` slots and room in the byte budget (a request larger than
+    /// the whole budget waits for all of it). Cancel-safe. The caller bounds the wait
+    /// with its own deadline: the driver knows nothing of a request before it is sent.
+    pub(crate) async fn reserve(&self, bytes: usize) -> Result<QueuePermit, Error> {
+        let bytes = self
+            .budget
+            .clone()
+            .acquire_many_owned(self.wanted(bytes))
             .await
-            .map_err(|_| Error::Shutdown)
+            .map_err(|_| Error::Shutdown)?;
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        Ok(QueuePermit { slot, bytes })
     }
 
     /// Reserves `count` consecutive opaque tokens for a meta request.
@@ -199,33 +265,30 @@ impl ConnectionHandle {
         self.shared.next_opaque.fetch_add(count, Ordering::Relaxed)
     }
 
-    /// Queues `request`, waiting for room in the channel. Cancel-safe: dropping the
-    /// future before it completes means the request was not queued.
-    pub(crate) async fn send(&self, request: Request) -> Result<(), Error> {
-        // Room in the channel now (the usual case): no waiter to register.
-        let request = match self.tx.try_send(request) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Shutdown),
-            Err(mpsc::error::TrySendError::Full(request)) => request,
-        };
-        self.tx.send(request).await.map_err(|_| Error::Shutdown)
+    /// Queues `request` (its place reserved by its permit, so this never waits).
+    pub(crate) fn send(&self, request: Request) -> Result<(), Error> {
+        self.tx.send(request).map_err(|_| Error::Shutdown)
     }
 
-    /// Sends `bytes` and waits for the assembled reply.
+    /// Sends `bytes` and waits for the assembled reply, or for [`Error::Timeout`] once
+    /// `deadline` passes: the driver enforces it, wherever the request is by then (not
+    /// taken yet, or written and awaiting its reply). Cancel-safe: a dropped future
+    /// leaves its request to be skipped, or its reply to be read and thrown away.
     pub(crate) async fn call(
         &self,
         bytes: Bytes,
         kind: RequestKind,
         permit: QueuePermit,
+        deadline: Instant,
     ) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Request {
             bytes,
             kind,
             reply: Some(tx),
+            deadline: Some(deadline),
             permit: Some(permit),
-        })
-        .await?;
+        })?;
         rx.await.unwrap_or_else(|_| Err(Error::Shutdown))
     }
 
@@ -332,11 +395,115 @@ struct Driver {
     config: ConnectionConfig,
     node: Arc<NodeShared>,
     slot: usize,
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::UnboundedReceiver<Request>,
     shared: Arc<ConnectionShared>,
     decoder: FrameDecoder,
-    in_flight: std::collections::VecDeque<Pending>,
+    in_flight: VecDeque<Pending>,
+    /// Requests taken from the channel while the driver could not write them (it was
+    /// connecting, or `max_in_flight` replies were outstanding, or the write buffer was
+    /// full), in order; they keep their queue permits, so they count against the
+    /// callers' limits as if they were still in the channel.
+    waiting: VecDeque<Request>,
+    deadlines: Deadlines,
+    /// Every handle is gone: nothing more will be queued.
+    closing: bool,
     jitter: u64,
+}
+
+/// The driver's one timer for the deadlines of the callers it holds (waiting or in
+/// flight). It is set to the earliest deadline seen since it last fired, and not moved
+/// when that caller is answered in time: a connection pays one timer registration per
+/// operation timeout, not one per request. When it fires, the driver answers every
+/// caller whose deadline has passed and sets it to the earliest deadline left.
+#[derive(Default)]
+struct Deadlines {
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// When the timer fires; `None` when it is off.
+    next: Option<Instant>,
+}
+
+impl Deadlines {
+    /// Makes sure the timer fires by `deadline`.
+    fn watch(&mut self, deadline: Option<Instant>) {
+        let Some(deadline) = deadline else { return };
+        if self.next.is_some_and(|next| next <= deadline) {
+            return;
+        }
+        self.next = Some(deadline);
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Sets the timer to `next` (off when `None`).
+    fn rearm(&mut self, next: Option<Instant>) {
+        self.next = None;
+        self.watch(next);
+    }
+
+    /// Whether the timer is on and has fired.
+    fn due(&self) -> bool {
+        self.next.is_some() && self.sleep.as_ref().is_some_and(|s| s.is_elapsed())
+    }
+
+    /// Completes when the timer fires (never while it is off).
+    async fn fired(&mut self) {
+        match (self.next, &mut self.sleep) {
+            (Some(_), Some(sleep)) => sleep.as_mut().await,
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+/// Answers [`Error::Timeout`] to every caller held by a driver (`waiting` or
+/// `in_flight`) whose deadline has passed, counts them as timeouts of the node and of the
+/// connection, and sets the timer to the earliest deadline left. A waiting request that
+/// timed out is dropped (it was never written); an entry in flight stays, so that its
+/// reply is still read and the stream stays in sync.
+fn expire(
+    waiting: &mut VecDeque<Request>,
+    in_flight: &mut VecDeque<Pending>,
+    deadlines: &mut Deadlines,
+    node: &NodeShared,
+    shared: &ConnectionShared,
+    after: Duration,
+) {
+    let now = Instant::now();
+    // Counted before the caller is told, so that a caller that sees its timeout sees it
+    // counted too.
+    let timeout = || {
+        NodeCounters::add(&node.counters.timeouts, 1);
+        shared.consecutive_timeouts.fetch_add(1, Ordering::AcqRel);
+        Error::Timeout {
+            node: node.id.to_string(),
+            after,
+        }
+    };
+    let mut expired = 0u64;
+    let mut next = None;
+    waiting.retain_mut(|request| {
+        if request.reply.is_none() {
+            // Fire-and-forget: nobody waits, it is still to be sent.
+            return true;
+        }
+        let left = pending::expire_one(
+            &mut request.reply,
+            request.deadline,
+            now,
+            &timeout,
+            &mut expired,
+        );
+        next = earliest(next, left);
+        request.reply.is_some()
+    });
+    for pending in in_flight.iter_mut() {
+        next = earliest(next, pending.expire(now, &timeout, &mut expired));
+    }
+    if expired > 0 {
+        tracing::debug!(node = %node.id, ?after, expired, "operations timed out");
+    }
+    deadlines.rearm(next);
 }
 
 impl Driver {
@@ -346,10 +513,7 @@ impl Driver {
             self.node
                 .set_connection_state(self.slot, NodeState::Connecting);
             let started = Instant::now();
-            let connected = AssertUnwindSafe(self.connect())
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Err(panicked(&*panic)));
+            let connected = self.connect_holding().await;
             match connected {
                 Ok((stream, read_buf)) => {
                     attempt = 0;
@@ -418,17 +582,20 @@ impl Driver {
     /// answers (`version`, plus `mn` for a meta client) within the connect timeout, so a
     /// stopped server is not taken for a live one and a peer that can't serve this client
     /// (no login, no meta protocol) is named as such.
-    async fn connect(&mut self) -> Result<(Stream, BytesMut), String> {
+    async fn connect(
+        config: &ConnectionConfig,
+        decoder: &mut FrameDecoder,
+    ) -> Result<(Stream, BytesMut), String> {
         // A fresh stream: nothing of the previous connection's decoding state applies.
-        self.decoder = FrameDecoder::new(self.config.max_value_size);
+        *decoder = FrameDecoder::new(config.max_value_size);
         let attempt = async {
-            let mut stream = Stream::connect(&self.config.target, self.config.tls.as_ref()).await?;
+            let mut stream = Stream::connect(&config.target, config.tls.as_ref()).await?;
             let mut steps = Vec::with_capacity(3);
-            if self.config.credentials.is_some() {
+            if config.credentials.is_some() {
                 steps.push(Probe::Login);
             }
             steps.push(Probe::Version);
-            if self.config.meta {
+            if config.meta {
                 steps.push(Probe::Meta);
             }
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -453,7 +620,7 @@ impl Driver {
                 request.clear();
                 match step {
                     Probe::Login => {
-                        if let Some(credentials) = &self.config.credentials {
+                        if let Some(credentials) = &config.credentials {
                             credentials.encode_login(&mut request);
                         }
                     }
@@ -472,7 +639,7 @@ impl Driver {
                             "the server answered with a TLS record: it expects TLS ({PLAIN_TO_TLS})"
                         ));
                     }
-                    let decoded = self.decoder.decode(&mut buf).map_err(|e| e.to_string());
+                    let decoded = decoder.decode(&mut buf).map_err(|e| e.to_string());
                     if let Some(frame) = decoded.map_err(|e| hint(e, answered))? {
                         step.check(frame)?;
                         break;
@@ -489,14 +656,78 @@ impl Driver {
             }
             Ok((stream, buf))
         };
-        tokio::time::timeout(self.config.connect_timeout, attempt)
+        tokio::time::timeout(config.connect_timeout, attempt)
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "no answer within {:?}",
-                    self.config.connect_timeout
-                ))
-            })
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.connect_timeout)))
+    }
+
+    /// [`Driver::connect`], meanwhile taking the requests callers queue into `waiting`
+    /// and answering those whose deadline passes.
+    async fn connect_holding(&mut self) -> Result<(Stream, BytesMut), String> {
+        let Driver {
+            config,
+            node,
+            rx,
+            shared,
+            decoder,
+            in_flight,
+            waiting,
+            deadlines,
+            closing,
+            ..
+        } = self;
+        let attempt = AssertUnwindSafe(Self::connect(config, decoder)).catch_unwind();
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                biased;
+                connected = &mut attempt => {
+                    return connected.unwrap_or_else(|panic| Err(panicked(&*panic)));
+                }
+                request = rx.recv(), if !*closing => match request {
+                    Some(request) => {
+                        if request.reply.is_some() {
+                            deadlines.watch(request.deadline);
+                        }
+                        waiting.push_back(request);
+                    }
+                    None => *closing = true,
+                },
+                () = deadlines.fired() => expire(
+                    waiting,
+                    in_flight,
+                    deadlines,
+                    node,
+                    shared,
+                    config.operation_timeout,
+                ),
+            }
+        }
+    }
+
+    /// Answers the callers whose deadline has passed (see [`expire`]).
+    fn expire(&mut self) {
+        expire(
+            &mut self.waiting,
+            &mut self.in_flight,
+            &mut self.deadlines,
+            &self.node,
+            &self.shared,
+            self.config.operation_timeout,
+        );
+    }
+
+    /// Keeps `request`, and every other request already queued, in `waiting` until the
+    /// driver can write them.
+    fn hold(&mut self, request: Request) {
+        let mut next = Some(request);
+        while let Some(request) = next {
+            if request.reply.is_some() {
+                self.deadlines.watch(request.deadline);
+            }
+            self.waiting.push_back(request);
+            next = self.rx.try_recv().ok();
+        }
     }
 
     /// Sleeps `delay`, failing requests that arrive meanwhile. A caller that wants the
@@ -512,6 +743,13 @@ impl Driver {
             }
             wanted = true;
         };
+        // Requests held while the connection was up or being made were never written.
+        if !self.waiting.is_empty() {
+            for request in std::mem::take(&mut self.waiting) {
+                self.refuse(request);
+            }
+            bring_forward(sleep.as_mut());
+        }
         loop {
             tokio::select! {
                 _ = &mut sleep => return true,
@@ -548,20 +786,39 @@ impl Driver {
         let buffered = stream.is_tls();
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut write_buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut closing = false;
         let mut unflushed = false;
         loop {
+            // Checked here too, not only in `select!` below, which may keep finding
+            // replies to read first.
+            if self.deadlines.due() {
+                self.expire();
+            }
             let threshold = self.config.timeout_threshold;
             if self.shared.consecutive_timeouts.load(Ordering::Acquire) >= threshold {
                 self.shared.consecutive_timeouts.store(0, Ordering::Release);
                 return Disconnect::Lost(format!("{threshold} consecutive operations timed out"));
             }
-            if closing && self.in_flight.is_empty() && write_buf.is_empty() {
+            if self.closing
+                && self.in_flight.is_empty()
+                && self.waiting.is_empty()
+                && write_buf.is_empty()
+            {
                 return Disconnect::Shutdown;
             }
-            let accepting = !closing
-                && self.in_flight.len() < self.config.max_in_flight
+            let room = self.in_flight.len() < self.config.max_in_flight
                 && write_buf.len() < WRITE_HIGH_WATER;
+            if room {
+                if let Some(request) = self.waiting.pop_front() {
+                    let taken = self
+                        .take(request, &mut write_buf, &mut writer, buffered)
+                        .await;
+                    match taken {
+                        Ok(written) => unflushed |= written,
+                        Err(reason) => return Disconnect::Lost(reason),
+                    }
+                    continue;
+                }
+            }
             if read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
                 read_buf.reserve(READ_CHUNK);
             }
@@ -592,61 +849,79 @@ impl Driver {
                     Ok(None) => unflushed = false,
                     Err(e) => return Disconnect::Lost(format!("write: {e}")),
                 },
-                request = self.rx.recv(), if accepting => match request {
-                    None => closing = true,
-                    Some(request) => {
-                        // Others in flight: other callers are likely about to queue too.
-                        let concurrent = !self.in_flight.is_empty();
-                        let mut open = OpenRun::Nothing;
-                        // The batch's shares of the byte budget, given back together once
-                        // the batch is in the write buffer: one lock of the semaphore per
-                        // batch instead of one per request.
-                        let mut permits = None;
-                        self.enqueue(request, &mut write_buf, &mut open, &mut permits);
-                        // Let the callers that are ready queue their requests first. On
-                        // the multi-thread runtime a caller's send wakes this task into
-                        // the worker's LIFO slot, ahead of the other woken callers; without
-                        // this yield the driver would write one request per system call.
-                        // A lone request (nothing else in flight: one caller at a time)
-                        // is written at once: the yield would only hand this task to the
-                        // other worker and cost that worker a wake-up per operation.
-                        if concurrent {
-                            tokio::task::yield_now().await;
+                // Taken even without room to write it, so that its deadline is enforced.
+                request = self.rx.recv(), if !self.closing => match request {
+                    None => self.closing = true,
+                    Some(request) if room => {
+                        match self.take(request, &mut write_buf, &mut writer, buffered).await {
+                            Ok(written) => unflushed |= written,
+                            Err(reason) => return Disconnect::Lost(reason),
                         }
-                        let mut taken = 1;
-                        while taken < BATCH
-                            && self.in_flight.len() < self.config.max_in_flight
-                            && write_buf.len() < WRITE_HIGH_WATER
-                        {
-                            match self.rx.try_recv() {
-                                Ok(request) => {
-                                    self.enqueue(request, &mut write_buf, &mut open, &mut permits)
-                                }
-                                Err(_) => break,
-                            }
-                            taken += 1;
-                        }
-                        self.close_run(&mut write_buf, &mut open);
-                        drop(permits);
-                        // Write now rather than after another trip through select!: one
-                        // poll, which writes nothing if the socket is not ready.
-                        match writer.write(&write_buf).now_or_never() {
-                            Some(Ok(n)) => {
-                                write_buf.advance(n);
-                                unflushed = buffered;
-                            }
-                            None => {}
-                            Some(Err(e)) => return Disconnect::Lost(format!("write: {e}")),
-                        }
-                        self.node
-                            .counters
-                            .in_flight
-                            .store(self.in_flight.len() as u64, Ordering::Relaxed);
                     }
+                    Some(request) => self.hold(request),
                 },
+                () = self.deadlines.fired() => self.expire(),
                 _ = self.shared.wake.notified() => {}
             }
         }
+    }
+
+    /// Takes `first` and the requests queued behind it (held ones first, then the
+    /// channel's) into the write buffer and the in-flight queue, and tries to write
+    /// them at once. True when something was written (TLS may then hold it until a
+    /// flush); `Err` when the socket failed.
+    async fn take(
+        &mut self,
+        first: Request,
+        write_buf: &mut BytesMut,
+        writer: &mut (impl AsyncWrite + Unpin),
+        buffered: bool,
+    ) -> Result<bool, String> {
+        // Others in flight: other callers are likely about to queue too.
+        let concurrent = !self.in_flight.is_empty();
+        let mut open = OpenRun::Nothing;
+        // The batch's queue permits, given back together once the batch is in the write
+        // buffer: one lock of each semaphore per batch instead of one per request.
+        let mut permits = None;
+        self.enqueue(first, write_buf, &mut open, &mut permits);
+        // Let the callers that are ready queue their requests first. On the multi-thread
+        // runtime a caller's send wakes this task into the worker's LIFO slot, ahead of
+        // the other woken callers; without this yield the driver would write one request
+        // per system call. A lone request (nothing else in flight: one caller at a time)
+        // is written at once: the yield would only hand this task to the other worker
+        // and cost that worker a wake-up per operation.
+        if concurrent {
+            tokio::task::yield_now().await;
+        }
+        let mut taken = 1;
+        while taken < BATCH
+            && self.in_flight.len() < self.config.max_in_flight
+            && write_buf.len() < WRITE_HIGH_WATER
+        {
+            let Some(request) = self.waiting.pop_front().or_else(|| self.rx.try_recv().ok()) else {
+                break;
+            };
+            self.enqueue(request, write_buf, &mut open, &mut permits);
+            taken += 1;
+        }
+        self.close_run(write_buf, &mut open);
+        drop(permits);
+        // Write now rather than after another trip through select!: one poll, which
+        // writes nothing if the socket is not ready.
+        let mut written = false;
+        match writer.write(write_buf).now_or_never() {
+            Some(Ok(n)) => {
+                write_buf.advance(n);
+                written = buffered;
+            }
+            None => {}
+            Some(Err(e)) => return Err(format!("write: {e}")),
+        }
+        self.node
+            .counters
+            .in_flight
+            .store(self.in_flight.len() as u64, Ordering::Relaxed);
+        Ok(written)
     }
 
     /// Appends `request` to the write buffer and its reply slot to the queue.
@@ -670,6 +945,8 @@ impl Driver {
         if request.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
             return;
         }
+        let deadline = request.deadline.filter(|_| request.reply.is_some());
+        self.deadlines.watch(deadline);
         match request.kind {
             RequestKind::MergeableGet => {
                 let key = merged_key(&request.bytes);
@@ -679,15 +956,18 @@ impl Driver {
                         write_buf.put_slice(key);
                         *keys += 1;
                         if let Some(line) = self.in_flight.back_mut() {
-                            line.add_member(request.bytes, request.reply);
+                            line.add_member_until(request.bytes, request.reply, deadline);
                         }
                     }
                     _ => {
                         self.close_run(write_buf, open);
                         write_buf.put_slice(b"get ");
                         write_buf.put_slice(key);
-                        self.in_flight
-                            .push_back(Pending::merged(request.bytes, request.reply));
+                        self.in_flight.push_back(Pending::merged_until(
+                            request.bytes,
+                            request.reply,
+                            deadline,
+                        ));
                         *open = OpenRun::MergedGet(1);
                     }
                 }
@@ -705,7 +985,7 @@ impl Driver {
                 self.close_run(write_buf, open);
                 write_buf.put_slice(&request.bytes);
                 self.in_flight
-                    .push_back(Pending::new(expect, request.reply, &request.bytes));
+                    .push_back(Pending::new(expect, request.reply, &request.bytes).until(deadline));
             }
         }
     }

@@ -5,6 +5,7 @@
 //! its shape needs and accepting frames with its own method.
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 
@@ -35,6 +36,8 @@ type ErrorLine = (ErrorKind, Bytes);
 #[derive(Debug)]
 pub(crate) struct Pending {
     reply: Option<ReplySender>,
+    /// When the caller of `reply` stops waiting (see [`Pending::expire`]).
+    deadline: Option<Instant>,
     state: State,
 }
 
@@ -91,6 +94,7 @@ struct Member {
     /// The caller's own encoded `get <key>\r\n`.
     request: Bytes,
     reply: Option<ReplySender>,
+    deadline: Option<Instant>,
 }
 
 impl Member {
@@ -138,21 +142,77 @@ impl Pending {
                 next: 0,
             }),
         };
-        Self { reply, state }
+        Self {
+            reply,
+            deadline: None,
+            state,
+        }
+    }
+
+    /// This entry, its caller waiting until `deadline` (`None`: as long as it takes).
+    pub(crate) fn until(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// A merged `get` line whose first key is the one `request` asks for.
+    #[cfg(test)]
     pub(crate) fn merged(request: Bytes, reply: Option<ReplySender>) -> Self {
+        Self::merged_until(request, reply, None)
+    }
+
+    /// [`Pending::merged`], its first caller waiting until `deadline`.
+    pub(crate) fn merged_until(
+        request: Bytes,
+        reply: Option<ReplySender>,
+        deadline: Option<Instant>,
+    ) -> Self {
         let mut pending = Self::new(Expect::MergedGets, None, &Bytes::new());
-        pending.add_member(request, reply);
+        pending.add_member_until(request, reply, deadline);
         pending
     }
 
     /// Adds the next caller of a merged `get` line (ignored by any other entry).
+    #[cfg(test)]
     pub(crate) fn add_member(&mut self, request: Bytes, reply: Option<ReplySender>) {
+        self.add_member_until(request, reply, None);
+    }
+
+    /// [`Pending::add_member`], the caller waiting until `deadline`.
+    pub(crate) fn add_member_until(
+        &mut self,
+        request: Bytes,
+        reply: Option<ReplySender>,
+        deadline: Option<Instant>,
+    ) {
         if let State::Merged(merged) = &mut self.state {
-            merged.members.push(Member { request, reply });
+            merged.members.push(Member {
+                request,
+                reply,
+                deadline,
+            });
         }
+    }
+
+    /// Answers `timeout()` to every caller of this entry whose deadline is not after
+    /// `now` (calling it only for those still waiting, and counting them in `expired`),
+    /// and returns the earliest deadline of the callers left. The entry keeps its place
+    /// in the queue: its reply is still read, and thrown away, so the stream stays in
+    /// sync.
+    pub(crate) fn expire(
+        &mut self,
+        now: Instant,
+        timeout: &dyn Fn() -> Error,
+        expired: &mut u64,
+    ) -> Option<Instant> {
+        let mut next = expire_one(&mut self.reply, self.deadline, now, timeout, expired);
+        if let State::Merged(merged) = &mut self.state {
+            for member in &mut merged.members[merged.next..] {
+                let left = expire_one(&mut member.reply, member.deadline, now, timeout, expired);
+                next = earliest(next, left);
+            }
+        }
+        next
     }
 
     /// Feeds the next frame from the server. `Err` means the frame can't belong to
@@ -196,6 +256,36 @@ impl Pending {
         if let Some(tx) = self.reply {
             let _ = tx.send(Err(error.clone()));
         }
+    }
+}
+
+/// [`Pending::expire`] for one caller: its deadline if it still waits after `now`.
+pub(crate) fn expire_one(
+    reply: &mut Option<ReplySender>,
+    deadline: Option<Instant>,
+    now: Instant,
+    timeout: &dyn Fn() -> Error,
+    expired: &mut u64,
+) -> Option<Instant> {
+    let deadline = deadline.filter(|_| reply.is_some())?;
+    if deadline > now {
+        return Some(deadline);
+    }
+    // A caller that gave up already is not counted as a timeout. `timeout` counts it
+    // before the caller can see it.
+    if let Some(tx) = reply.take().filter(|tx| !tx.is_closed()) {
+        *expired += 1;
+        let _ = tx.send(Err(timeout()));
+    }
+    None
+}
+
+/// The earlier of two optional deadlines.
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 
@@ -630,5 +720,69 @@ mod tests {
         assert!(p.accept(Frame::End).is_err());
         let mut p = Pending::new(Expect::TextLine, None, &Bytes::new());
         assert!(p.accept(meta(MetaStatus::Ok, Some(1))).is_err());
+    }
+
+    fn timeout() -> Error {
+        Error::Timeout {
+            node: "n0".into(),
+            after: std::time::Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn an_expired_caller_gets_a_timeout_and_its_late_reply_is_still_read_and_dropped() {
+        let now = Instant::now();
+        let deadline = now + std::time::Duration::from_secs(1);
+        let (tx, mut rx) = oneshot::channel();
+        let mut p =
+            Pending::new(Expect::Meta { opaque: 7 }, Some(tx), &Bytes::new()).until(Some(deadline));
+        let mut expired = 0;
+        // Before its deadline: nothing happens, and the deadline is reported.
+        assert_eq!(p.expire(now, &timeout, &mut expired), Some(deadline));
+        assert_eq!(expired, 0);
+        assert!(rx.try_recv().is_err());
+        // At it: a timeout, counted once; nothing left to watch.
+        assert_eq!(p.expire(deadline, &timeout, &mut expired), None);
+        assert_eq!(expired, 1);
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Timeout { .. }))));
+        assert_eq!(p.expire(deadline, &timeout, &mut expired), None);
+        assert_eq!(expired, 1);
+        // The entry keeps its place: its reply is still accepted as its own, then dropped.
+        let done = p.accept(meta(MetaStatus::Ok, Some(7)));
+        let Ok(Step::Done(reply)) = done else {
+            panic!("reply not accepted after the timeout");
+        };
+        p.complete(reply);
+    }
+
+    #[test]
+    fn merged_callers_expire_each_at_its_own_deadline() {
+        let now = Instant::now();
+        let early = now + std::time::Duration::from_millis(10);
+        let late = now + std::time::Duration::from_secs(1);
+        let (ra, mut a, ta) = member("a");
+        let (rb, mut b, tb) = member("b");
+        let mut p = Pending::merged_until(ra, Some(ta), Some(early));
+        p.add_member_until(rb, Some(tb), Some(late));
+        let mut expired = 0;
+        assert_eq!(p.expire(early, &timeout, &mut expired), Some(late));
+        assert_eq!(expired, 1);
+        assert!(matches!(a.try_recv(), Ok(Err(Error::Timeout { .. }))));
+        assert!(b.try_recv().is_err(), "b's deadline has not passed");
+        // The line's reply still answers b, and a's hit is read and dropped.
+        assert!(matches!(p.accept(value(b"a")), Ok(Step::More)));
+        assert!(matches!(p.accept(value(b"b")), Ok(Step::More)));
+        assert_eq!(got(&mut b), vec![value(b"b")]);
+        assert!(matches!(
+            p.accept(Frame::End),
+            Ok(Step::Done(Reply::Barrier))
+        ));
+        // A caller that gave up is not counted.
+        let (rc, c, tc) = member("c");
+        let mut p = Pending::merged_until(rc, Some(tc), Some(early));
+        drop(c);
+        let mut expired = 0;
+        assert_eq!(p.expire(late, &timeout, &mut expired), None);
+        assert_eq!(expired, 0);
     }
 }
