@@ -204,8 +204,7 @@ async fn a_logout_that_missed_a_stopped_node_stays_gone_after_its_instance_dies_
     let browser = logged_in(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let id = browser.id().unwrap();
-    let mut live = Browser::new();
-    live.increment(&a, "n").await.unwrap();
+    let mut live = browser_with_counter(&a).await;
     let primary = index_of(id.node());
     let backup = index_of(id.backup().expect("a backup copy"));
     cluster[primary].pause();
@@ -753,8 +752,7 @@ async fn sticky_async_a_queued_snapshot_never_overwrites_a_takeover_write_it_pre
     // Another session with a copy on the third node: its queued write will keep the
     // background writer busy while that node is stopped.
     let mut other = loop {
-        let mut candidate = Browser::new();
-        candidate.increment(&a, "n").await.unwrap();
+        let candidate = browser_with_counter(&a).await;
         let oid = candidate.id().unwrap();
         if oid.node() == third || oid.backup() == Some(third.as_str()) {
             break candidate;
