@@ -5,71 +5,32 @@
 //! cargo run --example quickstart
 //! ```
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memkeep::{Client, Expiry, Protocol};
 
-/// A memcached child process, killed on drop.
-struct Server {
-    child: Child,
-    address: String,
-}
+#[path = "common/local_memcached.rs"]
+mod local_memcached;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_memcached() -> Result<Server, String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let mut cmd = Command::new("memcached");
+/// Starts `memcached` from the `PATH` (64 MB): the server this example talks to.
+fn start_memcached() -> Result<local_memcached::LocalMemcached, String> {
     // `-u` only takes effect when started as root, where memcached insists on it.
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-m",
-        "64",
-        "-u",
-        "nobody",
-    ]);
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!("cannot start memcached ({e}); install it with `apt-get install memcached`")
-        })?;
-    let address = format!("127.0.0.1:{port}");
-    let server = Server { child, address };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(&server.address).is_err() {
-        if Instant::now() > deadline {
-            return Err("memcached did not start listening within 5 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
+    local_memcached::start_local_memcached(
+        "memcached",
+        &["-m", "64", "-u", "nobody"],
+        Duration::from_secs(5),
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = start_memcached()?;
-    println!("started memcached on {}", server.address);
+    let address = server.address();
+    println!("started memcached on {address}");
 
     for protocol in [Protocol::Meta, Protocol::Text] {
         let client = Client::builder()
-            .node(&server.address)
+            .node(&address)
             .protocol(protocol)
             .build()?;
         println!("\n-- {protocol:?} protocol --");

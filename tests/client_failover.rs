@@ -49,6 +49,32 @@ both_protocols!(
     consecutive_timeouts_mark_a_stalled_node_down_and_it_comes_back,
 );
 
+/// SIGKILLs server `n1` and waits (bounded) until the client reports it Down. The client
+/// learns of the death by itself (its connection is closed by the kernel) or on the next
+/// operation; both are fine, so it is nudged with a get of `key_on_n1`.
+async fn kill_n1_and_see_it_down(cl: &mut Cluster, c: &Client, key_on_n1: &str) {
+    cl[1].kill();
+    let _ = c.get(key_on_n1).await;
+    assert!(
+        kit::wait_state(c, "n1", NodeState::Down, STATE_LIMIT).await,
+        "n1 reported Down: {:?}",
+        c.nodes()
+    );
+}
+
+/// Asserts that `watch` sees (within `STATE_LIMIT`) node `n1` Down and later Up.
+async fn assert_saw_n1_down_then_up(watch: &kit::StateWatcher) {
+    assert!(
+        watch
+            .wait_saw_sequence("n1", NodeState::Down, NodeState::Up, STATE_LIMIT)
+            .await,
+        "{:?}",
+        watch.history("n1")
+    );
+}
+
+/// A client of `cl` with failure policy `policy`, `OP_TIMEOUT` for operations and
+/// connects, `threshold` timeouts before a node is marked down, quick reconnects.
 fn client_with(cl: &Cluster, p: Protocol, policy: FailurePolicy, threshold: u32) -> Client {
     kit::builder(cl, p)
         .failure_policy(policy)
@@ -233,16 +259,7 @@ async fn sigkill_of_one_node_under_pipelined_load_recovers_without_misdelivered_
         c.nodes()
     );
     assert_eq!(c.is_up("n1"), Some(true));
-    assert!(
-        kit::eventually(STATE_LIMIT, || watch.saw_sequence(
-            "n1",
-            NodeState::Down,
-            NodeState::Up
-        ))
-        .await,
-        "{:?}",
-        watch.history("n1")
-    );
+    assert_saw_n1_down_then_up(&watch).await;
     assert_eq!(
         tally.hung.load(Ordering::Relaxed),
         0,
@@ -309,15 +326,7 @@ async fn redistribute_sends_a_down_nodes_keys_to_another_node(p: Protocol) {
     let c = client_with(&cl, p, FailurePolicy::Redistribute, 8);
     let keys = keys_on_node(&cl, &c, "redis", 1, 10).await;
     let stay = keys_on_node(&cl, &c, "stay", 2, 3).await;
-    cl[1].kill();
-    // The client learns of the death by itself (its connection is closed by the kernel)
-    // or on the next operation; both are fine, so nudge it with one.
-    let _ = c.get(&keys[0]).await;
-    assert!(
-        kit::wait_state(&c, "n1", NodeState::Down, STATE_LIMIT).await,
-        "n1 reported Down: {:?}",
-        c.nodes()
-    );
+    kill_n1_and_see_it_down(&mut cl, &c, &keys[0]).await;
     for key in &keys {
         let v = format!("moved-{key}");
         c.set(key, &v, Expiry::Never)
@@ -358,13 +367,7 @@ async fn fail_fast_returns_node_down_for_a_down_nodes_keys_only(p: Protocol) {
     let c = client_with(&cl, p, FailurePolicy::FailFast, 8);
     let on1 = keys_on_node(&cl, &c, "ff1", 1, 5).await;
     let on0 = keys_on_node(&cl, &c, "ff0", 0, 5).await;
-    cl[1].kill();
-    let _ = c.get(&on1[0]).await;
-    assert!(
-        kit::wait_state(&c, "n1", NodeState::Down, STATE_LIMIT).await,
-        "n1 reported Down: {:?}",
-        c.nodes()
-    );
+    kill_n1_and_see_it_down(&mut cl, &c, &on1[0]).await;
     let limit = OP_TIMEOUT + HANG_SLACK;
     for key in &on1 {
         let e = kit::no_hang("set on a down node", limit, c.set(key, "x", Expiry::Never))
@@ -417,13 +420,7 @@ async fn retry_waits_for_a_down_node_to_come_back_within_the_timeout(p: Protocol
         .build()
         .expect("client");
     let keys = keys_on_node(&cl, &c, "retry", 1, 3).await;
-    cl[1].kill();
-    let _ = c.get(&keys[0]).await;
-    assert!(
-        kit::wait_state(&c, "n1", NodeState::Down, STATE_LIMIT).await,
-        "n1 reported Down: {:?}",
-        c.nodes()
-    );
+    kill_n1_and_see_it_down(&mut cl, &c, &keys[0]).await;
     // Operations on n1's keys wait for it rather than failing or moving elsewhere.
     let waiting: Vec<_> = keys
         .iter()
@@ -588,16 +585,7 @@ async fn consecutive_timeouts_mark_a_stalled_node_down_and_it_comes_back(p: Prot
         "n1 Up again after SIGCONT: {:?}",
         c.nodes()
     );
-    assert!(
-        kit::eventually(STATE_LIMIT, || watch.saw_sequence(
-            "n1",
-            NodeState::Down,
-            NodeState::Up
-        ))
-        .await,
-        "{:?}",
-        watch.history("n1")
-    );
+    assert_saw_n1_down_then_up(&watch).await;
     for key in &keys {
         c.set(key, "again", Expiry::Never)
             .await

@@ -443,13 +443,10 @@ fn a_sigkilled_launcher_leaves_no_server_behind_and_the_next_run_cleans_up_its_l
         second.banner
     );
     assert!(!run_dir.exists(), "{} removed", run_dir.display());
-    let needle = run_dir.to_string_lossy().into_owned();
-    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+    let leftovers: Vec<String> = demo_kit::procs::processes_naming(&run_dir)
         .expect("/proc")
-        .flatten()
-        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
-        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-        .filter(|cmd| cmd.contains(&needle))
+        .into_iter()
+        .map(|(_, cmd)| cmd)
         .collect();
     assert!(
         leftovers.is_empty(),

@@ -9,9 +9,35 @@
 mod demo_kit;
 mod kit;
 
-use demo_kit::{demo_binary, form, http, nodes_spec, route_of, Instance, Visitor};
+use std::net::SocketAddr;
+
+use demo_kit::{demo_binary, form, http, nodes_spec, route_of, Instance, Response, Visitor};
 use kit::Cluster;
 
+/// A two-node cluster and one sticky instance, `web1`, on it (keep both alive).
+fn web1_on_two_nodes() -> (Cluster, Instance) {
+    let cluster = Cluster::start(2);
+    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    (cluster, web1)
+}
+
+/// `GET path` on `addr` with the header `Cookie: cookie` when one is given.
+fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Response {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
+    http(addr, "GET", path, &headers, None).expect("GET")
+}
+
+/// `GET path` on `addr` presenting session `id` in the `JSESSIONID` cookie.
+fn get_in_session(addr: SocketAddr, path: &str, id: &str) -> Response {
+    get(addr, path, Some(&format!("JSESSIONID={id}")))
+}
+
+/// A POST of the form `fields` to `/` on `addr`, without a cookie.
+fn post_form(addr: SocketAddr, fields: &[(&str, &str)]) -> Response {
+    http(addr, "POST", "/", &[], Some(&form(fields))).expect("POST")
+}
+
+/// The session id a response sets in its `JSESSIONID` cookie, if it sets one.
 fn set_cookie_id(r: &demo_kit::Response) -> Option<String> {
     r.headers_named("set-cookie").into_iter().find_map(|c| {
         c.split(';')
@@ -24,9 +50,8 @@ fn set_cookie_id(r: &demo_kit::Response) -> Option<String> {
 #[test]
 fn a_get_with_dataname_and_datavalue_sets_the_attribute_and_the_page_lists_it_as_name_equals_value()
 {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(web1.addr(), "GET", "/?dataName=a&dataValue=1", &[], None).expect("GET");
+    let (_cluster, web1) = web1_on_two_nodes();
+    let r = get(web1.addr(), "/?dataName=a&dataValue=1", None);
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
@@ -36,15 +61,7 @@ fn a_get_with_dataname_and_datavalue_sets_the_attribute_and_the_page_lists_it_as
     );
     assert_eq!(r.attribute_lines(), vec!["a = 1".to_string()], "{}", r.body);
     let id = set_cookie_id(&r).expect("a new session sets the JSESSIONID cookie");
-    let cookie = format!("JSESSIONID={id}");
-    let r = http(
-        web1.addr(),
-        "GET",
-        "/?dataName=b&dataValue=two+words",
-        &[("Cookie", &cookie)],
-        None,
-    )
-    .expect("GET");
+    let r = get_in_session(web1.addr(), "/?dataName=b&dataValue=two+words", &id);
     assert_eq!(
         r.attribute_lines(),
         vec!["a = 1".to_string(), "b = two words".to_string()],
@@ -55,19 +72,11 @@ fn a_get_with_dataname_and_datavalue_sets_the_attribute_and_the_page_lists_it_as
 
 #[test]
 fn a_post_with_dataname_and_datavalue_sets_the_attribute_and_answers_the_page() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(
+    let (_cluster, web1) = web1_on_two_nodes();
+    let r = post_form(
         web1.addr(),
-        "POST",
-        "/",
-        &[],
-        Some(&form(&[
-            ("dataName", "colour"),
-            ("dataValue", "blue & green"),
-        ])),
-    )
-    .expect("POST");
+        &[("dataName", "colour"), ("dataValue", "blue & green")],
+    );
     assert_eq!(r.status, 200, "a script's POST gets the page itself");
     assert!(
         r.body.lines().any(|l| l == "colour = blue &amp; green"),
@@ -78,24 +87,15 @@ fn a_post_with_dataname_and_datavalue_sets_the_attribute_and_answers_the_page() 
 
 #[test]
 fn any_page_path_of_the_original_application_serves_the_page() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(
-        web1.addr(),
-        "GET",
-        "/Test/index.jsp?dataName=a&dataValue=1",
-        &[],
-        None,
-    )
-    .expect("GET");
+    let (_cluster, web1) = web1_on_two_nodes();
+    let r = get(web1.addr(), "/Test/index.jsp?dataName=a&dataValue=1", None);
     assert_eq!(r.status, 200);
     assert_eq!(r.attribute_lines(), vec!["a = 1".to_string()]);
 }
 
 #[test]
 fn format_json_answers_the_serving_instance_the_session_id_and_the_attributes() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    let (_cluster, web1) = web1_on_two_nodes();
     let mut v = Visitor::new(web1.addr(), true);
     let page = v
         .get(&[("dataName", "a"), ("dataValue", "1")])
@@ -111,16 +111,14 @@ fn format_json_answers_the_serving_instance_the_session_id_and_the_attributes() 
     assert_eq!(page.json["instance"]["mode"], "sticky");
     assert_eq!(page.json["instance"]["codec"], "msgpack");
     // The same content as the HTML page.
-    let cookie = format!("JSESSIONID={}", page.session_id);
-    let html = http(web1.addr(), "GET", "/", &[("Cookie", &cookie)], None).expect("GET");
+    let html = get_in_session(web1.addr(), "/", &page.session_id);
     assert!(html.body.contains(&page.session_id));
     assert_eq!(html.attribute_lines(), vec!["a = 1".to_string()]);
 }
 
 #[test]
 fn the_page_decodes_the_session_id_into_its_memcached_node_backup_node_and_route() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    let (cluster, web1) = web1_on_two_nodes();
     let mut v = Visitor::new(web1.addr(), true);
     let page = v.get(&[]).expect("page");
     let (key, rest) = page.session_id.split_once('-').expect("<key>-<node>...");
@@ -139,8 +137,7 @@ fn the_page_decodes_the_session_id_into_its_memcached_node_backup_node_and_route
     let index: usize = page.node[1..].parse().unwrap();
     assert_eq!(node_address, cluster.addrs()[index]);
     assert_eq!(page.json["session"]["key"], key);
-    let cookie = format!("JSESSIONID={}", page.session_id);
-    let html = http(web1.addr(), "GET", "/", &[("Cookie", &cookie)], None).expect("GET");
+    let html = get_in_session(web1.addr(), "/", &page.session_id);
     assert!(html
         .body
         .contains(&format!("id=\"session-node\">{}</b>", page.node)));
@@ -180,19 +177,11 @@ fn an_attribute_added_on_one_instance_is_shown_by_the_other_which_takes_the_sess
 
 #[test]
 fn a_non_ascii_cookie_beside_the_session_cookie_keeps_the_session_over_http() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(web1.addr(), "GET", "/?dataName=a&dataValue=1", &[], None).expect("GET");
+    let (_cluster, web1) = web1_on_two_nodes();
+    let r = get(web1.addr(), "/?dataName=a&dataValue=1", None);
     let id = set_cookie_id(&r).expect("id");
     let cookie = format!("lang=français; JSESSIONID={id}; theme=dark");
-    let r = http(
-        web1.addr(),
-        "GET",
-        "/?dataName=b&dataValue=2",
-        &[("Cookie", &cookie)],
-        None,
-    )
-    .expect("GET");
+    let r = get(web1.addr(), "/?dataName=b&dataValue=2", Some(&cookie));
     assert_eq!(r.status, 200);
     assert_eq!(
         r.attribute_lines(),
@@ -208,9 +197,8 @@ fn a_non_ascii_cookie_beside_the_session_cookie_keeps_the_session_over_http() {
 
 #[test]
 fn the_demo_opts_out_of_the_secure_cookie_for_plain_http() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(web1.addr(), "GET", "/", &[], None).expect("GET");
+    let (_cluster, web1) = web1_on_two_nodes();
+    let r = get(web1.addr(), "/", None);
     let set = r.headers_named("set-cookie");
     assert!(
         set.iter()
@@ -221,9 +209,8 @@ fn the_demo_opts_out_of_the_secure_cookie_for_plain_http() {
 
 #[test]
 fn without_a_cookie_the_links_and_the_form_carry_the_session_id_and_continue_the_session() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(web1.addr(), "GET", "/?dataName=a&dataValue=1", &[], None).expect("GET");
+    let (_cluster, web1) = web1_on_two_nodes();
+    let r = get(web1.addr(), "/?dataName=a&dataValue=1", None);
     let id = set_cookie_id(&r).expect("id");
     let rewritten = format!("/;jsessionid={id}");
     assert!(
@@ -237,14 +224,11 @@ fn without_a_cookie_the_links_and_the_form_carry_the_session_id_and_continue_the
         .body
         .contains(&format!("id=\"refresh\" href=\"{rewritten}\"")));
     // Following the link, still without a cookie, continues the session.
-    let next = http(
+    let next = get(
         web1.addr(),
-        "GET",
         &format!("{rewritten}?dataName=b&dataValue=2"),
-        &[],
         None,
-    )
-    .expect("GET rewritten");
+    );
     assert_eq!(
         next.attribute_lines(),
         vec!["a = 1".to_string(), "b = 2".to_string()]
@@ -254,55 +238,35 @@ fn without_a_cookie_the_links_and_the_form_carry_the_session_id_and_continue_the
         "the same session: no new cookie"
     );
     // With the cookie, links are plain.
-    let cookie = format!("JSESSIONID={id}");
-    let plain = http(web1.addr(), "GET", "/", &[("Cookie", &cookie)], None).expect("GET");
+    let plain = get_in_session(web1.addr(), "/", &id);
     assert!(plain.body.contains("id=\"refresh\" href=\"/\""));
 }
 
 #[test]
 fn the_browser_form_redirects_after_the_post_to_the_page_carrying_the_id_when_cookie_less() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(
+    let (_cluster, web1) = web1_on_two_nodes();
+    let r = post_form(
         web1.addr(),
-        "POST",
-        "/",
-        &[],
-        Some(&form(&[
-            ("prg", "1"),
-            ("dataName", "a"),
-            ("dataValue", "1"),
-        ])),
-    )
-    .expect("POST");
+        &[("prg", "1"), ("dataName", "a"), ("dataValue", "1")],
+    );
     assert_eq!(r.status, 303, "post/redirect/get for the page's own form");
     let id = set_cookie_id(&r).expect("id");
     assert_eq!(
         r.header("location"),
         Some(format!("/;jsessionid={id}").as_str())
     );
-    let page = http(web1.addr(), "GET", &format!("/;jsessionid={id}"), &[], None).expect("GET");
+    let page = get(web1.addr(), &format!("/;jsessionid={id}"), None);
     assert_eq!(page.attribute_lines(), vec!["a = 1".to_string()]);
 }
 
 #[test]
 fn markup_in_attribute_names_and_values_is_escaped() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
-    let r = http(
-        web1.addr(),
-        "GET",
-        &format!(
-            "/?{}",
-            form(&[
-                ("dataName", "<b>x"),
-                ("dataValue", "<script>alert(1)</script>")
-            ])
-        ),
-        &[],
-        None,
-    )
-    .expect("GET");
+    let (_cluster, web1) = web1_on_two_nodes();
+    let query = form(&[
+        ("dataName", "<b>x"),
+        ("dataValue", "<script>alert(1)</script>"),
+    ]);
+    let r = get(web1.addr(), &format!("/?{query}"), None);
     assert!(!r.body.contains("<script>alert(1)"), "{}", r.body);
     assert!(r
         .body
@@ -426,10 +390,9 @@ fn a_bad_flag_is_refused_with_a_message_naming_it() {
 
 #[test]
 fn the_health_check_and_the_favicon_create_no_session() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    let (_cluster, web1) = web1_on_two_nodes();
     for path in ["/healthz", "/favicon.ico"] {
-        let r = http(web1.addr(), "GET", path, &[], None).expect("GET");
+        let r = get(web1.addr(), path, None);
         assert!(set_cookie_id(&r).is_none(), "{path} set a session cookie");
     }
     let mut v = Visitor::new(web1.addr(), true);
@@ -439,8 +402,7 @@ fn the_health_check_and_the_favicon_create_no_session() {
 
 #[test]
 fn the_page_logs_in_with_a_rotated_id_and_logs_out_everywhere() {
-    let cluster = Cluster::start(2);
-    let web1 = Instance::start("web1", &nodes_spec(&cluster), &[]);
+    let (cluster, web1) = web1_on_two_nodes();
     let web2 = Instance::start("web2", &nodes_spec(&cluster), &[]);
     let mut first = Visitor::new(web1.addr(), true);
     let before = first

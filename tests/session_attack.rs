@@ -20,8 +20,8 @@ use memkeep::session::{
     SessionKey, WriteMode,
 };
 use session_kit::{
-    config, drive_down, id_variants, index_of, logged_in, logout, look, report, service,
-    wait_nodes_up, Browser,
+    browser_with_counter, config, drive_down, index_of, logged_in, logout, look, report, service,
+    still_found, wait_nodes_up, Browser,
 };
 
 /// A non-sticky instance on a fast-reacting client with `locking`.
@@ -32,31 +32,6 @@ fn non_sticky_fast(cluster: &Cluster, locking: &str) -> BackupSessionService {
             .locking_str(locking)
             .lock_wait(Duration::from_secs(5)),
     )
-}
-
-/// Every `(instance, id)` pair over the ids a client can forge for `key` that still
-/// gets the session.
-async fn found_anywhere(
-    instances: &[(&str, &BackupSessionService)],
-    known: &[String],
-    key: SessionKey,
-    cluster: &Cluster,
-    routes: &[&str],
-) -> Vec<String> {
-    let mut found = Vec::new();
-    let ids = known
-        .iter()
-        .cloned()
-        .chain(id_variants(key, &cluster.ids(), routes));
-    for id in ids {
-        for (name, svc) in instances {
-            match look(svc, &id, "user").await {
-                Ok(None) => {}
-                other => found.push(format!("{name} with id {id}: {other:?}")),
-            }
-        }
-    }
-    found
 }
 
 /// Reads attribute `name` as a u64 right after a node fault: a request that fails while
@@ -102,8 +77,7 @@ async fn set_u64(
 async fn cancelled_load_then_finish(locking: &str) -> Vec<String> {
     let cluster = Cluster::start(2);
     let a = non_sticky_fast(&cluster, locking);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let r = a.request(RequestInfo::new("/increment").session_id(Some(&cookie)));
     // Polled once (current-thread runtime: no memcached reply can have arrived), then
@@ -149,8 +123,7 @@ async fn unlocked_a_cancelled_load_never_removes_the_cookie() {
 async fn a_cancelled_load_then_get_or_create_never_replaces_the_session() {
     let cluster = Cluster::start(2);
     let a = non_sticky_fast(&cluster, "none");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let browser = browser_with_counter(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let r = a.request(RequestInfo::new("/increment").session_id(Some(&cookie)));
     assert!(r.session().now_or_never().is_none());
@@ -196,8 +169,7 @@ async fn a_finish_cancelled_mid_save_never_leaves_the_session_locked_for_good() 
     };
     let a = locked(5);
     let b = locked(6);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let browser = browser_with_counter(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let r = a.request(RequestInfo::new("/increment").session_id(Some(&cookie)));
     let s = r.session().await.unwrap().unwrap();
@@ -232,8 +204,7 @@ async fn a_logout_that_missed_a_stopped_node_stays_gone_after_its_instance_dies_
     let browser = logged_in(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let id = browser.id().unwrap();
-    let mut live = Browser::new();
-    live.increment(&a, "n").await.unwrap();
+    let mut live = browser_with_counter(&a).await;
     let primary = index_of(id.node());
     let backup = index_of(id.backup().expect("a backup copy"));
     cluster[primary].pause();
@@ -249,12 +220,13 @@ async fn a_logout_that_missed_a_stopped_node_stays_gone_after_its_instance_dies_
     cluster[backup].restart();
     let d = non_sticky_fast(&cluster, "none");
     assert!(wait_nodes_up(&[&c, &d], Duration::from_secs(15)).await);
-    let found = found_anywhere(
+    let found = still_found(
         &[("c", &c), ("d (new)", &d)],
         std::slice::from_ref(&cookie),
         id.key(),
         &cluster,
         &[],
+        0,
     )
     .await;
     assert!(
@@ -277,11 +249,7 @@ async fn a_forged_first_candidate_naming_a_down_node_does_not_hide_the_real_sess
     let browser = logged_in(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let id = browser.id().unwrap();
-    let third = cluster
-        .ids()
-        .into_iter()
-        .find(|n| n != id.node() && Some(n.as_str()) != id.backup())
-        .unwrap();
+    let third = session_kit::node_without_a_copy(&cluster, &id);
     let forged = SessionId::new(SessionKey::generate().unwrap(), third.clone(), None, None)
         .unwrap()
         .to_string();
@@ -342,16 +310,17 @@ async fn create_on_login_then_failover_keeps_the_new_session_and_the_old_one_gon
         Some(7),
         "I2: the login's session after failover"
     );
-    let found = found_anywhere(
+    let found = still_found(
         &[("a", &a), ("b", &b)],
         std::slice::from_ref(&old),
         SessionId::parse(&old).unwrap().key(),
         &cluster,
         &[],
+        0,
     )
     .await
     .into_iter()
-    .filter(|f| !f.contains("Err"))
+    .filter(|f| !f.contains("request failed"))
     .collect::<Vec<_>>();
     assert!(
         found.is_empty(),
@@ -403,12 +372,13 @@ async fn shared_slot_writes_and_a_logout(make: impl Fn(&Cluster) -> BackupSessio
     );
     a.flush().await;
     let b = make(&cluster);
-    let found = found_anywhere(
+    let found = still_found(
         &[("a", &a), ("b (new)", &b)],
         std::slice::from_ref(&cookie),
         browser.id().unwrap().key(),
         &cluster,
         &["a", "b"],
+        0,
     )
     .await;
     assert!(found.is_empty(), "I1: {}", report(&found));
@@ -458,12 +428,13 @@ async fn async_queued_write_then_takeover_and_logout_elsewhere_stays_logged_out(
     logout(&b, on_b.cookie.as_deref().unwrap()).await;
     a.flush().await;
     let c = sticky("c", WriteMode::Sync);
-    let found = found_anywhere(
+    let found = still_found(
         &[("a", &a), ("b", &b), ("c (new)", &c)],
         &[old, browser.cookie.clone().unwrap()],
         browser.id().unwrap().key(),
         &cluster,
         &["a", "b"],
+        0,
     )
     .await;
     assert!(found.is_empty(), "I1: {}", report(&found));
@@ -777,16 +748,11 @@ async fn sticky_async_a_queued_snapshot_never_overwrites_a_takeover_write_it_pre
     let mut browser = logged_in(&a).await;
     a.flush().await;
     let id = browser.id().unwrap();
-    let third = cluster
-        .ids()
-        .into_iter()
-        .find(|n| n != id.node() && Some(n.as_str()) != id.backup())
-        .unwrap();
+    let third = session_kit::node_without_a_copy(&cluster, &id);
     // Another session with a copy on the third node: its queued write will keep the
     // background writer busy while that node is stopped.
     let mut other = loop {
-        let mut candidate = Browser::new();
-        candidate.increment(&a, "n").await.unwrap();
+        let candidate = browser_with_counter(&a).await;
         let oid = candidate.id().unwrap();
         if oid.node() == third || oid.backup() == Some(third.as_str()) {
             break candidate;

@@ -12,11 +12,36 @@ use std::time::Duration;
 
 use kit::{no_hang, Cluster};
 use memkeep::session::{
-    BackupSessionService, CookieDecision, Mode, RequestInfo, SessionError, WriteMode,
+    BackupSessionService, CookieDecision, Mode, RequestInfo, SessionError, SessionRequest,
+    WriteMode,
 };
 use session_kit::{
     config, fast_client, id_variants, index_of, logged_in, look, non_sticky_with, service,
 };
+
+/// Two overlapping requests of session `cookie`, `/a` on `a` and `/b` on `b`: both load
+/// the session, then the first inserts `blob` as `blob_a` and the second as `blob_b`.
+/// Both are returned unfinished.
+async fn both_add_a_blob(
+    a: &BackupSessionService,
+    b: &BackupSessionService,
+    cookie: &str,
+    blob: &str,
+) -> (SessionRequest, SessionRequest) {
+    let ra = a.request(RequestInfo::new("/a").session_id(Some(cookie)));
+    let rb = b.request(RequestInfo::new("/b").session_id(Some(cookie)));
+    ra.get_or_create()
+        .await
+        .unwrap()
+        .insert("blob_a", blob)
+        .unwrap();
+    rb.get_or_create()
+        .await
+        .unwrap()
+        .insert("blob_b", blob)
+        .unwrap();
+    (ra, rb)
+}
 
 // ---------------------------------------------------------------------------------------
 // I2 "an acknowledged write is never lost" / `max_session_size`: two overlapping
@@ -36,18 +61,7 @@ async fn a_merge_past_max_session_size_never_leaves_an_unusable_session() {
     let cookie = browser.cookie.clone().unwrap();
     let blob = "x".repeat(40 * 1024);
     // Both requests load the session (version 1), then each adds 40 KB.
-    let ra = a.request(RequestInfo::new("/a").session_id(Some(&cookie)));
-    let rb = b.request(RequestInfo::new("/b").session_id(Some(&cookie)));
-    ra.get_or_create()
-        .await
-        .unwrap()
-        .insert("blob_a", &blob)
-        .unwrap();
-    rb.get_or_create()
-        .await
-        .unwrap()
-        .insert("blob_b", &blob)
-        .unwrap();
+    let (ra, rb) = both_add_a_blob(&a, &b, &cookie, &blob).await;
     let fa = ra.finish().await;
     assert!(
         fa.as_ref().is_ok_and(|o| o.written),
@@ -110,18 +124,7 @@ async fn sticky_async_a_queued_write_whose_merge_outgrows_the_item_limit_is_coun
     a.flush().await;
     let cookie = browser.cookie.clone().unwrap();
     let blob = "x".repeat(600 * 1024);
-    let ra = a.request(RequestInfo::new("/a").session_id(Some(&cookie)));
-    let rb = b.request(RequestInfo::new("/b").session_id(Some(&cookie)));
-    ra.get_or_create()
-        .await
-        .unwrap()
-        .insert("blob_a", &blob)
-        .unwrap();
-    rb.get_or_create()
-        .await
-        .unwrap()
-        .insert("blob_b", &blob)
-        .unwrap();
+    let (ra, rb) = both_add_a_blob(&a, &b, &cookie, &blob).await;
     let fa = ra.finish().await;
     assert!(fa.as_ref().is_ok_and(|o| o.written), "a's write: {fa:?}");
     a.flush().await;

@@ -20,7 +20,9 @@ use memkeep::session::{
     BackupSessionService, CookieDecision, ManualClock, Mode, RequestInfo, SaveOutcome,
     SessionError, SessionId,
 };
-use session_kit::{config, id_variants, index_of, look, non_sticky, service, sticky, Browser};
+use session_kit::{
+    browser_with_counter, config, id_variants, index_of, look, non_sticky, service, sticky, Browser,
+};
 
 /// Asserts that no form of `old` (the id and every node / backup / route variant of its
 /// key) gets a session on any of `services`.
@@ -81,8 +83,7 @@ async fn two_instances_rotating_one_session_at_once_leave_the_data_under_a_live_
     for mode in ["sticky", "none", "all"] {
         let (a, b) = two_instances(&cluster, mode);
         for round in 0..5 {
-            let mut browser = Browser::new();
-            browser.increment(&a, "n").await.unwrap();
+            let mut browser = browser_with_counter(&a).await;
             browser.increment(&b, "n").await.unwrap();
             let old = browser.cookie.clone().unwrap();
             let ((b1, r1), (b2, r2)) =
@@ -118,8 +119,7 @@ async fn a_rotation_that_loaded_before_a_logout_elsewhere_never_resurrects_the_s
     let cluster = Cluster::start(3);
     for mode in ["sticky", "none"] {
         let (a, b) = two_instances(&cluster, mode);
-        let mut browser = Browser::new();
-        browser.increment(&a, "n").await.unwrap();
+        let browser = browser_with_counter(&a).await;
         let old = browser.cookie.clone().unwrap();
         // The rotation loads the session and is about to finish ...
         let req = a.request(RequestInfo::new("/login").session_id(Some(&old)));
@@ -149,8 +149,7 @@ async fn a_logout_that_loaded_before_a_rotation_elsewhere_kills_the_rotated_id_t
     for mode in ["sticky", "none"] {
         let (a, b) = two_instances(&cluster, mode);
         for rotations in 1..=3 {
-            let mut browser = Browser::new();
-            browser.increment(&a, "n").await.unwrap();
+            let browser = browser_with_counter(&a).await;
             let old = browser.cookie.clone().unwrap();
             // The logout loads the session on b and is about to finish ...
             let logout = b.request(RequestInfo::new("/logout").session_id(Some(&old)));
@@ -192,8 +191,7 @@ async fn a_logout_that_loaded_before_a_rotation_elsewhere_kills_the_rotated_id_t
 async fn a_cookie_header_with_the_old_and_the_new_id_gets_the_rotated_session_only() {
     let cluster = Cluster::start(3);
     let (a, b) = (sticky(&cluster, "a"), sticky(&cluster, "b"));
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let browser = browser_with_counter(&a).await;
     let old = browser.cookie.clone().unwrap();
     let (rotated, out) = rotate(&a, browser.clone()).await;
     assert!(out.unwrap().unwrap().written);
@@ -241,8 +239,7 @@ async fn a_rotation_while_the_old_ids_primary_was_stopped_keeps_the_old_id_dead_
             service(&cluster, c)
         };
         let (a, b) = (build("a"), build("b"));
-        let mut browser = Browser::new();
-        browser.increment(&a, "n").await.unwrap();
+        let mut browser = browser_with_counter(&a).await;
         browser.increment(&b, "n").await.unwrap();
         let old = browser.cookie.clone().unwrap();
         let stopped = index_of(SessionId::parse(&old).unwrap().node());
@@ -352,8 +349,7 @@ async fn max_lifetime_is_not_extended_by_a_takeover_with_a_rotation_or_a_backup_
         )
     };
     let (a, b) = (build("a"), build("b"));
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     // Every 25 minutes: a takeover by the other instance and a rotation there.
     clock.advance(Duration::from_secs(25 * 60));
     browser.login(&b, None).await.unwrap();

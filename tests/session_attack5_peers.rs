@@ -46,6 +46,16 @@ async fn lookup(port: u16, key: &[u8]) -> String {
         .to_owned()
 }
 
+/// Everything `s` receives until the endpoint closes it (at most 10 s).
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
+}
+
 /// A client logged in with the secret, as a peer is.
 fn peer_client(port: u16) -> Client {
     Client::builder()
@@ -70,9 +80,7 @@ async fn still_serves(port: u16, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_stored_for_a_client_that_did_not_log_in() {
-    let peers = Peers::new(2, Backups::One);
-    let web1 = peers.start("web1");
-    let port = peers.port("web1");
+    let (_peers, web1, port, _login) = lone_endpoint();
     let endpoint = web1.peer_endpoint().unwrap();
     let user = PEER_PROTOCOL_USER;
     let wrong = |secret: &str| {
@@ -123,9 +131,7 @@ async fn nothing_is_stored_for_a_client_that_did_not_log_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_split_over_many_packets_then_pipelined_commands_work() {
-    let peers = Peers::new(2, Backups::One);
-    let web1 = peers.start("web1");
-    let port = peers.port("web1");
+    let (_peers, web1, port, _login) = lone_endpoint();
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.set_nodelay(true).unwrap();
     let send = format!(
@@ -138,11 +144,7 @@ async fn a_login_split_over_many_packets_then_pipelined_commands_work() {
         tokio::task::yield_now().await;
     }
     s.shutdown().await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = read_until_closed(&mut s).await;
     assert_eq!(
         String::from_utf8_lossy(&out),
         "STORED\r\nHD\r\nVA 3\r\nabc\r\n"
@@ -305,11 +307,8 @@ async fn binary_keys_and_flags_outside_the_subset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_values_around_the_thirty_day_boundary() {
-    let peers = Peers::new(2, Backups::One);
-    let web1 = peers.start("web1");
-    let port = peers.port("web1");
+    let (_peers, web1, port, login) = lone_endpoint();
     let endpoint = web1.peer_endpoint().unwrap();
-    let login = login_block(SECRET);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -408,8 +407,7 @@ async fn cas_tokens_zero_and_max() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_closed_connections_do_not_stop_the_peers() {
     let peers = Peers::new(2, Backups::One);
-    let mut all = peers.start_all().await;
-    let (web2, web1) = (all.pop().unwrap(), all.pop().unwrap());
+    let (web1, web2) = two(&peers).await;
     let port = peers.port("web1");
     // Hundreds of idle unauthenticated connections, some mid-login.
     let mut idle = Vec::new();
@@ -460,6 +458,37 @@ async fn increments(
     last: &mut [u64],
 ) -> Vec<String> {
     increments_spread(&[svc], browsers, last).await
+}
+
+/// `n` browsers without a session yet, and their last acknowledged counters (0).
+fn new_sessions(n: usize) -> (Vec<Browser>, Vec<u64>) {
+    (vec![Browser::new(); n], vec![0u64; n])
+}
+
+/// `rounds` rounds of [`increments`]; returns the wrong ones of all rounds.
+async fn increment_rounds(
+    rounds: usize,
+    svc: &BackupSessionService,
+    browsers: &mut [Browser],
+    last: &mut [u64],
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for _ in 0..rounds {
+        wrong.extend(increments(svc, browsers, last).await);
+    }
+    wrong
+}
+
+/// Waits (bounded, 20 s) until `peer`'s endpoint holds a copy of every browser's
+/// session; returns whether it got there.
+async fn all_copied_to(peer: &BackupSessionService, browsers: &[Browser]) -> bool {
+    kit::eventually(Duration::from_secs(20), || {
+        browsers.iter().all(|b| {
+            let k = b.id().unwrap().key().to_string();
+            peer.peer_endpoint().unwrap().holds(k.as_bytes())
+        })
+    })
+    .await
 }
 
 /// The services still running.
@@ -515,6 +544,13 @@ async fn reads_after_death(
     reads_last(survivor, browsers, last).await
 }
 
+/// Starts the two instances of `peers`.
+async fn two(peers: &Peers) -> (BackupSessionService, BackupSessionService) {
+    let mut all = peers.start_all().await;
+    let web2 = all.pop().unwrap();
+    (all.pop().unwrap(), web2)
+}
+
 /// Starts the three instances of `peers`.
 async fn three(
     peers: &Peers,
@@ -532,20 +568,15 @@ async fn three(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_restarted_empty_while_sessions_are_written_loses_nothing() {
     let peers = Peers::new(2, Backups::One);
-    let mut all = peers.start_all().await;
-    let (web2, web1) = (all.pop().unwrap(), all.pop().unwrap());
-    let mut browsers = vec![Browser::new(); 30];
-    let mut last = vec![0u64; 30];
+    let (web1, web2) = two(&peers).await;
+    let (mut browsers, mut last) = new_sessions(30);
     let mut wrong = increments(&web2, &mut browsers, &mut last).await;
     assert!(last.iter().all(|&v| v == 1));
     let web2 = std::sync::Arc::new(web2);
     let writer = {
         let web2 = std::sync::Arc::clone(&web2);
         tokio::spawn(async move {
-            let mut wrong = Vec::new();
-            for _ in 0..6 {
-                wrong.extend(increments(&web2, &mut browsers, &mut last).await);
-            }
+            let wrong = increment_rounds(6, &web2, &mut browsers, &mut last).await;
             (browsers, last, wrong)
         })
     };
@@ -566,22 +597,13 @@ async fn rereplication_after_a_peer_dies_racing_requests_never_restores_an_older
     let peers = Peers::new(3, Backups::One);
     let (web1, web2, web3) = three(&peers).await;
     let n = 40;
-    let mut browsers = vec![Browser::new(); n];
-    let mut last = vec![0u64; n];
+    let (mut browsers, mut last) = new_sessions(n);
     let mut wrong = increments(&web1, &mut browsers, &mut last).await;
     // web2 dies: re-replication of web1's sessions races their increments.
     drop(web2);
-    for _ in 0..4 {
-        wrong.extend(increments(&web1, &mut browsers, &mut last).await);
-    }
+    wrong.extend(increment_rounds(4, &web1, &mut browsers, &mut last).await);
     assert!(wait_peer(&web1, "web2", false).await);
-    let done = kit::eventually(Duration::from_secs(20), || {
-        browsers.iter().all(|b| {
-            let k = b.id().unwrap().key().to_string();
-            web3.peer_endpoint().unwrap().holds(k.as_bytes())
-        })
-    })
-    .await;
+    let done = all_copied_to(&web3, &browsers).await;
     assert!(done, "every session has its copy on web3");
     // No more requests: the owner dies, web3 must serve the last acknowledged value.
     wrong.extend(reads_after_death(web1, "web1", &web3, &mut browsers, &last).await);
@@ -650,19 +672,12 @@ async fn rereplication_batches_racing_increments_and_logouts() {
     let peers = Peers::new(3, Backups::One);
     let (web1, web2, web3) = three(&peers).await;
     let n = 200;
-    let mut browsers = vec![Browser::new(); n];
-    let mut last = vec![0u64; n];
+    let (mut browsers, mut last) = new_sessions(n);
     let mut wrong = increments(&web1, &mut browsers, &mut last).await;
     let (kept, gone) = browsers.split_at_mut(150);
     let (kept_last, _) = last.split_at_mut(150);
     drop(web2);
-    let writes = async {
-        let mut wrong = Vec::new();
-        for _ in 0..3 {
-            wrong.extend(increments(&web1, kept, kept_last).await);
-        }
-        wrong
-    };
+    let writes = increment_rounds(3, &web1, kept, kept_last);
     let logouts = async {
         for b in gone.iter_mut() {
             session_kit::logout(&web1, b.cookie.as_deref().unwrap()).await;
@@ -671,13 +686,7 @@ async fn rereplication_batches_racing_increments_and_logouts() {
     let (more, ()) = tokio::join!(writes, logouts);
     wrong.extend(more);
     assert!(wait_peer(&web1, "web2", false).await);
-    let ok = kit::eventually(Duration::from_secs(20), || {
-        kept.iter().all(|b| {
-            let k = b.id().unwrap().key().to_string();
-            web3.peer_endpoint().unwrap().holds(k.as_bytes())
-        })
-    })
-    .await;
+    let ok = all_copied_to(&web3, kept).await;
     assert!(ok, "every kept session has its copy on web3");
     let gone_ids: Vec<String> = gone.iter().map(|b| b.cookie.clone().unwrap()).collect();
     wrong.extend(reads_after_death(web1, "web1", &web3, kept, kept_last).await);
@@ -696,16 +705,9 @@ async fn backups_all_writes_during_one_death_survive_a_second_death_without_heal
     let peers = Peers::new(3, Backups::All);
     let (web1, web2, web3) = three(&peers).await;
     let n = 60;
-    let mut browsers = vec![Browser::new(); n];
-    let mut last = vec![0u64; n];
+    let (mut browsers, mut last) = new_sessions(n);
     let mut wrong = increments(&web1, &mut browsers, &mut last).await;
-    let writes = async {
-        let mut wrong = Vec::new();
-        for _ in 0..3 {
-            wrong.extend(increments(&web1, &mut browsers, &mut last).await);
-        }
-        wrong
-    };
+    let writes = increment_rounds(3, &web1, &mut browsers, &mut last);
     let kill = async {
         tokio::task::yield_now().await;
         drop(web2);
@@ -722,20 +724,16 @@ async fn backups_all_writes_during_one_death_survive_a_second_death_without_heal
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_restarted_empty_goes_on_from_the_backup_copy() {
     let peers = Peers::new(2, Backups::One);
-    let mut all = peers.start_all().await;
-    let (web2, web1) = (all.pop().unwrap(), all.pop().unwrap());
+    let (web1, web2) = two(&peers).await;
     let n = 30;
-    let mut browsers = vec![Browser::new(); n];
-    let mut last = vec![0u64; n];
+    let (mut browsers, mut last) = new_sessions(n);
     let mut wrong = increments(&web1, &mut browsers, &mut last).await;
     wrong.extend(increments(&web1, &mut browsers, &mut last).await);
     drop(web1);
     assert!(wait_peer(&web2, "web1", false).await);
     let web1 = peers.start("web1");
     assert_eq!(web1.peer_endpoint().unwrap().stats().entries, 0);
-    for _ in 0..2 {
-        wrong.extend(increments(&web1, &mut browsers, &mut last).await);
-    }
+    wrong.extend(increment_rounds(2, &web1, &mut browsers, &mut last).await);
     assert!(
         last.iter().all(|&v| v == 4),
         "every increment acknowledged: {last:?}"
@@ -796,6 +794,18 @@ impl Partition {
     }
 }
 
+/// Starts `web1` and `web2` of `peers`, `web2`'s endpoint reached through a
+/// [`Partition`] (on the port the peers know it by) that can cut it off.
+async fn web1_and_web2_behind_a_partition(
+    peers: &Peers,
+) -> (Partition, BackupSessionService, BackupSessionService) {
+    let real = kit::memcached::free_port();
+    let partition = Partition::start(peers.port("web2"), real).await;
+    let web1 = peers.start("web1");
+    let web2 = peers.start_with("web2", |b| b.peer_bind(format!("127.0.0.1:{real}")));
+    (partition, web1, web2)
+}
+
 /// I1 with a backup that comes back with its OLD data (partitioned, not restarted):
 /// sessions of web1 (backup web2) are logged out on web1 while web2 is unreachable;
 /// web2 comes back still holding the old copies; then web1 dies. web2 must not serve
@@ -803,10 +813,7 @@ impl Partition {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_partitioned_during_a_logout_comes_back_with_old_data() {
     let peers = Peers::new(2, Backups::One);
-    let real = kit::memcached::free_port();
-    let partition = Partition::start(peers.port("web2"), real).await;
-    let web1 = peers.start("web1");
-    let web2 = peers.start_with("web2", |b| b.peer_bind(format!("127.0.0.1:{real}")));
+    let (partition, web1, web2) = web1_and_web2_behind_a_partition(&peers).await;
     assert!(session_kit::wait_nodes_up(&[&web1, &web2], Duration::from_secs(10)).await);
     let mut ids = Vec::new();
     for _ in 0..10 {
@@ -858,20 +865,14 @@ async fn a_backup_partitioned_during_a_logout_comes_back_with_old_data() {
 /// values.
 async fn partitioned_during_writes(heal_on_backup: bool) {
     let peers = Peers::new(2, Backups::One);
-    let real = kit::memcached::free_port();
-    let partition = Partition::start(peers.port("web2"), real).await;
-    let web1 = peers.start("web1");
-    let web2 = peers.start_with("web2", |b| b.peer_bind(format!("127.0.0.1:{real}")));
+    let (partition, web1, web2) = web1_and_web2_behind_a_partition(&peers).await;
     assert!(session_kit::wait_nodes_up(&[&web1, &web2], Duration::from_secs(10)).await);
     let n = 20;
-    let mut browsers = vec![Browser::new(); n];
-    let mut last = vec![0u64; n];
+    let (mut browsers, mut last) = new_sessions(n);
     let mut wrong = increments(&web1, &mut browsers, &mut last).await;
     partition.set(true);
     assert!(wait_peer(&web1, "web2", false).await);
-    for _ in 0..3 {
-        wrong.extend(increments(&web1, &mut browsers, &mut last).await);
-    }
+    wrong.extend(increment_rounds(3, &web1, &mut browsers, &mut last).await);
     partition.set(false);
     // Back for everyone: web2's client reaches web2's own endpoint through the same
     // address, so web2 too must have reconnected before the heal.
@@ -901,10 +902,7 @@ async fn a_backup_back_with_old_data_serves_the_newer_copy_when_asked_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_survives_its_instance_dying_before_the_cut_off_backup_returns() {
     let peers = Peers::new(3, Backups::One);
-    let real = kit::memcached::free_port();
-    let partition = Partition::start(peers.port("web2"), real).await;
-    let web1 = peers.start("web1");
-    let web2 = peers.start_with("web2", |b| b.peer_bind(format!("127.0.0.1:{real}")));
+    let (partition, web1, web2) = web1_and_web2_behind_a_partition(&peers).await;
     let web3 = peers.start("web3");
     assert!(session_kit::wait_nodes_up(&[&web1, &web2, &web3], Duration::from_secs(10)).await);
     let mut ids = Vec::new();
@@ -949,8 +947,7 @@ async fn two_instances_killed_in_turn_under_writes_with_a_heal_between() {
     let (web1, web2, web3) = three(&peers).await;
     let mut services = [Some(web1), Some(web2), Some(web3)];
     let n = 30;
-    let mut browsers = vec![Browser::new(); n];
-    let mut last = vec![0u64; n];
+    let (mut browsers, mut last) = new_sessions(n);
     let mut wrong = Vec::new();
     // Session i on live instance i % (live ones).
     wrong.extend(increments_spread(&live(&services), &mut browsers, &mut last).await);
@@ -973,17 +970,11 @@ async fn two_instances_killed_in_turn_under_writes_with_a_heal_between() {
 /// client pipelining `... quit` never learned its writes were stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_before_a_pipelined_quit_are_sent() {
-    let peers = Peers::new(2, Backups::One);
-    let web1 = peers.start("web1");
-    let port = peers.port("web1");
+    let (_peers, web1, port, _login) = lone_endpoint();
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let send = format!("{}ms q 1\r\nx\r\nmg q v\r\nquit\r\n", login_block(SECRET));
     s.write_all(send.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = read_until_closed(&mut s).await;
     // The write did happen:
     assert!(web1.peer_endpoint().unwrap().holds(b"q"));
     assert_eq!(
@@ -998,9 +989,7 @@ async fn answers_before_a_pipelined_quit_are_sent() {
 /// a logged-in peer connection that stays idle as long is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_logs_in_is_closed_at_the_login_deadline() {
-    let peers = Peers::new(2, Backups::One);
-    let web1 = peers.start("web1");
-    let port = peers.port("web1");
+    let (_peers, web1, port, _login) = lone_endpoint();
     let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut peer = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     peer.write_all(login_block(SECRET).as_bytes())

@@ -26,55 +26,15 @@ use kit::memcached::raw;
 use kit::Cluster;
 use memkeep::session::tower::SessionLayer;
 use memkeep::session::{
-    BackupSessionService, CookieDecision, Mode, RequestInfo, SessionError, SessionKey,
+    BackupSessionService, CookieDecision, Mode, RequestInfo, SessionError, SessionId, SessionKey,
     SessionRequest,
 };
 use session_http::{cookie_value, hits};
 use session_kit::{
-    config, drive_down, id_variants, index_of, locked_pair, logged_in, logout, look, lose_lock,
-    non_sticky, report, service, sticky, wait_nodes_up, Browser,
+    browser_with_counter, config, drive_down, index_of, locked_pair, logged_in, logout, look,
+    lose_lock, non_sticky, report, service, sticky, still_found, wait_nodes_up, Browser,
 };
 use tower::Layer;
-
-/// Every `(instance, id)` pair, over every id a client can forge for `key`, that still
-/// finds the session: the list must be empty after an acknowledged invalidation.
-/// The ids the client really held (`known`) are tried first, on every instance, so that
-/// a forged id cannot clear an instance's stale memory copy before they are tried. A
-/// request that fails is retried for a few seconds (a node that just resumed can be
-/// briefly reported down); one that keeps failing is reported too.
-async fn still_found(
-    instances: &[(&str, &BackupSessionService)],
-    known: &[String],
-    key: SessionKey,
-    cluster: &Cluster,
-    routes: &[&str],
-) -> Vec<String> {
-    let mut found = Vec::new();
-    let ids = known
-        .iter()
-        .cloned()
-        .chain(id_variants(key, &cluster.ids(), routes));
-    for id in ids {
-        for (name, svc) in instances {
-            let mut outcome = look(svc, &id, "user").await;
-            for _ in 0..30 {
-                if outcome.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                outcome = look(svc, &id, "user").await;
-            }
-            match outcome {
-                Ok(None) => {}
-                Ok(Some(v)) => {
-                    found.push(format!("{name} with id {id}: session found, user={v:?}"))
-                }
-                Err(e) => found.push(format!("{name} with id {id}: request failed: {e}")),
-            }
-        }
-    }
-    found
-}
 
 // ---------------------------------------------------------------------------------------
 // I1: a request that loaded the session before a logout and finishes after it.
@@ -238,6 +198,7 @@ async fn edited_ids_after_relocation_and_logout(mode: Mode) {
         before.key(),
         &cluster,
         &routes,
+        30,
     )
     .await;
     assert!(found.is_empty(), "{mode:?}: {}", report(&found));
@@ -262,7 +223,24 @@ enum Role {
     Backup,
 }
 
-async fn node_stopped_during_logout(mode: Mode, role: Role) {
+/// What [`logout_with_a_node_stopped`] leaves, in order: the cluster, the two instances,
+/// the logged-out session's id and cookie, and the stopped node's id and index.
+type LoggedOutWithANodeStopped = (
+    Cluster,
+    BackupSessionService,
+    BackupSessionService,
+    SessionId,
+    String,
+    String,
+    usize,
+);
+
+/// A three-node cluster and two instances `a`, `b` in `mode`; a login on `a`; the node
+/// holding the session's copy `role` is stopped, long enough for `a`'s client to mark
+/// it down (the deletes of the logout never reach it: they would otherwise wait in its
+/// socket and run on resume); then the session is logged out through `a`. The node is
+/// left stopped.
+async fn logout_with_a_node_stopped(mode: Mode, role: Role) -> LoggedOutWithANodeStopped {
     let mut cluster = Cluster::start(3);
     let a = instance(&cluster, mode, "a");
     let b = instance(&cluster, mode, "b");
@@ -275,19 +253,33 @@ async fn node_stopped_during_logout(mode: Mode, role: Role) {
     };
     let stopped = index_of(&node);
     cluster[stopped].pause();
-    // Stopped long enough for the client to mark it down: the deletes of the logout
-    // never reach it (they would otherwise wait in its socket and run on resume).
     assert!(drive_down(&a, &node, Duration::from_secs(10)).await);
     logout(&a, &cookie).await;
+    (cluster, a, b, id, cookie, node, stopped)
+}
+
+/// [`still_found`] for session `id` of instances routed `a` and `b`, whose client held
+/// only `cookie`; a failed request is tried again for 3 s.
+async fn still_found_after_logout(
+    instances: &[(&str, &BackupSessionService)],
+    cookie: String,
+    id: &SessionId,
+    cluster: &Cluster,
+) -> Vec<String> {
+    still_found(instances, &[cookie], id.key(), cluster, &["a", "b"], 30).await
+}
+
+async fn node_stopped_during_logout(mode: Mode, role: Role) {
+    let (mut cluster, a, b, id, cookie, node, stopped) =
+        logout_with_a_node_stopped(mode, role).await;
     cluster[stopped].resume();
     assert!(wait_nodes_up(&[&a, &b], Duration::from_secs(15)).await);
     let c = instance(&cluster, mode, "c");
-    let found = still_found(
+    let found = still_found_after_logout(
         &[("a", &a), ("b", &b), ("c (new)", &c)],
-        &[cookie],
-        id.key(),
+        cookie,
+        &id,
         &cluster,
-        &["a", "b"],
     )
     .await;
     assert!(
@@ -318,17 +310,8 @@ async fn sticky_a_primary_node_stopped_during_logout_never_brings_the_session_ba
 /// returning node still never comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_missed_by_a_stopped_node_is_handed_off_after_the_invalidating_instance_died() {
-    let mut cluster = Cluster::start(3);
-    let a = instance(&cluster, Mode::NonSticky, "a");
-    let b = instance(&cluster, Mode::NonSticky, "b");
-    let browser = logged_in(&a).await;
-    let id = browser.id().unwrap();
-    let cookie = browser.cookie.clone().unwrap();
-    let node = id.node().to_owned();
-    let stopped = index_of(&node);
-    cluster[stopped].pause();
-    assert!(drive_down(&a, &node, Duration::from_secs(10)).await);
-    logout(&a, &cookie).await;
+    let (mut cluster, a, b, id, cookie, node, stopped) =
+        logout_with_a_node_stopped(Mode::NonSticky, Role::Primary).await;
     drop(a); // the invalidating instance dies before the node comes back
     cluster[stopped].resume();
     assert!(wait_nodes_up(&[&b], Duration::from_secs(15)).await);
@@ -347,14 +330,8 @@ async fn a_tombstone_missed_by_a_stopped_node_is_handed_off_after_the_invalidati
         assert!(wait_nodes_up(&[&b], Duration::from_secs(15)).await);
     }
     let c = instance(&cluster, Mode::NonSticky, "c");
-    let found = still_found(
-        &[("b", &b), ("c (new)", &c)],
-        &[cookie],
-        id.key(),
-        &cluster,
-        &["a", "b"],
-    )
-    .await;
+    let found =
+        still_found_after_logout(&[("b", &b), ("c (new)", &c)], cookie, &id, &cluster).await;
     assert!(found.is_empty(), "{}", report(&found));
 }
 
@@ -366,8 +343,7 @@ async fn auto_a_refused_write_never_reaches_the_backup_copy() {
     let mut cluster = Cluster::start(3);
     let a = non_sticky(&cluster, "auto");
     let b = non_sticky(&cluster, "auto");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     browser.visit(&a, "/page", |_| ()).await.unwrap(); // /page learnt read-only on A
     browser.visit(&b, "/page", |_| ()).await.unwrap(); // and on B
     let cookie = browser.cookie.clone().unwrap();
@@ -427,8 +403,7 @@ fn release_by_hand(cluster: &Cluster, lock_key: &str) {
 async fn a_lock_wait_that_runs_out_keeps_the_cookie_and_the_session() {
     let cluster = Cluster::start(2);
     let a = short_lock_wait(&cluster);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let lock_key = hold_lock_by_hand(&cluster, &cookie);
     let r = a.request(RequestInfo::new("/increment").session_id(Some(&cookie)));
@@ -451,8 +426,7 @@ async fn memcached_unreachable_at_load_keeps_the_cookie_and_the_session() {
         &cluster,
         config(&cluster, Mode::NonSticky).locking_str("none"),
     );
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     cluster[0].pause();
     cluster[1].pause();
@@ -474,13 +448,21 @@ async fn memcached_unreachable_at_load_keeps_the_cookie_and_the_session() {
 // ---------------------------------------------------------------------------------------
 // I3: fenced locks.
 
+/// A [`locked_pair`] and a browser whose session (`n = 1`) was created through the first
+/// instance: the two instances, the browser and its cookie.
+async fn locked_pair_with_a_session(
+    cluster: &Cluster,
+) -> (BackupSessionService, BackupSessionService, Browser, String) {
+    let (a, b) = locked_pair(cluster);
+    let browser = browser_with_counter(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    (a, b, browser, cookie)
+}
+
 #[tokio::test]
 async fn a_request_whose_lock_expired_never_overwrites_a_write_made_under_a_newer_lock() {
     let cluster = Cluster::start(2);
-    let (a, b) = locked_pair(&cluster);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
-    let cookie = browser.cookie.clone().unwrap();
+    let (a, b, browser, cookie) = locked_pair_with_a_session(&cluster).await;
     let lock_key = format!("lock:{}", browser.id().unwrap().key());
     let ra = a.request(RequestInfo::new("/slow").session_id(Some(&cookie)));
     let sa = ra.session().await.unwrap().unwrap(); // A holds the lock ...
@@ -511,10 +493,7 @@ async fn a_request_whose_lock_expired_never_overwrites_a_write_made_under_a_newe
 #[tokio::test]
 async fn releasing_an_expired_lock_leaves_the_new_holders_lock() {
     let cluster = Cluster::start(2);
-    let (a, b) = locked_pair(&cluster);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
-    let cookie = browser.cookie.clone().unwrap();
+    let (a, b, browser, cookie) = locked_pair_with_a_session(&cluster).await;
     let lock_key = format!("lock:{}", browser.id().unwrap().key());
     let ra = a.request(RequestInfo::new("/slow").session_id(Some(&cookie)));
     assert!(ra.session().await.unwrap().is_some());
@@ -787,10 +766,7 @@ async fn sticky_sessions_whose_save_failed_are_not_kept_in_memory() {
 #[tokio::test]
 async fn a_request_longer_than_lock_expiry_keeps_its_lock() {
     let cluster = Cluster::start(2);
-    let (a, b) = locked_pair(&cluster);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
-    let cookie = browser.cookie.clone().unwrap();
+    let (a, b, browser, cookie) = locked_pair_with_a_session(&cluster).await;
     let ra = a.request(RequestInfo::new("/slow").session_id(Some(&cookie)));
     let sa = ra.session().await.unwrap().unwrap();
     let waiter = {

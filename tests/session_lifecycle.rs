@@ -11,19 +11,42 @@ use std::time::Duration;
 
 use kit::Cluster;
 use memkeep::session::{
-    BackupSessionService, CookieDecision, ManualClock, Mode, RequestInfo, SessionError,
+    BackupSessionService, CookieDecision, ManualClock, Mode, RequestInfo, SessionConfigBuilder,
+    SessionError,
 };
 use memkeep::Expiry;
-use session_kit::{config, observer, Browser};
+use session_kit::{browser_with_counter, config, observer, Browser};
 
+/// A config builder for `cluster` in `mode`, with route `a` when sticky.
+fn config_routed_a(cluster: &Cluster, mode: Mode) -> SessionConfigBuilder {
+    let b = config(cluster, mode);
+    if mode == Mode::Sticky {
+        b.route("a")
+    } else {
+        b
+    }
+}
+
+/// An instance in `mode` (route `a` when sticky) with a 30 min max inactive interval,
+/// whose time is `clock`.
 fn with_clock(cluster: &Cluster, mode: Mode, clock: &ManualClock) -> BackupSessionService {
-    let mut b = config(cluster, mode)
+    let b = config_routed_a(cluster, mode)
         .max_inactive_interval(Duration::from_secs(30 * 60))
         .clock(Arc::new(clock.clone()));
-    if mode == Mode::Sticky {
-        b = b.route("a");
-    }
     BackupSessionService::new(b.build().unwrap()).unwrap()
+}
+
+/// A second sticky instance, route `b`, whose time is `clock` (default max inactive
+/// interval).
+fn sticky_b_with_clock(cluster: &Cluster, clock: &ManualClock) -> BackupSessionService {
+    BackupSessionService::new(
+        config(cluster, Mode::Sticky)
+            .route("b")
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -32,8 +55,7 @@ async fn an_expired_session_is_never_served_in_either_mode() {
         let cluster = Cluster::start(2);
         let clock = ManualClock::starting_now();
         let svc = with_clock(&cluster, mode, &clock);
-        let mut browser = Browser::new();
-        browser.increment(&svc, "n").await.unwrap();
+        let mut browser = browser_with_counter(&svc).await;
         clock.advance(Duration::from_secs(30 * 60 + 1));
         let (seen, out) = browser.visit(&svc, "/r", |s| s.is_some()).await.unwrap();
         assert!(!seen, "{mode:?}: expired session served");
@@ -47,18 +69,10 @@ async fn an_expired_session_is_not_served_by_another_instance_either() {
     let cluster = Cluster::start(2);
     let clock = ManualClock::starting_now();
     let a = with_clock(&cluster, Mode::Sticky, &clock);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     drop(a);
     clock.advance(Duration::from_secs(31 * 60));
-    let b = BackupSessionService::new(
-        config(&cluster, Mode::Sticky)
-            .route("b")
-            .clock(Arc::new(clock.clone()))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let b = sticky_b_with_clock(&cluster, &clock);
     assert_eq!(browser.read_u64(&b, "n").await.unwrap(), None);
 }
 
@@ -68,8 +82,7 @@ async fn reading_a_session_keeps_it_alive_without_a_new_version() {
         let cluster = Cluster::start(2);
         let clock = ManualClock::starting_now();
         let svc = with_clock(&cluster, mode, &clock);
-        let mut browser = Browser::new();
-        browser.increment(&svc, "n").await.unwrap();
+        let mut browser = browser_with_counter(&svc).await;
         // Read every 20 minutes for an hour: each read is within 30 min of the last.
         for _ in 0..3 {
             clock.advance(Duration::from_secs(20 * 60));
@@ -90,20 +103,12 @@ async fn a_read_keeps_the_session_alive_for_an_instance_that_takes_it_over() {
     let cluster = Cluster::start(2);
     let clock = ManualClock::starting_now();
     let a = with_clock(&cluster, Mode::Sticky, &clock);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     clock.advance(Duration::from_secs(20 * 60));
     browser.read_u64(&a, "n").await.unwrap(); // refreshes the last access
     drop(a);
     clock.advance(Duration::from_secs(20 * 60)); // 40 min after the write, 20 after the read
-    let b = BackupSessionService::new(
-        config(&cluster, Mode::Sticky)
-            .route("b")
-            .clock(Arc::new(clock.clone()))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let b = sticky_b_with_clock(&cluster, &clock);
     assert_eq!(browser.read_u64(&b, "n").await.unwrap(), Some(1));
 }
 
@@ -117,8 +122,7 @@ async fn memcached_ttl_follows_the_max_inactive_interval() {
             .unwrap(),
     )
     .unwrap();
-    let mut browser = Browser::new();
-    browser.increment(&svc, "n").await.unwrap();
+    let browser = browser_with_counter(&svc).await;
     let id = browser.id().unwrap();
     let obs = observer(&cluster);
     let primary = obs.on_node(id.node()).unwrap();
@@ -139,13 +143,9 @@ async fn memcached_ttl_follows_the_max_inactive_interval() {
 async fn invalidation_removes_every_copy_and_the_cookie() {
     for mode in [Mode::Sticky, Mode::NonSticky] {
         let cluster = Cluster::start(2);
-        let mut b = config(&cluster, mode);
-        if mode == Mode::Sticky {
-            b = b.route("a");
-        }
+        let b = config_routed_a(&cluster, mode);
         let svc = BackupSessionService::new(b.build().unwrap()).unwrap();
-        let mut browser = Browser::new();
-        browser.increment(&svc, "n").await.unwrap();
+        let mut browser = browser_with_counter(&svc).await;
         browser.read_u64(&svc, "n").await.unwrap(); // writes validity records too
         let id = browser.id().unwrap();
         let old_cookie = browser.cookie.clone();
@@ -185,8 +185,7 @@ async fn invalidation_removes_every_copy_and_the_cookie() {
 async fn create_after_invalidate_in_one_request_gives_a_new_id() {
     let cluster = Cluster::start(2);
     let svc = session_kit::sticky(&cluster, "a");
-    let mut browser = Browser::new();
-    browser.increment(&svc, "n").await.unwrap();
+    let browser = browser_with_counter(&svc).await;
     let old = browser.id().unwrap();
     let req = svc.request(RequestInfo::new("/login").session_id(browser.cookie.as_deref()));
     let fresh = req.create().await.unwrap();
@@ -247,13 +246,9 @@ async fn a_well_formed_id_of_a_session_that_does_not_exist_is_absent() {
 async fn garbage_or_foreign_data_under_a_sessions_key_is_refused_and_counted() {
     for mode in [Mode::Sticky, Mode::NonSticky] {
         let cluster = Cluster::start(2);
-        let mut b = config(&cluster, mode);
-        if mode == Mode::Sticky {
-            b = b.route("a");
-        }
+        let b = config_routed_a(&cluster, mode);
         let a = BackupSessionService::new(b.clone().build().unwrap()).unwrap();
-        let mut browser = Browser::new();
-        browser.increment(&a, "n").await.unwrap();
+        let mut browser = browser_with_counter(&a).await;
         let mut other = Browser::new();
         other.increment(&a, "secret").await.unwrap();
         let id = browser.id().unwrap();
@@ -299,8 +294,7 @@ async fn garbage_or_foreign_data_under_a_sessions_key_is_refused_and_counted() {
 async fn garbage_on_the_primary_only_is_healed_from_the_backup() {
     let cluster = Cluster::start(2);
     let a = session_kit::non_sticky(&cluster, "none");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let id = browser.id().unwrap();
     let obs = observer(&cluster);
     obs.on_node(id.node())
@@ -321,8 +315,7 @@ async fn garbage_on_the_primary_only_is_healed_from_the_backup() {
 async fn a_session_larger_than_the_item_limit_is_refused_with_a_clear_error_and_counted() {
     let cluster = Cluster::start(2);
     let svc = session_kit::non_sticky(&cluster, "none");
-    let mut browser = Browser::new();
-    browser.increment(&svc, "n").await.unwrap();
+    let mut browser = browser_with_counter(&svc).await;
     let big = "x".repeat(2 * 1024 * 1024);
     let err = browser
         .call(&svc, "/big", |s| s.insert("blob", &big).unwrap())
@@ -365,8 +358,7 @@ async fn a_url_rewritten_id_finds_the_session_and_is_stripped_from_the_path_when
             .unwrap(),
     )
     .unwrap();
-    let mut browser = Browser::new();
-    browser.increment(&svc, "n").await.unwrap();
+    let browser = browser_with_counter(&svc).await;
     let id = browser.cookie.clone().unwrap();
 
     // Off by default: a URL id is not taken (session fixation).
@@ -391,8 +383,7 @@ async fn a_url_rewritten_id_finds_the_session_and_is_stripped_from_the_path_when
 async fn a_request_that_never_touches_its_session_costs_nothing_and_keeps_the_cookie() {
     let cluster = Cluster::start(2);
     let svc = session_kit::non_sticky(&cluster, "all");
-    let mut browser = Browser::new();
-    browser.increment(&svc, "n").await.unwrap();
+    let browser = browser_with_counter(&svc).await;
     let before = svc.stats();
     let req = svc.request(RequestInfo::new("/static").session_id(browser.cookie.as_deref()));
     let out = req.finish().await.unwrap();

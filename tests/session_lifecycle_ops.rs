@@ -17,7 +17,9 @@ use memkeep::session::{
     BackupSessionService, CookieDecision, ManualClock, Mode, RequestInfo, SessionEvent,
     SessionEventKind, SessionId,
 };
-use session_kit::{config, id_variants, look, non_sticky, service, sticky, Browser};
+use session_kit::{
+    browser_with_counter, config, id_variants, look, non_sticky, service, sticky, Browser,
+};
 
 /// Every way a client could present the old id: the id itself and every node / backup /
 /// route variant of its key.
@@ -60,8 +62,7 @@ async fn rotation_keeps_the_data_and_kills_the_old_id_on_every_instance_in_every
         (Mode::NonSticky, "auto"),
     ] {
         let [a, b] = pair(&cluster, mode, locking);
-        let mut browser = Browser::new();
-        browser.increment(&a, "n").await.unwrap();
+        let mut browser = browser_with_counter(&a).await;
         browser.increment(&a, "n").await.unwrap();
         // Both instances have seen (and, sticky, hold in memory) the session.
         assert_eq!(browser.read_u64(&b, "n").await.unwrap(), Some(2));
@@ -109,8 +110,7 @@ async fn rotation_keeps_the_data_and_kills_the_old_id_on_every_instance_in_every
 async fn rotation_works_across_a_sticky_takeover() {
     let cluster = Cluster::start(3);
     let [a, b] = pair(&cluster, Mode::Sticky, "");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let old = browser.id().unwrap();
     assert_eq!(old.route(), Some("a"));
     // Instance b takes the session over and rotates it in the same request.
@@ -235,8 +235,7 @@ async fn max_lifetime_holds_across_a_restore_from_backup_and_a_rotation() {
     let a = clocked(&cluster, "a", &clock, |b| b);
     let b = clocked(&cluster, "b", &clock, |b| b);
     assert_eq!(a.config().max_lifetime(), Some(Duration::from_secs(3600)));
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     // Kept active (never idle for 30 min) and rotated at 20 min: the deadline stays
     // 60 min after creation.
     clock.advance(Duration::from_secs(20 * 60));
@@ -457,8 +456,7 @@ async fn every_listener_event_fires_on_its_instance_and_a_panicking_listener_bre
             .listener(rec_a)
     });
     let b = clocked(&cluster, "b", &clock, |c| c.listener(rec_b));
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let created = wait_for(&seen_a, SessionEventKind::Created).await;
     assert_eq!(created.instance.as_deref(), Some("a"));
     assert_eq!(created.route.as_deref(), Some("a"));
@@ -488,8 +486,7 @@ async fn every_listener_event_fires_on_its_instance_and_a_panicking_listener_bre
     let expired = wait_for(&seen_a, SessionEventKind::Expired).await;
     assert_eq!(expired.instance.as_deref(), Some("a"));
     // Invalidated on a (the panicking listener ran for every event of a).
-    let mut other = Browser::new();
-    other.increment(&a, "n").await.unwrap();
+    let other = browser_with_counter(&a).await;
     session_kit::logout(&a, &other.cookie.clone().unwrap()).await;
     let inv = wait_for(&seen_a, SessionEventKind::Invalidated).await;
     assert_eq!(Some(inv.session_id), other.cookie);
@@ -512,8 +509,7 @@ async fn every_listener_event_fires_on_its_instance_and_a_panicking_listener_bre
 async fn a_rotation_under_an_expired_lock_is_refused_when_the_session_was_written_since() {
     let cluster = Cluster::start(2);
     let (a, b) = session_kit::locked_pair(&cluster);
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let browser = browser_with_counter(&a).await;
     let cookie = browser.cookie.clone().unwrap();
     let lock_key = format!("lock:{}", browser.id().unwrap().key());
     let ra = a.request(RequestInfo::new("/login").session_id(Some(&cookie)));

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use kit::Cluster;
 use memkeep::session::{
-    BackupSessionService, Clock, LockTimeoutPolicy, ManualClock, Mode, RequestInfo, SessionError,
+    BackupSessionService, Clock, LockTimeoutPolicy, ManualClock, Mode, RequestInfo,
+    SessionConfigBuilder, SessionError,
 };
-use session_kit::{config, index_of, non_sticky, observer, Browser};
+use session_kit::{browser_with_counter, config, index_of, non_sticky, observer, Browser};
 
 #[tokio::test]
 async fn every_request_reads_memcached_so_any_instance_sees_the_last_save() {
@@ -35,8 +36,7 @@ async fn every_request_reads_memcached_so_any_instance_sees_the_last_save() {
 async fn when_the_primary_node_dies_the_session_is_restored_from_its_backup() {
     let mut cluster = Cluster::start(3);
     let a = non_sticky(&cluster, "all");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let before = browser.id().unwrap();
     cluster[index_of(before.node())].kill();
 
@@ -54,8 +54,7 @@ async fn when_the_primary_node_dies_the_session_is_restored_from_its_backup() {
 async fn a_node_restarted_empty_is_refilled_from_the_backup_in_non_sticky_mode() {
     let mut cluster = Cluster::start(2);
     let a = non_sticky(&cluster, "none");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let id = browser.id().unwrap();
     cluster[index_of(id.node())].restart();
     let mut value = None;
@@ -77,6 +76,8 @@ async fn a_node_restarted_empty_is_refilled_from_the_backup_in_non_sticky_mode()
     assert!(primary.get(&key).await.unwrap().is_some());
 }
 
+/// `workers` tasks, each incrementing counter `n` of session `cookie` `per_worker`
+/// times on instance `worker % instances.len()`: the acknowledged and the failed ones.
 async fn hammer(
     instances: &[BackupSessionService],
     cookie: String,
@@ -112,16 +113,29 @@ async fn hammer(
     (acked, failed)
 }
 
+/// Two non-sticky instances with `locking` on `cluster`: a session is created (`n = 1`)
+/// through the first, then [`hammer`]ed by `workers` x `per_worker` increments spread
+/// over both. Returns the two instances, the acknowledged and the failed increments, and
+/// `n` as read through the first instance afterwards.
+async fn hammer_a_new_session(
+    cluster: &Cluster,
+    locking: &str,
+    workers: usize,
+    per_worker: u64,
+) -> (BackupSessionService, BackupSessionService, u64, u64, u64) {
+    let a = non_sticky(cluster, locking);
+    let b = non_sticky(cluster, locking);
+    let mut browser = browser_with_counter(&a).await;
+    let cookie = browser.cookie.clone().unwrap();
+    let (acked, failed) = hammer(&[a.clone(), b.clone()], cookie, workers, per_worker).await;
+    let final_value = browser.read_u64(&a, "n").await.unwrap().unwrap();
+    (a, b, acked, failed, final_value)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locking_all_loses_no_update_under_concurrent_requests_on_two_instances() {
     let cluster = Cluster::start(2);
-    let a = non_sticky(&cluster, "all");
-    let b = non_sticky(&cluster, "all");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
-    let cookie = browser.cookie.clone().unwrap();
-    let (acked, failed) = hammer(&[a.clone(), b.clone()], cookie, 8, 15).await;
-    let final_value = browser.read_u64(&a, "n").await.unwrap().unwrap();
+    let (a, b, acked, failed, final_value) = hammer_a_new_session(&cluster, "all", 8, 15).await;
     assert_eq!(failed, 0, "no request failed");
     assert_eq!(final_value, 1 + acked, "every increment survived");
     // Requests of one session on one instance share one load and one lock, so there are
@@ -138,13 +152,8 @@ async fn locking_all_loses_no_update_under_concurrent_requests_on_two_instances(
 async fn locking_auto_and_uri_pattern_lose_no_update_on_paths_that_change_the_session() {
     for locking in ["auto", "uriPattern:^/incr"] {
         let cluster = Cluster::start(2);
-        let a = non_sticky(&cluster, locking);
-        let b = non_sticky(&cluster, locking);
-        let mut browser = Browser::new();
-        browser.increment(&a, "n").await.unwrap();
-        let cookie = browser.cookie.clone().unwrap();
-        let (acked, failed) = hammer(&[a.clone(), b.clone()], cookie, 6, 10).await;
-        let final_value = browser.read_u64(&a, "n").await.unwrap().unwrap();
+        let (a, b, acked, failed, final_value) =
+            hammer_a_new_session(&cluster, locking, 6, 10).await;
         assert_eq!(failed, 0, "{locking}");
         assert_eq!(final_value, 1 + acked, "{locking}: an update was lost");
         assert_eq!(a.stats().conflicts + b.stats().conflicts, 0, "{locking}");
@@ -154,13 +163,7 @@ async fn locking_auto_and_uri_pattern_lose_no_update_on_paths_that_change_the_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locking_none_never_locks_and_never_waits() {
     let cluster = Cluster::start(2);
-    let a = non_sticky(&cluster, "none");
-    let b = non_sticky(&cluster, "none");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
-    let cookie = browser.cookie.clone().unwrap();
-    let (acked, failed) = hammer(&[a.clone(), b.clone()], cookie, 8, 10).await;
-    let final_value = browser.read_u64(&a, "n").await.unwrap().unwrap();
+    let (a, b, acked, failed, final_value) = hammer_a_new_session(&cluster, "none", 8, 10).await;
     assert_eq!(failed, 0);
     assert!(final_value >= 2 && final_value <= 1 + acked);
     assert_eq!(a.stats().locks_acquired + b.stats().locks_acquired, 0);
@@ -187,8 +190,7 @@ async fn locking_auto_learns_read_only_paths_and_locks_the_others() {
 async fn locking_auto_writes_a_read_only_guess_that_changed_the_session_with_cas() {
     let cluster = Cluster::start(2);
     let a = non_sticky(&cluster, "auto");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     browser.visit(&a, "/page", |_| ()).await.unwrap(); // /page learnt read-only
     browser
         .visit(&a, "/page", |s| s.unwrap().insert("n", &10u64).unwrap())
@@ -207,8 +209,7 @@ async fn two_read_only_guesses_that_both_change_the_session_keep_the_first_and_r
     let cluster = Cluster::start(2);
     let a = non_sticky(&cluster, "auto");
     let b = non_sticky(&cluster, "auto");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     browser.visit(&a, "/page", |_| ()).await.unwrap(); // learnt read-only on A
     browser.visit(&b, "/page", |_| ()).await.unwrap(); // and on B
     let ra = a.request(RequestInfo::new("/page").session_id(browser.cookie.as_deref()));
@@ -228,8 +229,7 @@ async fn two_read_only_guesses_that_both_change_the_session_keep_the_first_and_r
 async fn locking_uri_pattern_locks_only_matching_paths() {
     let cluster = Cluster::start(2);
     let a = non_sticky(&cluster, "uriPattern:^/cart");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let l0 = a.stats().locks_acquired;
     browser.visit(&a, "/home", |_| ()).await.unwrap();
     assert_eq!(a.stats().locks_acquired, l0);
@@ -237,6 +237,7 @@ async fn locking_uri_pattern_locks_only_matching_paths() {
     assert_eq!(a.stats().locks_acquired, l0 + 1);
 }
 
+/// Another instance takes the lock of session `cookie` and never releases it.
 async fn hold_lock_of(cluster: &Cluster, a: &BackupSessionService, cookie: &str) {
     // Another instance holds the lock (it never releases it).
     let holder = BackupSessionService::new(
@@ -252,23 +253,38 @@ async fn hold_lock_of(cluster: &Cluster, a: &BackupSessionService, cookie: &str)
     let _ = a;
 }
 
-#[tokio::test]
-async fn a_lock_wait_that_runs_out_fails_the_request_and_is_counted() {
-    let cluster = Cluster::start(2);
-    let clock = ManualClock::starting_now();
-    let a = BackupSessionService::new(
-        config(&cluster, Mode::NonSticky)
-            .locking_str("all")
-            .lock_wait(Duration::from_secs(2))
+/// A non-sticky instance with locking `all` whose time is `clock`, with the lock
+/// settings `tune` applies.
+fn locking_all_on_clock(
+    cluster: &Cluster,
+    clock: &ManualClock,
+    tune: impl FnOnce(SessionConfigBuilder) -> SessionConfigBuilder,
+) -> BackupSessionService {
+    let builder = config(cluster, Mode::NonSticky).locking_str("all");
+    BackupSessionService::new(
+        tune(builder)
             .clock(Arc::new(clock.clone()))
             .build()
             .unwrap(),
     )
-    .unwrap();
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    .unwrap()
+}
+
+/// A browser whose session (`n = 1`) was created through `a`, then locked by another
+/// instance that never releases the lock ([`hold_lock_of`]).
+async fn session_locked_elsewhere(cluster: &Cluster, a: &BackupSessionService) -> Browser {
+    let browser = browser_with_counter(a).await;
     let cookie = browser.cookie.clone().unwrap();
-    hold_lock_of(&cluster, &a, &cookie).await;
+    hold_lock_of(cluster, a, &cookie).await;
+    browser
+}
+
+#[tokio::test]
+async fn a_lock_wait_that_runs_out_fails_the_request_and_is_counted() {
+    let cluster = Cluster::start(2);
+    let clock = ManualClock::starting_now();
+    let a = locking_all_on_clock(&cluster, &clock, |b| b.lock_wait(Duration::from_secs(2)));
+    let mut browser = session_locked_elsewhere(&cluster, &a).await;
     let before = clock.now();
     let err = browser.increment(&a, "n").await.unwrap_err();
     assert!(matches!(err, SessionError::LockTimeout { .. }), "{err}");
@@ -285,20 +301,11 @@ async fn a_lock_wait_that_runs_out_fails_the_request_and_is_counted() {
 async fn a_lock_wait_that_runs_out_proceeds_when_configured_and_is_counted() {
     let cluster = Cluster::start(2);
     let clock = ManualClock::starting_now();
-    let a = BackupSessionService::new(
-        config(&cluster, Mode::NonSticky)
-            .locking_str("all")
-            .lock_wait(Duration::from_secs(1))
+    let a = locking_all_on_clock(&cluster, &clock, |b| {
+        b.lock_wait(Duration::from_secs(1))
             .lock_timeout_policy(LockTimeoutPolicy::Proceed)
-            .clock(Arc::new(clock.clone()))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
-    let cookie = browser.cookie.clone().unwrap();
-    hold_lock_of(&cluster, &a, &cookie).await;
+    });
+    let mut browser = session_locked_elsewhere(&cluster, &a).await;
     assert_eq!(browser.increment(&a, "n").await.unwrap(), 2);
     assert_eq!(a.stats().lock_timeouts, 1);
     assert_eq!(a.stats().lock_proceeded_unlocked, 1);
@@ -308,8 +315,7 @@ async fn a_lock_wait_that_runs_out_proceeds_when_configured_and_is_counted() {
 async fn concurrent_requests_on_one_instance_share_one_loaded_session() {
     let cluster = Cluster::start(2);
     let a = non_sticky(&cluster, "all");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let r1 = a.request(RequestInfo::new("/x").session_id(browser.cookie.as_deref()));
     let r2 = a.request(RequestInfo::new("/y").session_id(browser.cookie.as_deref()));
     let s1 = r1.session().await.unwrap().unwrap();
@@ -401,8 +407,7 @@ async fn non_sticky_all_loses_no_acknowledged_save_when_a_node_is_killed_mid_loa
 async fn locking_auto_remembers_read_only_paths_within_auto_readonly_bytes_only() {
     let cluster = Cluster::start(2);
     let a = session_kit::non_sticky_with(&cluster, "auto", |b| b.auto_readonly_bytes(16));
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let unlocked = || a.stats().auto_readonly_unlocked;
 
     // A path longer than the byte bound is never remembered: it stays locked.

@@ -13,7 +13,7 @@ use kit::Cluster;
 use memkeep::session::{
     BackupSessionService, CookieDecision, Mode, RequestInfo, SessionConfig, WriteMode,
 };
-use session_kit::{config, index_of, sticky, Browser};
+use session_kit::{browser_with_counter, config, index_of, sticky, Browser};
 
 #[tokio::test]
 async fn a_session_created_on_instance_a_is_served_by_instance_b_after_a_dies() {
@@ -46,8 +46,7 @@ async fn a_stale_local_copy_is_not_served_after_another_instance_took_over() {
     let cluster = Cluster::start(2);
     let a = sticky(&cluster, "a");
     let b = sticky(&cluster, "b");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     // The balancer sends the user to B (A looked down), B takes over and changes it.
     assert_eq!(browser.increment(&b, "n").await.unwrap(), 2);
     // Back on A with B's cookie: A's memory holds n = 1, memcached n = 2.
@@ -59,8 +58,7 @@ async fn a_stale_local_copy_is_not_served_after_another_instance_took_over() {
 async fn when_the_primary_node_dies_the_next_save_relocates_the_session_and_reissues_the_cookie() {
     let mut cluster = Cluster::start(3);
     let a = sticky(&cluster, "a");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let mut browser = browser_with_counter(&a).await;
     let before = browser.id().unwrap();
     cluster[index_of(before.node())].kill();
 
@@ -200,8 +198,7 @@ async fn new_sessions_avoid_failover_nodes_while_another_node_is_up() {
     )
     .unwrap();
     for _ in 0..20 {
-        let mut browser = Browser::new();
-        browser.increment(&svc, "n").await.unwrap();
+        let browser = browser_with_counter(&svc).await;
         assert_eq!(browser.id().unwrap().node(), "n2");
     }
 }
@@ -364,8 +361,7 @@ async fn sticky_sync_loses_no_acknowledged_save_when_a_node_is_killed_mid_load()
 async fn requests_of_one_session_on_one_instance_share_one_session_object() {
     let cluster = Cluster::start(2);
     let a = sticky(&cluster, "a");
-    let mut browser = Browser::new();
-    browser.increment(&a, "n").await.unwrap();
+    let browser = browser_with_counter(&a).await;
     let r1 = a.request(RequestInfo::new("/x").session_id(browser.cookie.as_deref()));
     let r2 = a.request(RequestInfo::new("/y").session_id(browser.cookie.as_deref()));
     let (s1, s2) = tokio::join!(r1.session(), r2.session());

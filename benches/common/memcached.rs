@@ -1,56 +1,29 @@
 //! A memcached process for the benchmarks (`#[path = "common/memcached.rs"] mod memcached;`).
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "../../examples/common/local_memcached.rs"]
+#[allow(dead_code)] // shared with the quickstart example, which uses other parts
+mod local_memcached;
 
 /// A memcached process on 127.0.0.1 (field 1: its port), killed on drop.
-pub struct Memcached(Child, pub u16);
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub type Memcached = local_memcached::LocalMemcached;
 
 /// Starts `/usr/bin/memcached` (or `MEMKEEP_MEMCACHED`) on a free port with `threads`
-/// worker threads and 256 MB, and waits until it accepts connections.
+/// worker threads and 256 MB (as root, with `-u root`, which memcached then requires),
+/// and waits (10 s at most) until it accepts connections.
 pub fn start_memcached(threads: u32) -> Memcached {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
     let bin = std::env::var("MEMKEEP_MEMCACHED").unwrap_or_else(|_| "/usr/bin/memcached".into());
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-m",
-        "256",
-        "-t",
-        &threads.to_string(),
-    ]);
+    let threads = threads.to_string();
+    let mut args = vec!["-m", "256", "-t", &threads];
     if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
     }) {
-        cmd.args(["-u", "root"]);
+        args.extend(["-u", "root"]);
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start memcached");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "memcached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Memcached(child, port)
+    local_memcached::start_local_memcached(&bin, &args, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A memkeep client for servers on 127.0.0.1 `ports`, node ids `n0`, `n1`, ... (must be

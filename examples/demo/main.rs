@@ -18,6 +18,7 @@
 mod balancer;
 mod cluster;
 mod instance;
+mod procs;
 mod proxy;
 mod stale;
 mod web;

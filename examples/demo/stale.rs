@@ -7,7 +7,7 @@
 //! workers are started with `-f <dir>/...`) is killed and the directory removed.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -67,25 +67,11 @@ fn same_program(exe: &Path, me: &Path) -> bool {
 
 /// SIGKILLs every process whose command line mentions `dir`; returns how many.
 fn kill_processes_naming(dir: &Path) -> usize {
-    let needle = dir.to_string_lossy().into_owned();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut killed = 0;
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmdline: PathBuf = p.path().join("cmdline");
-        let Ok(raw) = fs::read(&cmdline) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if text.contains(&needle) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-            killed += 1;
-        }
-    }
-    killed
+    crate::procs::processes_naming(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(pid, _)| kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok())
+        .count()
 }
 
 #[cfg(test)]

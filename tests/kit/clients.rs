@@ -144,6 +144,17 @@ impl StateWatcher {
             .position(|s| *s == first)
             .is_some_and(|i| h[i + 1..].contains(&then))
     }
+
+    /// Waits (bounded) until node `id` was seen in `first` and later in `then`.
+    pub async fn wait_saw_sequence(
+        &self,
+        id: &str,
+        first: NodeState,
+        then: NodeState,
+        limit: Duration,
+    ) -> bool {
+        super::eventually(limit, || self.saw_sequence(id, first, then)).await
+    }
 }
 
 impl Drop for StateWatcher {

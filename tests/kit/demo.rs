@@ -15,6 +15,10 @@
 
 #[path = "../../examples/demo/balancer.rs"]
 pub mod balancer;
+#[path = "../../examples/demo/procs.rs"]
+pub mod procs;
+#[path = "../../examples/demo/web.rs"]
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -347,18 +351,8 @@ pub fn http(
     })
 }
 
-/// Percent-encodes a query component.
-pub fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encodes a query component: the demo's own encoder.
+pub use web::encode_component as enc;
 
 /// `a=b&c=d`, encoded.
 pub fn form(params: &[(&str, &str)]) -> String {
@@ -546,16 +540,7 @@ impl Drop for TempDir {
     }
 }
 
-/// `n0:127.0.0.1:p0,n1:...` for a kit cluster.
-pub fn nodes_spec(cluster: &Cluster) -> String {
-    cluster
-        .ids()
-        .iter()
-        .zip(cluster.addrs())
-        .map(|(id, addr)| format!("{id}:{addr}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use crate::kit::nodes_spec;
 
 /// 2 memcached + instances `web1`, `web2` + a real balancer from `deploy/`. Everything
 /// is stopped when dropped (balancer first).

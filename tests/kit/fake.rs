@@ -175,6 +175,27 @@ struct StoredItem {
     cas: u64,
 }
 
+impl StoredItem {
+    /// An item holding `value` with client `flags` and CAS token `cas`.
+    fn new(value: Vec<u8>, flags: u32, cas: u64) -> StoredItem {
+        StoredItem { value, flags, cas }
+    }
+
+    /// This item with `data` added after its value (`append`) or before it, under the
+    /// new CAS token `cas`.
+    fn with_data_added(mut self, data: &[u8], append: bool, cas: u64) -> StoredItem {
+        if append {
+            self.value.extend_from_slice(data);
+        } else {
+            let mut v = data.to_vec();
+            v.extend_from_slice(&self.value);
+            self.value = v;
+        }
+        self.cas = cas;
+        self
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     rules: Mutex<Vec<Rule>>,
@@ -316,11 +337,7 @@ impl FakeServer {
         let cas = self.shared.next_cas.fetch_add(1, Ordering::SeqCst);
         self.shared.store.lock().unwrap().insert(
             key.as_ref().to_vec(),
-            StoredItem {
-                value: value.as_ref().to_vec(),
-                flags,
-                cas,
-            },
+            StoredItem::new(value.as_ref().to_vec(), flags, cas),
         );
     }
 }
@@ -550,44 +567,19 @@ fn emulate(shared: &Shared, req: &Request) -> Vec<u8> {
             let exists = store.get(key).cloned();
             let cas = shared.next_cas.fetch_add(1, Ordering::SeqCst);
             let reply: &[u8] = match (cmd.as_slice(), exists) {
-                (b"set", _) | (b"add", None) | (b"replace", Some(_)) => {
-                    store.insert(
-                        key.clone(),
-                        StoredItem {
-                            value: data.clone(),
-                            flags: flags as u32,
-                            cas,
-                        },
-                    );
-                    b"STORED\r\n"
-                }
-                (b"append" | b"prepend", Some(mut it)) => {
-                    if cmd == b"append" {
-                        it.value.extend_from_slice(data);
-                    } else {
-                        let mut v = data.clone();
-                        v.extend_from_slice(&it.value);
-                        it.value = v;
-                    }
-                    it.cas = cas;
-                    store.insert(key.clone(), it);
+                (b"append" | b"prepend", Some(it)) => {
+                    store.insert(key.clone(), it.with_data_added(data, cmd == b"append", cas));
                     b"STORED\r\n"
                 }
                 (b"cas", None) => b"NOT_FOUND\r\n",
-                (b"cas", Some(it)) => {
-                    if Some(it.cas) == cas_in {
-                        store.insert(
-                            key.clone(),
-                            StoredItem {
-                                value: data.clone(),
-                                flags: flags as u32,
-                                cas,
-                            },
-                        );
-                        b"STORED\r\n"
-                    } else {
-                        b"EXISTS\r\n"
-                    }
+                (b"cas", Some(it)) if Some(it.cas) != cas_in => b"EXISTS\r\n",
+                // A `cas` here names the item's current token.
+                (b"set" | b"cas", _) | (b"add", None) | (b"replace", Some(_)) => {
+                    store.insert(
+                        key.clone(),
+                        StoredItem::new(data.clone(), flags as u32, cas),
+                    );
+                    b"STORED\r\n"
                 }
                 _ => b"NOT_STORED\r\n",
             };
@@ -660,16 +652,9 @@ fn emulate(shared: &Shared, req: &Request) -> Vec<u8> {
                 .map(|k| store.remove(k).is_some())
                 .unwrap_or(false);
             let quiet = flags.iter().any(|f| f == b"q");
-            if found && !quiet {
-                out.extend_from_slice(b"HD");
-                echo_flags(
-                    &mut out,
-                    toks.get(1).map(Vec::as_slice).unwrap_or_default(),
-                    flags,
-                );
-                out.extend_from_slice(b"\r\n");
-            } else if !found {
-                out.extend_from_slice(b"NF");
+            // A quiet delete answers only a miss.
+            if !found || !quiet {
+                out.extend_from_slice(if found { b"HD" } else { b"NF" });
                 echo_flags(
                     &mut out,
                     toks.get(1).map(Vec::as_slice).unwrap_or_default(),
@@ -778,26 +763,12 @@ fn meta_set(
         (b'S', _) | (b'E', None) | (b'R', Some(_)) => {
             store.insert(
                 key.clone(),
-                StoredItem {
-                    value: data.to_vec(),
-                    flags: client_flags,
-                    cas,
-                },
+                StoredItem::new(data.to_vec(), client_flags, cas),
             );
             b"HD"
         }
-        (b'A', Some(mut it)) => {
-            it.value.extend_from_slice(data);
-            it.cas = cas;
-            store.insert(key.clone(), it);
-            b"HD"
-        }
-        (b'P', Some(mut it)) => {
-            let mut v = data.to_vec();
-            v.extend_from_slice(&it.value);
-            it.value = v;
-            it.cas = cas;
-            store.insert(key.clone(), it);
+        (mode @ (b'A' | b'P'), Some(it)) => {
+            store.insert(key.clone(), it.with_data_added(data, mode == b'A', cas));
             b"HD"
         }
         _ => b"NS",

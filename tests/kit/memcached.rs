@@ -385,6 +385,18 @@ impl Cluster {
     }
 }
 
+/// The node list of `cluster` in the form the crate and the demo take:
+/// `n0:127.0.0.1:p0,n1:127.0.0.1:p1,...`.
+pub fn nodes_spec(cluster: &Cluster) -> String {
+    cluster
+        .ids()
+        .iter()
+        .zip(cluster.addrs())
+        .map(|(id, addr)| format!("{id}:{addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl std::ops::Index<usize> for Cluster {
     type Output = Memcached;
     fn index(&self, i: usize) -> &Memcached {

@@ -23,7 +23,7 @@ pub mod tls;
 pub use clients::*;
 pub use fake::{Action, FakeServer, Match, Request, Rule};
 pub use history::{History, Outcome};
-pub use memcached::{Cluster, Memcached};
+pub use memcached::{nodes_spec, Cluster, Memcached};
 
 use std::future::Future;
 use std::time::Duration;

@@ -12,16 +12,7 @@ use memkeep::{Client, NodeState, Protocol};
 
 use crate::kit::Cluster;
 
-/// `n0:127.0.0.1:p0,n1:...` for a cluster.
-pub fn nodes_spec(cluster: &Cluster) -> String {
-    cluster
-        .ids()
-        .iter()
-        .zip(cluster.addrs())
-        .map(|(id, addr)| format!("{id}:{addr}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use crate::kit::nodes_spec;
 
 /// A config builder for `cluster` in `mode` (sticky instances need a route).
 pub fn config(cluster: &Cluster, mode: Mode) -> SessionConfigBuilder {
@@ -328,4 +319,65 @@ pub fn locked_pair(cluster: &Cluster) -> (BackupSessionService, BackupSessionSer
         )
     };
     (make(), make())
+}
+
+/// A new browser whose first request on `svc` created its session, with the counter
+/// `n = 1` (through [`Browser::increment`]).
+pub async fn browser_with_counter(svc: &BackupSessionService) -> Browser {
+    let mut browser = Browser::new();
+    browser.increment(svc, "n").await.unwrap();
+    browser
+}
+
+/// Every `(instance, id)` pair that still finds session `key`, or whose request fails:
+/// after an acknowledged invalidation the list must be empty. The ids are the ones the
+/// client really held (`known`), tried first on every instance so that a forged id
+/// cannot clear an instance's stale memory copy before they are tried, then every id a
+/// client can forge for `key` ([`id_variants`] over the cluster's nodes and `routes`).
+/// A failed request is tried again up to `retries` times, 100 ms apart (a node that
+/// just resumed can be briefly reported down); one that keeps failing is listed as
+/// `request failed`.
+pub async fn still_found(
+    instances: &[(&str, &BackupSessionService)],
+    known: &[String],
+    key: SessionKey,
+    cluster: &Cluster,
+    routes: &[&str],
+    retries: usize,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let ids = known
+        .iter()
+        .cloned()
+        .chain(id_variants(key, &cluster.ids(), routes));
+    for id in ids {
+        for (name, svc) in instances {
+            let mut outcome = look(svc, &id, "user").await;
+            for _ in 0..retries {
+                if outcome.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                outcome = look(svc, &id, "user").await;
+            }
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(v)) => {
+                    found.push(format!("{name} with id {id}: session found, user={v:?}"))
+                }
+                Err(e) => found.push(format!("{name} with id {id}: request failed: {e}")),
+            }
+        }
+    }
+    found
+}
+
+/// The first node of `cluster` that is neither `id`'s primary nor its backup: the
+/// node holding no copy of the session.
+pub fn node_without_a_copy(cluster: &Cluster, id: &SessionId) -> String {
+    cluster
+        .ids()
+        .into_iter()
+        .find(|n| n != id.node() && Some(n.as_str()) != id.backup())
+        .unwrap()
 }
