@@ -17,6 +17,7 @@ use std::time::Duration;
 use kit::Cluster;
 use memkeep::session::{
     BackupSessionService, CookieDecision, Mode, RequestInfo, SaveOutcome, SessionError, SessionId,
+    SessionRequest,
 };
 use session_kit::{
     config, drive_down, id_variants, index_of, look, report, service, wait_nodes_up, Browser,
@@ -64,6 +65,33 @@ async fn served(cluster: &Cluster, services: &[&BackupSessionService], id: &str)
     wrong
 }
 
+/// Asserts that no id of `ids` (in any form) gets a session on any of `services`.
+async fn assert_all_dead(
+    cluster: &Cluster,
+    services: &[&BackupSessionService],
+    ids: &[String],
+    what: &str,
+) {
+    let mut wrong = Vec::new();
+    for id in ids {
+        wrong.extend(served(cluster, services, id).await);
+    }
+    assert!(wrong.is_empty(), "{what}: {}", report(&wrong));
+}
+
+/// A rotation request on `svc` that has loaded the session of `old` (and set
+/// `user = 7`), not finished yet.
+async fn pending_rotation(svc: &BackupSessionService, old: &str) -> SessionRequest {
+    let rot = svc.request(RequestInfo::new("/login").session_id(Some(old)));
+    let s = rot
+        .cycle_id()
+        .await
+        .unwrap()
+        .expect("the session to rotate");
+    s.insert("user", &7u64).unwrap();
+    rot
+}
+
 /// A login on `svc` that rotates the existing session of `cookie` (sets `user = 7`):
 /// the new id when the rotation was acknowledged with a new cookie.
 async fn rotate_once(
@@ -106,7 +134,7 @@ async fn bump_existing(svc: &BackupSessionService, cookie: &str) -> bool {
 async fn logout_loaded_then_rotated(
     a: &BackupSessionService,
     b: &BackupSessionService,
-) -> (memkeep::session::SessionRequest, String, String) {
+) -> (SessionRequest, String, String) {
     let mut browser = Browser::new();
     browser.increment(a, "n").await.unwrap();
     let old = browser.cookie.clone().unwrap();
@@ -123,7 +151,7 @@ async fn logout_loaded_then_rotated(
 }
 
 /// Finishes a logout request (its session invalidated) and checks the acknowledgement.
-async fn finish_logout(logout: &memkeep::session::SessionRequest, what: &str) {
+async fn finish_logout(logout: &SessionRequest, what: &str) {
     logout.invalidate().await.unwrap();
     let out = logout.finish().await.unwrap();
     assert_eq!(
@@ -193,7 +221,7 @@ async fn a_logout_that_loaded_before_a_rotation_kills_it_even_after_each_node_re
         let (logout, old, new) = logout_loaded_then_rotated(&svcs[0], &svcs[1]).await;
         for i in 0..cluster.len() {
             cluster[i].restart();
-            heal(&all, &[new.clone()]).await;
+            heal(&all, std::slice::from_ref(&new)).await;
         }
         // The rotated session lived through the faults (one at a time, healed).
         assert_eq!(
@@ -235,10 +263,7 @@ async fn create_racing_a_rotation_kills_the_replaced_session_under_every_id() {
                 login.finish().await.unwrap()
             } else {
                 // The rotation loads first, the create finishes, then the rotation.
-                let rot = a.request(RequestInfo::new("/login").session_id(Some(&old)));
-                let s = rot.cycle_id().await.unwrap().expect("the session");
-                s.insert("user", &7u64).unwrap();
-                drop(s);
+                let rot = pending_rotation(a, &old).await;
                 let created = login.finish().await.unwrap();
                 if let Ok(out) = rot.finish().await {
                     if let CookieDecision::Set(new) = out.cookie {
@@ -433,11 +458,7 @@ async fn rotation_chains_racing_logouts_on_three_instances() {
             let (acked, l1, l2) = tokio::join!(rotator, logout(0), logout(1));
             let ids = ids.lock().unwrap().clone();
             if l1 || l2 {
-                let mut wrong = Vec::new();
-                for id in &ids {
-                    wrong.extend(served(&cluster, &all, id).await);
-                }
-                assert!(wrong.is_empty(), "{what}: logged out, {}", report(&wrong));
+                assert_all_dead(&cluster, &all, &ids, &format!("{what}: logged out")).await;
             } else {
                 let last = current.lock().unwrap().clone();
                 let last =
@@ -480,10 +501,7 @@ async fn logout_racing_rotation_with_a_node_away(fault: Fault) {
                 let loaded = logout.session().await.unwrap();
                 assert!(loaded.is_some(), "{what}: the logout loads the session");
                 drop(loaded);
-                let rot = a.request(RequestInfo::new("/login").session_id(Some(old)));
-                let s = rot.cycle_id().await.unwrap().expect("the session");
-                s.insert("user", &7u64).unwrap();
-                drop(s);
+                let rot = pending_rotation(a, old).await;
                 logout.invalidate().await.unwrap();
                 let (logout_out, rot_out) = if k == 0 {
                     let l = logout.finish().await;
@@ -507,26 +525,12 @@ async fn logout_racing_rotation_with_a_node_away(fault: Fault) {
             }
             recover(&mut cluster, down, fault);
             heal(&all, &[]).await;
-            let mut wrong = Vec::new();
-            for id in &dead {
-                wrong.extend(served(&cluster, &all, id).await);
-            }
-            assert!(
-                wrong.is_empty(),
-                "{what}: after recovery: {}",
-                report(&wrong)
-            );
+            assert_all_dead(&cluster, &all, &dead, &format!("{what}: after recovery")).await;
             let next = (down + 1) % 3;
             cluster[next].restart();
             assert!(wait_nodes_up(&all, UP).await);
-            for id in &dead {
-                wrong.extend(served(&cluster, &all, id).await);
-            }
-            assert!(
-                wrong.is_empty(),
-                "{what}: after n{next} restarted: {}",
-                report(&wrong)
-            );
+            let after = format!("{what}: after n{next} restarted");
+            assert_all_dead(&cluster, &all, &dead, &after).await;
         }
     }
 }
@@ -571,10 +575,7 @@ async fn a_rotation_whose_retirement_reaches_some_copies_only_racing_a_logout() 
             };
             let logout = b.request(RequestInfo::new("/logout").session_id(Some(&old)));
             assert!(logout.session().await.unwrap().is_some(), "{what}");
-            let rot = a.request(RequestInfo::new("/login").session_id(Some(&old)));
-            let s = rot.cycle_id().await.unwrap().expect("the session");
-            s.insert("user", &7u64).unwrap();
-            drop(s);
+            let rot = pending_rotation(a, &old).await;
             let pause_after = Duration::from_micros(rng.below(4_000));
             let logout_after = Duration::from_micros(rng.below(4_000));
             let node = &mut cluster[victim];
@@ -808,5 +809,231 @@ async fn invalidations_of_keys_holding_garbage_or_a_foreign_record() {
             }
         }
         assert!(wrong.is_empty(), "{mode}: {}", report(&wrong));
+    }
+}
+
+/// Two rotations of one session at once (instances a and b) racing a logout that loaded
+/// the session before both (instance c); the winner's id is rotated once more before
+/// the logout finishes. Every id of the session is dead afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rotations_at_once_and_a_third_racing_a_logout_that_loaded_before_all() {
+    let cluster = Cluster::start(3);
+    for mode in ["sticky", "none"] {
+        for round in 0..4 {
+            let what = format!("{mode}, round {round}");
+            let svcs = instances(&cluster, mode, 3);
+            let all = refs(&svcs);
+            let mut browser = Browser::new();
+            browser.increment(&svcs[0], "n").await.unwrap();
+            let old = browser.cookie.clone().unwrap();
+            let logout = svcs[2].request(RequestInfo::new("/logout").session_id(Some(&old)));
+            assert!(logout.session().await.unwrap().is_some(), "{what}");
+            let (r1, r2) = tokio::join!(rotate_once(&svcs[0], &old), rotate_once(&svcs[1], &old));
+            let mut ids = vec![old.clone()];
+            ids.extend([r1, r2].into_iter().filter_map(|r| r.ok().flatten()));
+            assert!(ids.len() >= 2, "{what}: neither rotation was acknowledged");
+            let again = rotate_once(&svcs[round % 2], &ids[1]).await.unwrap();
+            ids.extend(again);
+            finish_logout(&logout, &what).await;
+            assert_all_dead(&cluster, &all, &ids, &what).await;
+        }
+    }
+}
+
+/// Locking `all`: the logout holds the session's lock, which is lost (it expired, as
+/// when its holder stalls), so a rotation on the other instance runs meanwhile. The
+/// logout that loaded before the rotation then finishes: refused, or acknowledged and
+/// then every id - the rotated one included - is dead.
+#[tokio::test]
+async fn locking_all_a_logout_whose_lock_was_lost_to_a_rotation_still_kills_the_rotated_id() {
+    let cluster = Cluster::start(3);
+    let (a, b) = session_kit::locked_pair(&cluster);
+    for round in 0..3 {
+        let mut browser = Browser::new();
+        browser.increment(&a, "n").await.unwrap();
+        let old = browser.cookie.clone().unwrap();
+        let logout = b.request(RequestInfo::new("/logout").session_id(Some(&old)));
+        assert!(logout.session().await.unwrap().is_some());
+        session_kit::lose_lock(&cluster, &format!("lock:{}", browser.id().unwrap().key()));
+        let new = rotate_once(&a, &old)
+            .await
+            .unwrap()
+            .expect("the rotation takes the lost lock and is acknowledged");
+        logout.invalidate().await.unwrap();
+        let finished = logout.finish().await;
+        eprintln!("round {round}: the logout whose lock was lost: {finished:?}");
+        if let Ok(out) = finished {
+            assert_eq!(out.cookie, CookieDecision::Remove, "round {round}");
+            let mut wrong = served(&cluster, &[&a, &b], &old).await;
+            wrong.extend(served(&cluster, &[&a, &b], &new).await);
+            assert!(wrong.is_empty(), "round {round}: {}", report(&wrong));
+        }
+    }
+}
+
+/// Sticky async write mode on both instances: the session's writes are queued, a
+/// logout loads it on b, the id is rotated on a, the logout finishes; after both queues
+/// are flushed no id of the session is served.
+#[tokio::test]
+async fn sticky_async_a_logout_that_loaded_before_a_rotation_kills_the_rotated_id() {
+    let cluster = Cluster::start(3);
+    let make = |route: &str| {
+        service(
+            &cluster,
+            config(&cluster, Mode::Sticky)
+                .route(route)
+                .write_mode(memkeep::session::WriteMode::Async),
+        )
+    };
+    let (a, b) = (make("a"), make("b"));
+    for round in 0..4 {
+        let mut browser = Browser::new();
+        browser.increment(&a, "n").await.unwrap();
+        a.flush().await;
+        browser.increment(&a, "n").await.unwrap();
+        let old = browser.cookie.clone().unwrap();
+        let logout = b.request(RequestInfo::new("/logout").session_id(Some(&old)));
+        let loaded = logout.session().await.unwrap();
+        let Some(loaded) = loaded else {
+            panic!("round {round}: the logout loads the session");
+        };
+        drop(loaded);
+        let new = rotate_once(&a, &old).await.unwrap();
+        finish_logout(&logout, &format!("round {round}")).await;
+        a.flush().await;
+        b.flush().await;
+        let mut wrong = served(&cluster, &[&a, &b], &old).await;
+        if let Some(new) = &new {
+            wrong.extend(served(&cluster, &[&a, &b], new).await);
+        }
+        assert!(wrong.is_empty(), "round {round}: {}", report(&wrong));
+    }
+}
+
+/// More rotations between a logout's load and its finish than an invalidation follows
+/// (16, docs/session.md "Invalidation"): with 16 the logout is acknowledged and kills
+/// every id; with 17 it is either refused or, if acknowledged, kills every id too.
+#[tokio::test]
+async fn a_logout_after_sixteen_and_seventeen_rotations_never_acknowledges_a_survivor() {
+    let cluster = Cluster::start(3);
+    for mode in ["sticky", "none"] {
+        let svcs = instances(&cluster, mode, 2);
+        let all = refs(&svcs);
+        for rotations in [16, 17] {
+            let what = format!("{mode}, {rotations} rotations");
+            let mut browser = Browser::new();
+            browser.increment(&svcs[0], "n").await.unwrap();
+            let mut ids = vec![browser.cookie.clone().unwrap()];
+            let logout = svcs[1].request(RequestInfo::new("/logout").session_id(Some(&ids[0])));
+            assert!(logout.session().await.unwrap().is_some(), "{what}");
+            for _ in 0..rotations {
+                let last = ids.last().unwrap().clone();
+                ids.push(
+                    rotate_once(&svcs[0], &last)
+                        .await
+                        .unwrap()
+                        .expect("rotated"),
+                );
+            }
+            logout.invalidate().await.unwrap();
+            let finished = logout.finish().await;
+            eprintln!("{what}: the logout: {finished:?}");
+            match finished {
+                Ok(out) => assert_eq!(out.cookie, CookieDecision::Remove, "{what}"),
+                Err(e) => {
+                    assert!(rotations > 16, "{what}: logout refused: {e}");
+                    continue;
+                }
+            }
+            assert_all_dead(&cluster, &all, &ids, &what).await;
+        }
+    }
+}
+
+/// The logout and the rotation on the SAME instance (they share one in-memory session
+/// object), in both orders of finishing, both having loaded the session first: no id
+/// of the session is served afterwards, on either instance.
+#[tokio::test]
+async fn a_logout_and_a_rotation_on_the_same_instance_in_both_orders() {
+    let cluster = Cluster::start(3);
+    for mode in ["sticky", "none"] {
+        let svcs = instances(&cluster, mode, 2);
+        let all = refs(&svcs);
+        let a = &svcs[0];
+        for logout_first in [true, false] {
+            let what = format!("{mode}, logout first: {logout_first}");
+            let mut browser = Browser::new();
+            browser.increment(a, "n").await.unwrap();
+            let old = browser.cookie.clone().unwrap();
+            let logout = a.request(RequestInfo::new("/logout").session_id(Some(&old)));
+            assert!(logout.session().await.unwrap().is_some(), "{what}");
+            let rot = pending_rotation(a, &old).await;
+            // invalidate() marks the shared session object: called after the rotation
+            // finished when the rotation goes first.
+            let (logout_out, rot_out) = if logout_first {
+                logout.invalidate().await.unwrap();
+                let l = logout.finish().await;
+                (l, rot.finish().await)
+            } else {
+                let r = rot.finish().await;
+                logout.invalidate().await.unwrap();
+                (logout.finish().await, r)
+            };
+            eprintln!("{what}: logout {logout_out:?}, rotation {rot_out:?}");
+            let Ok(logout_out) = logout_out else {
+                continue; // not acknowledged: no claim
+            };
+            assert_eq!(logout_out.cookie, CookieDecision::Remove, "{what}");
+            let mut wrong = served(&cluster, &all, &old).await;
+            if let Ok(SaveOutcome {
+                cookie: CookieDecision::Set(new),
+                ..
+            }) = rot_out
+            {
+                wrong.extend(served(&cluster, &all, &new).await);
+            }
+            assert!(wrong.is_empty(), "{what}: {}", report(&wrong));
+        }
+    }
+}
+
+/// Log out everywhere while a node is stopped, by an instance that then dies (dropped)
+/// before the node resumes: a fresh instance delivers the principal hints the others
+/// kept, and after that the two nodes that got the log-out are restarted empty. The
+/// sessions of the principal (bound, rotated at login) stay logged out.
+#[tokio::test]
+async fn log_out_everywhere_handed_off_by_a_fresh_instance_after_the_invalidating_one_died() {
+    let mut cluster = Cluster::start(3);
+    for down in 0..3 {
+        let what = format!("n{down} stopped");
+        let principal = format!("bob-{down}");
+        let a = service(&cluster, config(&cluster, Mode::Sticky).route("a"));
+        let mut sessions = Vec::new();
+        for _ in 0..6 {
+            let mut br = Browser::new();
+            br.login(&a, Some(&principal)).await.unwrap();
+            br.increment(&a, "n").await.unwrap();
+            sessions.push(br.cookie.unwrap());
+        }
+        inject(&mut cluster, down, Fault::Stop, &[&a]).await;
+        assert!(
+            a.invalidate_principal(&principal).await.unwrap() >= 1,
+            "{what}"
+        );
+        drop(a);
+        recover(&mut cluster, down, Fault::Stop);
+        let c = service(&cluster, config(&cluster, Mode::Sticky).route("c"));
+        assert!(wait_nodes_up(&[&c], UP).await);
+        c.deliver_hints().await;
+        assert!(
+            c.stats().hints_delivered > 0,
+            "{what}: no hint delivered by c"
+        );
+        for i in (0..3).filter(|i| *i != down) {
+            cluster[i].restart();
+        }
+        let d = service(&cluster, config(&cluster, Mode::Sticky).route("b"));
+        assert!(wait_nodes_up(&[&c, &d], UP).await);
+        assert_all_dead(&cluster, &[&c, &d], &sessions, &what).await;
     }
 }
