@@ -212,7 +212,6 @@ fn recover(cluster: &mut Cluster, i: usize, fault: Fault) {
 /// rotation and the logout's finish, each fault healed as the fault model asks (every
 /// live session requested on every instance, hints delivered) before the next.
 #[tokio::test]
-#[ignore = "attack6: a logout that loaded before a rotation misses the rotated id once every node holding the retirement trail was restarted (healed in turn)"]
 async fn a_logout_that_loaded_before_a_rotation_kills_it_even_after_each_node_restarted_in_turn() {
     let mut cluster = Cluster::start(3);
     for mode in ["sticky", "none"] {
@@ -1045,12 +1044,11 @@ async fn log_out_everywhere_handed_off_by_a_fresh_instance_after_the_invalidatin
 
 /// The same gap as
 /// `a_logout_that_loaded_before_a_rotation_kills_it_even_after_each_node_restarted_in_turn`
-/// with one restart fewer: the rotation runs while one node is stopped (its hint is a
-/// plain tombstone, "a hint line carries no successor"), the node resumes and gets the
-/// hint, then the two nodes holding the retirement are restarted empty in turn (each
-/// healed). The logout that loaded before the rotation finishes last.
+/// with one restart fewer: the rotation runs while one node is stopped (it gets the
+/// retirement by hint), the node resumes and gets the hint, then the two nodes holding
+/// the retirement are restarted empty in turn (each healed). The logout that loaded
+/// before the rotation finishes last.
 #[tokio::test]
-#[ignore = "attack6: a rotation's successor is lost once the nodes holding its retirement are restarted in turn; hints carry plain tombstones"]
 async fn a_logout_that_loaded_before_a_rotation_during_a_stop_kills_it_after_two_restarts() {
     let mut cluster = Cluster::start(3);
     for mode in ["sticky", "none"] {

@@ -204,7 +204,17 @@ impl Engine {
         s.unlocked_guess = self.config.mode == Mode::NonSticky
             && matches!(self.config.locking, LockingMode::Auto)
             && !needs_lock;
+        // Nodes without a copy of a rotated session (restarted empty): its former keys'
+        // retirements are put back there (docs/session.md, "Id rotation").
+        let retirements = match &fetched.latest {
+            Some(Latest::Session { stored, .. }) => super::lifecycle::retirements_of(stored),
+            _ => Vec::new(),
+        };
+        let missing = fetched.known.missing();
         let session = self.adopt(id, &mut s, slot.has_pending_writes(), fetched);
+        if session.is_some() && !retirements.is_empty() && !missing.is_empty() {
+            self.store.restore_retirements(&retirements, &missing).await;
+        }
         s.loaded = true;
         s.session = session.clone();
         Ok(session)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::config::SessionConfigBuilder;
 use super::engine::{Engine, WritePolicy};
+use super::format::StoredSession;
 use super::id::{SessionId, SessionKey};
 use super::listeners::{Listeners, SessionEventKind, SessionListener};
 use super::model::{Session, RESERVED_PREFIX};
@@ -26,6 +27,19 @@ fn principal_attr() -> String {
 /// A principal binding as stored in the session: the principal's name and the
 /// principal's generation when the session was bound to it.
 type Binding = (String, u64);
+
+/// The reserved attribute holding the keys a session was rotated from, oldest first (at
+/// most `MAX_PREDECESSORS`): each one's retirement tombstone names the next (the last
+/// names this session's key). A load that finds a node without a copy of the session (a
+/// node restarted empty) puts the retirements back there, so a logout that loaded the
+/// session under an older key still finds its way here after the nodes that held the
+/// retirements were lost (docs/session.md, "Id rotation").
+fn predecessors_attr() -> String {
+    format!("{RESERVED_PREFIX}predecessors")
+}
+
+/// The predecessors a session keeps (as many as an invalidation follows).
+const MAX_PREDECESSORS: usize = 16;
 
 /// The lifecycle part of the configuration.
 #[derive(Clone, Default)]
@@ -75,6 +89,32 @@ impl Session {
             .ok()
             .flatten()
     }
+}
+
+/// The keys `session` was rotated from, oldest first (see [`predecessors_attr`]).
+fn predecessors(session: &Session) -> Vec<String> {
+    session
+        .lock()
+        .get_any::<Vec<String>>(&predecessors_attr())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// The retirements a stored session's record implies: `(old, new)` for each key it was
+/// rotated from, `new` the key that came next (the last: this record's own key). Empty
+/// for a session never rotated, or an attribute this reader can't decode.
+pub(crate) fn retirements_of(stored: &StoredSession) -> Vec<(SessionKey, SessionKey)> {
+    let name = predecessors_attr();
+    let Some((_, bytes)) = stored.attributes.iter().find(|(n, _)| *n == name) else {
+        return Vec::new();
+    };
+    let chain: Vec<SessionKey> = match stored.codec.decode::<Vec<String>>(bytes) {
+        Ok(keys) => keys.iter().filter_map(|k| SessionKey::parse(k)).collect(),
+        Err(_) => return Vec::new(),
+    };
+    let successors = chain.iter().skip(1).chain(std::iter::once(&stored.key));
+    chain.iter().copied().zip(successors.copied()).collect()
 }
 
 /// What a rotation did.
@@ -194,6 +234,12 @@ impl Engine {
             .max(self.config.max_inactive_interval);
         for _ in 0..ROTATION_ATTEMPTS {
             let session = Session::from_data(old.lock().rotated(new_id.clone(), new_version)?);
+            let mut chain = predecessors(old);
+            chain.push(old_key.to_string());
+            if chain.len() > MAX_PREDECESSORS {
+                chain.drain(..chain.len() - MAX_PREDECESSORS);
+            }
+            session.lock().insert_any(&predecessors_attr(), &chain)?;
             let snapshot = session.lock().snapshot()?;
             let saved = self
                 .write(&session, &mut new_known, snapshot, WritePolicy::Merge)

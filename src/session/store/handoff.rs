@@ -13,6 +13,11 @@
 //! a node that comes back with an old copy of an invalidated session gets the tombstone
 //! even when nobody presents the old id again and the invalidating instance is gone.
 //!
+//! A retirement (the tombstone of a key an id rotation retired, naming the key the
+//! session moved to) is recorded as `R <32 hex key> <invalidated ms> <ttl s> <32 hex
+//! successor>\n` followed by the plain line, which readers that predate `R` lines
+//! deliver alone.
+//!
 //! The same lists carry the principal generations a node missed (a log-out-everywhere
 //! while it was away): `P <32 hex principal key> <generation>\n`, delivered by raising
 //! the node's generation record (only ever forward). Readers that predate these lines
@@ -41,18 +46,29 @@ const HINT_LIST_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// One parsed hint line.
 #[derive(Debug, PartialEq, Eq)]
 enum Hint {
-    /// The tombstone of `key`, set at `invalidated_ms`, to keep `ttl_secs`.
+    /// The tombstone of `key`, set at `invalidated_ms`, to keep `ttl_secs`; a
+    /// retirement when it names a `successor`.
     Tombstone {
         key: SessionKey,
         invalidated_ms: u64,
         ttl_secs: u64,
+        successor: Option<SessionKey>,
     },
     /// The principal whose record key is `key` is at `generation` at least.
     Principal { key: SessionKey, generation: u64 },
 }
 
-fn hint_line(key: &SessionKey, invalidated_ms: u64, ttl_secs: u64) -> String {
-    format!("{key} {invalidated_ms} {ttl_secs}\n")
+fn hint_line(
+    key: &SessionKey,
+    invalidated_ms: u64,
+    ttl_secs: u64,
+    successor: Option<&SessionKey>,
+) -> String {
+    let plain = format!("{key} {invalidated_ms} {ttl_secs}\n");
+    match successor {
+        Some(next) => format!("R {key} {invalidated_ms} {ttl_secs} {next}\n{plain}"),
+        None => plain,
+    }
 }
 
 fn principal_hint_line(key: &SessionKey, generation: u64) -> String {
@@ -66,18 +82,34 @@ fn parse_hints(bytes: &[u8]) -> Vec<Hint> {
         .filter_map(|line| {
             let mut parts = line.split(' ');
             let first = parts.next()?;
-            let hint = if first == "P" {
-                let key = SessionKey::parse(parts.next()?)?;
-                let generation = parts.next()?.parse().ok()?;
-                Hint::Principal { key, generation }
-            } else {
-                let key = SessionKey::parse(first)?;
-                let invalidated_ms = parts.next()?.parse().ok()?;
-                let ttl_secs = parts.next()?.parse().ok()?;
-                Hint::Tombstone {
-                    key,
-                    invalidated_ms,
-                    ttl_secs,
+            let hint = match first {
+                "P" => {
+                    let key = SessionKey::parse(parts.next()?)?;
+                    let generation = parts.next()?.parse().ok()?;
+                    Hint::Principal { key, generation }
+                }
+                "R" => {
+                    let key = SessionKey::parse(parts.next()?)?;
+                    let invalidated_ms = parts.next()?.parse().ok()?;
+                    let ttl_secs = parts.next()?.parse().ok()?;
+                    let successor = Some(SessionKey::parse(parts.next()?)?);
+                    Hint::Tombstone {
+                        key,
+                        invalidated_ms,
+                        ttl_secs,
+                        successor,
+                    }
+                }
+                _ => {
+                    let key = SessionKey::parse(first)?;
+                    let invalidated_ms = parts.next()?.parse().ok()?;
+                    let ttl_secs = parts.next()?.parse().ok()?;
+                    Hint::Tombstone {
+                        key,
+                        invalidated_ms,
+                        ttl_secs,
+                        successor: None,
+                    }
                 }
             };
             parts.next().is_none().then_some(hint)
@@ -105,8 +137,9 @@ impl Store {
         holders: &[String],
         invalidated_ms: u64,
         ttl_secs: u64,
+        successor: Option<&SessionKey>,
     ) {
-        let line = hint_line(key, invalidated_ms, ttl_secs);
+        let line = hint_line(key, invalidated_ms, ttl_secs, successor);
         self.record_hint_line(&line, missed, holders).await;
     }
 
@@ -217,13 +250,16 @@ impl Store {
                     key,
                     invalidated_ms,
                     ttl_secs,
+                    successor,
                 } => {
                     let deadline = invalidated_ms.saturating_add(ttl_secs.saturating_mul(1000));
                     if deadline <= now_ms {
                         continue;
                     }
-                    let tombstone =
-                        format::encode_tombstone(&key, TOMBSTONE_VERSION, invalidated_ms);
+                    let tombstone = match successor {
+                        Some(next) => format::encode_retirement(&key, invalidated_ms, &next),
+                        None => format::encode_tombstone(&key, TOMBSTONE_VERSION, invalidated_ms),
+                    };
                     let expiry = ttl(Duration::from_millis(deadline - now_ms));
                     // Conditional like every tombstone write: a retirement already
                     // there stays.
@@ -289,10 +325,11 @@ mod tests {
     #[test]
     fn hint_lines_round_trip_and_garbage_is_skipped() {
         let k = SessionKey::from_bytes([9; 16]);
-        let mut list = hint_line(&k, 1_000, 1_800).into_bytes();
+        let next = SessionKey::from_bytes([3; 16]);
+        let mut list = hint_line(&k, 1_000, 1_800, None).into_bytes();
         list.extend_from_slice(b"not a hint\n\xff\xfe\n");
         list.extend_from_slice(principal_hint_line(&k, 3).as_bytes());
-        list.extend_from_slice(hint_line(&k, 2_000, 60).as_bytes());
+        list.extend_from_slice(hint_line(&k, 2_000, 60, Some(&next)).as_bytes());
         list.extend_from_slice(b"0909 1 2 3\nP 0909 1\nP \n");
         list.extend_from_slice(format!("P {k} 4 5\n").as_bytes());
         assert_eq!(
@@ -301,16 +338,25 @@ mod tests {
                 Hint::Tombstone {
                     key: k,
                     invalidated_ms: 1_000,
-                    ttl_secs: 1_800
+                    ttl_secs: 1_800,
+                    successor: None
                 },
                 Hint::Principal {
                     key: k,
                     generation: 3
                 },
+                // A retirement: its R line, then the plain line older readers use.
                 Hint::Tombstone {
                     key: k,
                     invalidated_ms: 2_000,
-                    ttl_secs: 60
+                    ttl_secs: 60,
+                    successor: Some(next)
+                },
+                Hint::Tombstone {
+                    key: k,
+                    invalidated_ms: 2_000,
+                    ttl_secs: 60,
+                    successor: None
                 },
             ]
         );

@@ -99,6 +99,15 @@ impl KnownCopies {
         self.states.keys().map(String::as_str)
     }
 
+    /// The nodes known to hold no record (they answered a read with nothing).
+    pub(crate) fn missing(&self) -> Vec<String> {
+        self.states
+            .iter()
+            .filter(|(_, s)| **s == CopyState::Missing)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     fn get(&self, node: &str) -> Option<CopyState> {
         match self.states.get(node) {
             Some(s) => Some(*s),

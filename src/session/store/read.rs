@@ -95,7 +95,16 @@ impl Store {
                     cas: *cas,
                 },
             );
-            if latest.as_ref().is_some_and(|(v, _)| *v >= decoded.version) {
+            // Ties: a retirement (it names where the session went) over a plain tombstone.
+            let names_successor =
+                matches!(decoded.record, Record::Tombstone { successor: Some(_) });
+            let supersedes = |(v, l): &(u64, Latest)| {
+                *v < decoded.version
+                    || (*v == decoded.version
+                        && names_successor
+                        && matches!(l, Latest::Tombstone { successor: None }))
+            };
+            if latest.as_ref().is_some_and(|l| !supersedes(l)) {
                 continue;
             }
             let entry = match decoded.record {

@@ -86,11 +86,30 @@ impl Store {
         };
         let mut record = bytes.to_vec();
         let max_inactive = Duration::from_millis(validity.max_inactive_ms);
+        let lacking: Vec<String> = copies
+            .nodes()
+            .filter(|n| !known.holds(n, version))
+            .map(str::to_owned)
+            .collect();
+        let retirements = match format::decode(&record, key) {
+            Ok(format::Versioned {
+                record: Record::Session(stored),
+                ..
+            }) => crate::session::lifecycle::retirements_of(&stored),
+            _ => Vec::new(),
+        };
         match self
             .repair(key, &mut record, version, max_inactive, &mut known)
             .await?
         {
-            Replicated::Written { .. } => Ok(true),
+            Replicated::Written { .. } => {
+                // A rotated session's former keys: their retirements go back where
+                // the copies do (see `restore_retirements`).
+                if !retirements.is_empty() {
+                    self.restore_retirements(&retirements, &lacking).await;
+                }
+                Ok(true)
+            }
             Replicated::Conflict | Replicated::Gone => Ok(false),
         }
     }

@@ -37,3 +37,48 @@ impl Store {
         .await
     }
 }
+
+impl Store {
+    /// Puts back, on each node of `nodes`, the retirement tombstone of each `(old, new)`
+    /// pair (the key `old` was retired by a rotation to `new`), with `add`: a node that
+    /// holds anything under `old` keeps it. Best effort (what fails stays on the nodes
+    /// that kept it); returns how many were stored. Their TTL is the repair TTL (the
+    /// configured interval plus the margin), their time 0, as read repair's.
+    pub(crate) async fn restore_retirements(
+        &self,
+        retirements: &[(SessionKey, SessionKey)],
+        nodes: &[String],
+    ) -> usize {
+        let options = crate::StoreOptions {
+            flags: flags_of(TOMBSTONE_VERSION),
+            expiry: ttl(self.repair_ttl),
+            cas: None,
+        };
+        let mut writes = Vec::new();
+        for (old, new) in retirements {
+            let record = format::encode_retirement(old, 0, new);
+            for node in nodes {
+                let data_key = self.data_key(old);
+                let record = record.clone();
+                writes.push(async move {
+                    let client = self.node(node)?;
+                    client
+                        .store(crate::StoreMode::Add, data_key, &record, options)
+                        .await
+                });
+            }
+        }
+        let restored = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(crate::StoreOutcome::Stored)))
+            .count();
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "retirements of a rotated session's former keys put back on nodes that had lost them"
+            );
+        }
+        restored
+    }
+}

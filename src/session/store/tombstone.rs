@@ -133,7 +133,7 @@ impl Store {
             .collect();
         if !missed.is_empty() {
             let ttl_secs = max_inactive.saturating_add(TOMBSTONE_MARGIN).as_secs();
-            self.record_hints(key, &missed, &done, invalidated_ms, ttl_secs)
+            self.record_hints(key, &missed, &done, invalidated_ms, ttl_secs, successor)
                 .await;
         }
         let result = outcome.unwrap_or_else(|| {
