@@ -67,11 +67,35 @@ const RELATIVE_LIMIT: i64 = 30 * 24 * 3600;
 
 /// One stored item.
 #[derive(Clone, Debug)]
-struct Item {
-    value: Bytes,
-    flags: u32,
-    cas: u64,
+pub(super) struct Item {
+    pub(super) value: Bytes,
+    pub(super) flags: u32,
+    pub(super) cas: u64,
     ttl: Option<Duration>,
+}
+
+/// The outcome of a storage or removal command (the meta protocol's status codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Status {
+    /// `HD`: stored, or removed.
+    Done,
+    /// `NS`: the mode's condition failed (`add` of a present key, `append` to a missing one).
+    NotStored,
+    /// `EX`: the CAS token did not match.
+    Exists,
+    /// `NF`: no such key (a CAS write or a removal).
+    NotFound,
+}
+
+impl Status {
+    fn code(self) -> &'static str {
+        match self {
+            Status::Done => "HD",
+            Status::NotStored => "NS",
+            Status::Exists => "EX",
+            Status::NotFound => "NF",
+        }
+    }
 }
 
 struct ItemExpiry;
@@ -100,6 +124,7 @@ struct Counters {
     refused: AtomicU64,
     protocol_errors: AtomicU64,
     commands: AtomicU64,
+    in_process: AtomicU64,
 }
 
 /// A snapshot of an endpoint's state and counters.
@@ -119,11 +144,14 @@ pub struct PeerEndpointStats {
     pub refused_connections: u64,
     /// Connections closed for a command or line outside the protocol.
     pub protocol_errors: u64,
-    /// Commands served.
+    /// Commands served (over the network and in process).
     pub commands: u64,
+    /// Of `commands`, those this instance's own session store ran in process on its own
+    /// copies (no socket, no protocol encoding).
+    pub in_process_commands: u64,
 }
 
-struct Shared {
+pub(super) struct Shared {
     cache: Cache<Vec<u8>, Item>,
     counters: Arc<Counters>,
     secret: String,
@@ -223,7 +251,13 @@ impl PeerEndpoint {
             refused_connections: s.counters.refused.load(Relaxed),
             protocol_errors: s.counters.protocol_errors.load(Relaxed),
             commands: s.counters.commands.load(Relaxed),
+            in_process_commands: s.counters.in_process.load(Relaxed),
         }
+    }
+
+    /// This endpoint's copies, for this instance's own session store (in process).
+    pub(crate) fn local(&self) -> super::local::LocalCopies {
+        super::local::LocalCopies::new(Arc::clone(&self.shared))
     }
 
     /// True when this endpoint holds an item under `key` (no network; what the local
@@ -276,7 +310,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
             match next_command(&mut buf, shared.max_value, authenticated) {
                 Ok(None) => break,
                 Ok(Some(cmd)) => {
-                    shared.counters.commands.fetch_add(1, Relaxed);
+                    shared.count_command();
                     match execute(cmd, shared, &mut authenticated, &mut out) {
                         Ok(()) => {}
                         Err(close) => break 'conn close,
@@ -588,7 +622,7 @@ fn execute(
         Command::Get(m) => get(shared, &m, out),
         Command::GetMany(keys, with_cas) => {
             for key in keys {
-                let Some(item) = shared.cache.get(key.as_ref()) else {
+                let Some(item) = shared.lookup(&key, None) else {
                     continue;
                 };
                 let cas = if with_cas {
@@ -607,100 +641,74 @@ fn execute(
         }
         Command::Set(m, data) => set(shared, &m, data, out),
         Command::Delete(m) => {
-            let mut status = "NF";
-            shared
-                .cache
-                .entry(m.key.clone())
-                .and_compute_with(|current| match current {
-                    None => Op::Nop,
-                    Some(e) if m.compare.is_some_and(|c| c != e.value().cas) => {
-                        status = "EX";
-                        Op::Nop
-                    }
-                    Some(_) => {
-                        status = "HD";
-                        Op::Remove
-                    }
-                });
-            if !(m.quiet && status == "HD") {
-                respond(out, status, &m, &[]);
+            let status = shared.remove(&m.key, m.compare);
+            if !(m.quiet && status == Status::Done) {
+                respond(out, status.code(), &m, &[]);
             }
         }
     }
     Ok(())
 }
 
-fn get(shared: &Shared, m: &Meta, out: &mut BytesMut) {
-    let item = match m.ttl {
-        None => shared.cache.get(&m.key),
-        Some(t) => {
-            // Touch: the same item with a new TTL.
-            let mut found = None;
-            shared
-                .cache
-                .entry(m.key.clone())
-                .and_compute_with(|current| match current {
-                    None => Op::Nop,
-                    Some(e) => {
-                        let mut item = e.into_value();
-                        item.ttl = ttl_of(t);
-                        found = Some(item.clone());
-                        if item.ttl == Some(Duration::ZERO) {
-                            Op::Remove
-                        } else {
-                            Op::Put(item)
-                        }
+impl Shared {
+    /// The item under `key`; with `touch` (a memcached expiry), the same item given a new
+    /// TTL (an expiry in the past removes it, as memcached does, but this read still
+    /// returns it).
+    pub(super) fn lookup(&self, key: &[u8], touch: Option<i64>) -> Option<Item> {
+        let Some(t) = touch else {
+            return self.cache.get(key);
+        };
+        let mut found = None;
+        self.cache
+            .entry(key.to_vec())
+            .and_compute_with(|current| match current {
+                None => Op::Nop,
+                Some(e) => {
+                    let mut item = e.into_value();
+                    item.ttl = ttl_of(t);
+                    found = Some(item.clone());
+                    if item.ttl == Some(Duration::ZERO) {
+                        Op::Remove
+                    } else {
+                        Op::Put(item)
                     }
-                });
-            found
-        }
-    };
-    let Some(item) = item else {
-        if !m.quiet {
-            respond(out, "EN", m, &[]);
-        }
-        return;
-    };
-    let mut extra = Vec::with_capacity(2);
-    if m.client_flags {
-        extra.push((b'f', u64::from(item.flags)));
+                }
+            });
+        found
     }
-    if m.cas {
-        extra.push((b'c', item.cas));
-    }
-    if m.value {
-        let status = format!("VA {}", item.value.len());
-        respond(out, &status, m, &extra);
-        out.extend_from_slice(&item.value);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        respond(out, "HD", m, &extra);
-    }
-}
 
-fn set(shared: &Shared, m: &Meta, data: Bytes, out: &mut BytesMut) {
-    let cas = shared.next_cas.fetch_add(1, Relaxed);
-    let ttl = ttl_of(m.ttl.unwrap_or(0));
-    let mut status = "HD";
-    shared
-        .cache
-        .entry(m.key.clone())
-        .and_compute_with(|current| {
+    /// Stores `data` under `key` with memcached's meta semantics: `mode` is the `M` flag
+    /// (`S` set, `E` add, `R` replace, `A` append, `P` prepend), `exptime` memcached's
+    /// expiry, `compare` the CAS token the item must still have. Every store gives the
+    /// item a new CAS token, returned with [`Status::Done`].
+    pub(super) fn write(
+        &self,
+        key: &[u8],
+        mode: u8,
+        data: Bytes,
+        flags: u32,
+        exptime: i64,
+        compare: Option<u64>,
+    ) -> (Status, u64) {
+        let cas = self.next_cas.fetch_add(1, Relaxed);
+        let ttl = ttl_of(exptime);
+        let mut status = Status::Done;
+        self.cache.entry(key.to_vec()).and_compute_with(|current| {
             let current = current.map(|e| e.into_value());
-            match (&current, m.compare) {
-                (None, Some(_)) if m.mode == b'S' => {
-                    status = "NF";
+            match (&current, compare) {
+                (None, Some(_)) if mode == b'S' => {
+                    status = Status::NotFound;
                     return Op::Nop;
                 }
                 (Some(c), Some(want)) if c.cas != want => {
-                    status = "EX";
+                    status = Status::Exists;
                     return Op::Nop;
                 }
                 _ => {}
             }
-            let value = match (m.mode, current) {
+            let value = match (mode, current) {
                 (b'E', Some(_)) | (b'R' | b'A' | b'P', None) => {
-                    status = "NS";
+                    status = Status::NotStored;
                     return Op::Nop;
                 }
                 (b'A', Some(c)) => {
@@ -731,13 +739,84 @@ fn set(shared: &Shared, m: &Meta, data: Bytes, out: &mut BytesMut) {
             }
             Op::Put(Item {
                 value,
-                flags: m.set_flags,
+                flags,
                 cas,
                 ttl,
             })
         });
-    if !(m.quiet && status == "HD") {
-        respond(out, status, m, &[]);
+        (status, cas)
+    }
+
+    /// Removes `key` (only while its CAS token is `compare`, when given).
+    pub(super) fn remove(&self, key: &[u8], compare: Option<u64>) -> Status {
+        let mut status = Status::NotFound;
+        self.cache
+            .entry(key.to_vec())
+            .and_compute_with(|current| match current {
+                None => Op::Nop,
+                Some(e) if compare.is_some_and(|c| c != e.value().cas) => {
+                    status = Status::Exists;
+                    Op::Nop
+                }
+                Some(_) => {
+                    status = Status::Done;
+                    Op::Remove
+                }
+            });
+        status
+    }
+
+    /// Counts one command served.
+    pub(super) fn count_command(&self) {
+        self.counters.commands.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one command run in process.
+    pub(super) fn count_in_process(&self) {
+        self.counters.in_process.fetch_add(1, Relaxed);
+    }
+
+    /// The largest value accepted.
+    pub(super) fn max_value(&self) -> usize {
+        self.max_value
+    }
+}
+
+fn get(shared: &Shared, m: &Meta, out: &mut BytesMut) {
+    let Some(item) = shared.lookup(&m.key, m.ttl) else {
+        if !m.quiet {
+            respond(out, "EN", m, &[]);
+        }
+        return;
+    };
+    let mut extra = Vec::with_capacity(2);
+    if m.client_flags {
+        extra.push((b'f', u64::from(item.flags)));
+    }
+    if m.cas {
+        extra.push((b'c', item.cas));
+    }
+    if m.value {
+        let status = format!("VA {}", item.value.len());
+        respond(out, &status, m, &extra);
+        out.extend_from_slice(&item.value);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        respond(out, "HD", m, &extra);
+    }
+}
+
+fn set(shared: &Shared, m: &Meta, data: Bytes, out: &mut BytesMut) {
+    let (status, _) = shared.write(
+        &m.key,
+        m.mode,
+        data,
+        m.set_flags,
+        m.ttl.unwrap_or(0),
+        m.compare,
+    );
+    if !(m.quiet && status == Status::Done) {
+        respond(out, status.code(), m, &[]);
     }
 }
 

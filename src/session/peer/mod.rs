@@ -35,6 +35,9 @@ use super::config::NodeSpec;
 use super::SessionError;
 
 pub mod endpoint;
+mod local;
+
+pub(crate) use local::LocalCopies;
 
 pub use endpoint::{
     PeerEndpoint, PeerEndpointStats, LOGIN_DEADLINE, PEER_PROTOCOL_USER, PEER_PROTOCOL_VERSION,
