@@ -53,6 +53,34 @@ pub const MAX_LINE: usize = 2048;
 /// first write, so only a client that is not a peer waits that long).
 pub const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Limits on an endpoint's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; one more is answered `SERVER_ERROR too many
+    /// connections` and closed (counted in [`PeerEndpointStats::connections_over_limit`]).
+    pub max_connections: usize,
+    /// Connections that have not logged in yet, at once (each lasts at most
+    /// [`LOGIN_DEADLINE`]); one more is answered `SERVER_ERROR too many connections not
+    /// logged in` and closed (counted likewise). Peers log in with their first command,
+    /// so they hold such a slot only for a moment.
+    pub max_pending_logins: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_logins: DEFAULT_MAX_PENDING_LOGINS,
+        }
+    }
+}
+
+/// The default of [`ConnectionLimits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// The default of [`ConnectionLimits::max_pending_logins`].
+pub const DEFAULT_MAX_PENDING_LOGINS: usize = 32;
+
 /// The longest key (memcached's limit).
 const MAX_KEY: usize = 250;
 
@@ -125,6 +153,9 @@ struct Counters {
     protocol_errors: AtomicU64,
     commands: AtomicU64,
     in_process: AtomicU64,
+    open: AtomicU64,
+    pending_logins: AtomicU64,
+    over_limit: AtomicU64,
 }
 
 /// A snapshot of an endpoint's state and counters.
@@ -149,6 +180,12 @@ pub struct PeerEndpointStats {
     /// Of `commands`, those this instance's own session store ran in process on its own
     /// copies (no socket, no protocol encoding).
     pub in_process_commands: u64,
+    /// Connections open now.
+    pub open_connections: u64,
+    /// Of `open_connections`, those that have not logged in yet.
+    pub pending_logins: u64,
+    /// Connections closed at once because a [`ConnectionLimits`] bound was reached.
+    pub connections_over_limit: u64,
 }
 
 pub(super) struct Shared {
@@ -184,14 +221,31 @@ impl Drop for PeerEndpoint {
 }
 
 impl PeerEndpoint {
-    /// Binds `addr` and serves the peer protocol (must run inside a tokio runtime).
-    /// `secret`: the shared secret every peer logs in with; `capacity_bytes`: the
-    /// memory bound; `max_value`: the largest value accepted.
+    /// Binds `addr` and serves the peer protocol (must run inside a tokio runtime), with
+    /// the default [`ConnectionLimits`]. `secret`: the shared secret every peer logs in
+    /// with; `capacity_bytes`: the memory bound; `max_value`: the largest value accepted.
     pub fn bind(
         addr: &str,
         secret: &str,
         capacity_bytes: u64,
         max_value: usize,
+    ) -> std::io::Result<PeerEndpoint> {
+        Self::bind_with_limits(
+            addr,
+            secret,
+            capacity_bytes,
+            max_value,
+            ConnectionLimits::default(),
+        )
+    }
+
+    /// [`PeerEndpoint::bind`] with the given connection limits (each at least 1).
+    pub fn bind_with_limits(
+        addr: &str,
+        secret: &str,
+        capacity_bytes: u64,
+        max_value: usize,
+        limits: ConnectionLimits,
     ) -> std::io::Result<PeerEndpoint> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
@@ -224,7 +278,7 @@ impl PeerEndpoint {
             capacity: capacity_bytes,
         });
         let (tx, rx) = watch::channel(());
-        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), rx));
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), limits, rx));
         Ok(PeerEndpoint {
             addr: local,
             shared,
@@ -252,6 +306,9 @@ impl PeerEndpoint {
             protocol_errors: s.counters.protocol_errors.load(Relaxed),
             commands: s.counters.commands.load(Relaxed),
             in_process_commands: s.counters.in_process.load(Relaxed),
+            open_connections: s.counters.open.load(Relaxed),
+            pending_logins: s.counters.pending_logins.load(Relaxed),
+            connections_over_limit: s.counters.over_limit.load(Relaxed),
         }
     }
 
@@ -267,7 +324,34 @@ impl PeerEndpoint {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<()>) {
+/// One open connection, counted while it lives (and as a pending login until it
+/// logs in).
+struct Slot {
+    shared: Arc<Shared>,
+    pending: bool,
+}
+
+impl Slot {
+    fn logged_in(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            self.shared.counters.pending_logins.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.logged_in();
+        self.shared.counters.open.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: ConnectionLimits,
+    shutdown: watch::Receiver<()>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -278,12 +362,39 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: watch
             }
         };
         let _ = stream.set_nodelay(true);
+        // Only this task adds to the counts, so a check here holds until the slot is
+        // taken (closing connections only lower them meanwhile).
+        let c = &shared.counters;
+        let over = if c.open.load(Relaxed) >= limits.max_connections as u64 {
+            Some("SERVER_ERROR too many connections\r\n")
+        } else if c.pending_logins.load(Relaxed) >= limits.max_pending_logins as u64 {
+            Some("SERVER_ERROR too many connections not logged in\r\n")
+        } else {
+            None
+        };
+        if let Some(line) = over {
+            c.over_limit.fetch_add(1, Relaxed);
+            tracing::warn!(
+                reason = line.trim_end(),
+                "peer endpoint: connection refused"
+            );
+            // Best effort, without waiting: the connection is closed either way.
+            let _ = stream.try_write(line.as_bytes());
+            drop(stream);
+            continue;
+        }
+        c.open.fetch_add(1, Relaxed);
+        c.pending_logins.fetch_add(1, Relaxed);
+        let mut slot = Slot {
+            shared: Arc::clone(&shared),
+            pending: true,
+        };
         let shared = Arc::clone(&shared);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = serve(stream, &shared) => {}
+                _ = serve(stream, &shared, &mut slot) => {}
             }
         });
     }
@@ -299,7 +410,7 @@ enum Close {
     Protocol(&'static str),
 }
 
-async fn serve(mut stream: TcpStream, shared: &Shared) {
+async fn serve(mut stream: TcpStream, shared: &Shared, slot: &mut Slot) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut authenticated = false;
@@ -318,6 +429,9 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
                 }
                 Err(close) => break 'conn close,
             }
+        }
+        if authenticated {
+            slot.logged_in();
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
