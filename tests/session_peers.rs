@@ -393,12 +393,13 @@ async fn log_in(s: &mut tokio::net::TcpStream) {
     assert_eq!(&stored, b"STORED\r\n");
 }
 
-/// The endpoint's connection bounds: connections that have not logged in past
-/// `peer_max_pending_logins`, and any connection past `peer_max_connections`, are
-/// answered, closed at once and counted; the peers' own connections go on serving
-/// sessions meanwhile and afterwards.
+/// The endpoint's connection bounds: past `peer_max_pending_logins` connections that
+/// have not logged in, or past `peer_max_connections`, the oldest connection not logged in
+/// is answered, closed and counted (so a flood of them can't keep a peer out); when every
+/// connection is logged in, a new one is refused. The peers go on serving sessions
+/// meanwhile and afterwards, over their connections and over new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_endpoints_limits_are_refused_and_counted() {
+async fn connections_over_the_endpoints_limits_are_closed_and_counted() {
     use tokio::net::TcpStream;
     let peers = Peers::new(2, Backups::One);
     let tune = |b: memkeep::session::SessionConfigBuilder| {
@@ -413,29 +414,43 @@ async fn connections_over_the_endpoints_limits_are_refused_and_counted() {
     let peers_open = endpoint.stats().open_connections;
     assert_eq!(endpoint.stats().pending_logins, 0, "the peers logged in");
 
-    // Five connections that do not log in: three wait for their login, two are refused.
-    let mut waiting = Vec::new();
-    for _ in 0..3 {
-        waiting.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    // Five connections that do not log in, one after the other: the first two are
+    // closed to make room for the last three.
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
     }
-    for _ in 0..2 {
-        let mut extra = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    for old in &mut conns[..2] {
         assert_eq!(
-            answer_until_closed(&mut extra).await,
+            answer_until_closed(old).await,
             "SERVER_ERROR too many connections not logged in\r\n"
         );
     }
+    let mut waiting = conns.split_off(2);
+    let settled = kit::eventually(Duration::from_secs(10), || {
+        endpoint.stats().open_connections == peers_open + 3
+    })
+    .await;
     let stats = endpoint.stats();
+    assert!(settled, "{stats:?}");
     assert_eq!(stats.connections_over_limit, 2, "{stats:?}");
     assert_eq!(stats.pending_logins, 3, "{stats:?}");
-    assert_eq!(stats.open_connections, peers_open + 3, "{stats:?}");
-    // The peers are served meanwhile: both copies written, every session intact.
+    // The peers are served meanwhile: both copies written, every session intact; and a
+    // new peer connection gets in (the oldest waiting one makes room).
     assert_eq!(check(&web1, &mut browsers).await, Vec::<String>::new());
     assert_eq!(check(&web2, &mut browsers).await, Vec::<String>::new());
+    let mut newcomer = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    log_in(&mut newcomer).await;
+    assert_eq!(
+        answer_until_closed(&mut waiting[0]).await,
+        "SERVER_ERROR too many connections not logged in\r\n"
+    );
+    assert_eq!(endpoint.stats().connections_over_limit, 3);
+    waiting[0] = newcomer;
 
     // Logged in, they no longer wait; the rest up to the total bound log in too, and
     // one connection more is refused whatever it would send.
-    for s in &mut waiting {
+    for s in &mut waiting[1..] {
         log_in(s).await;
     }
     while endpoint.stats().open_connections < 8 {
@@ -449,7 +464,7 @@ async fn connections_over_the_endpoints_limits_are_refused_and_counted() {
         answer_until_closed(&mut extra).await,
         "SERVER_ERROR too many connections\r\n"
     );
-    assert_eq!(endpoint.stats().connections_over_limit, 3);
+    assert_eq!(endpoint.stats().connections_over_limit, 4);
     assert_eq!(check(&web1, &mut browsers).await, Vec::<String>::new());
 
     // Closed, their slots are free again: a new connection logs in.
@@ -464,6 +479,6 @@ async fn connections_over_the_endpoints_limits_are_refused_and_counted() {
     );
     let mut again = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     log_in(&mut again).await;
-    assert_eq!(endpoint.stats().connections_over_limit, 3);
+    assert_eq!(endpoint.stats().connections_over_limit, 4);
     assert_eq!(check(&web2, &mut browsers).await, Vec::<String>::new());
 }

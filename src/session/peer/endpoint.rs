@@ -53,16 +53,18 @@ pub const MAX_LINE: usize = 2048;
 /// first write, so only a client that is not a peer waits that long).
 pub const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Limits on an endpoint's connections.
+/// Limits on an endpoint's connections. Past either, room is made by closing the
+/// oldest connection that has not logged in yet (answered `SERVER_ERROR too many
+/// connections not logged in`): a peer logs in with its first bytes, so a flood of
+/// connections that never log in can't keep a peer out; when every connection is logged
+/// in, a new one is answered `SERVER_ERROR too many connections` and closed. Both are
+/// counted in [`PeerEndpointStats::connections_over_limit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Connections open at once; one more is answered `SERVER_ERROR too many
-    /// connections` and closed (counted in [`PeerEndpointStats::connections_over_limit`]).
+    /// Connections open at once.
     pub max_connections: usize,
     /// Connections that have not logged in yet, at once (each lasts at most
-    /// [`LOGIN_DEADLINE`]); one more is answered `SERVER_ERROR too many connections not
-    /// logged in` and closed (counted likewise). Peers log in with their first command,
-    /// so they hold such a slot only for a moment.
+    /// [`LOGIN_DEADLINE`]).
     pub max_pending_logins: usize,
 }
 
@@ -80,6 +82,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// The default of [`ConnectionLimits::max_pending_logins`].
 pub const DEFAULT_MAX_PENDING_LOGINS: usize = 32;
+
+/// Lock stripes serializing changes of the cache's items.
+const LOCK_STRIPES: usize = 64;
 
 /// The longest key (memcached's limit).
 const MAX_KEY: usize = 250;
@@ -184,7 +189,8 @@ pub struct PeerEndpointStats {
     pub open_connections: u64,
     /// Of `open_connections`, those that have not logged in yet.
     pub pending_logins: u64,
-    /// Connections closed at once because a [`ConnectionLimits`] bound was reached.
+    /// Connections closed because a [`ConnectionLimits`] bound was reached (the oldest
+    /// not logged in, or a new one when every connection was logged in).
     pub connections_over_limit: u64,
 }
 
@@ -195,6 +201,8 @@ pub(super) struct Shared {
     max_value: usize,
     next_cas: AtomicU64,
     capacity: u64,
+    /// Serializes the changes of keys with the same stripe (see `Shared::update`).
+    stripes: Box<[std::sync::Mutex<()>]>,
 }
 
 /// A running replication endpoint. Dropping it stops the listener and closes every
@@ -276,6 +284,9 @@ impl PeerEndpoint {
             max_value,
             next_cas: AtomicU64::new(1),
             capacity: capacity_bytes,
+            stripes: (0..LOCK_STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         });
         let (tx, rx) = watch::channel(());
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), limits, rx));
@@ -324,25 +335,86 @@ impl PeerEndpoint {
     }
 }
 
-/// One open connection, counted while it lives (and as a pending login until it
-/// logs in).
+/// A connection's login state, shared with the accept loop (which may evict it while it
+/// waits for its login).
+#[derive(Default)]
+struct Login {
+    /// `WAITING`, `DONE` (logged in, or closed) or `EVICTED`.
+    state: std::sync::atomic::AtomicU8,
+    evict: tokio::sync::Notify,
+}
+
+const WAITING: u8 = 0;
+const DONE: u8 = 1;
+const EVICTED: u8 = 2;
+
+impl Login {
+    fn is_waiting(&self) -> bool {
+        self.state.load(Relaxed) == WAITING
+    }
+}
+
+/// One open connection, counted while it lives (and as a pending login until it logs
+/// in or is evicted).
 struct Slot {
     shared: Arc<Shared>,
-    pending: bool,
+    login: Arc<Login>,
 }
 
 impl Slot {
-    fn logged_in(&mut self) {
-        if std::mem::take(&mut self.pending) {
-            self.shared.counters.pending_logins.fetch_sub(1, Relaxed);
+    /// Marks the login done; false when the connection was evicted first.
+    fn logged_in(&mut self) -> bool {
+        match self
+            .login
+            .state
+            .compare_exchange(WAITING, DONE, Relaxed, Relaxed)
+        {
+            Ok(_) => {
+                self.shared.counters.pending_logins.fetch_sub(1, Relaxed);
+                true
+            }
+            Err(state) => state == DONE,
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.logged_in();
-        self.shared.counters.open.fetch_sub(1, Relaxed);
+        let c = &self.shared.counters;
+        if self.login.state.swap(DONE, Relaxed) != DONE {
+            c.pending_logins.fetch_sub(1, Relaxed);
+        }
+        c.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The connections that may still be waiting for their login, oldest first.
+#[derive(Default)]
+struct Waiting {
+    queue: std::collections::VecDeque<Arc<Login>>,
+}
+
+impl Waiting {
+    /// Evicts the oldest connection still waiting for its login; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some(login) = self.queue.pop_front() {
+            if login
+                .state
+                .compare_exchange(WAITING, EVICTED, Relaxed, Relaxed)
+                .is_ok()
+            {
+                login.evict.notify_one();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn push(&mut self, login: Arc<Login>, bound: usize) {
+        if self.queue.len() >= bound {
+            self.queue.retain(|l| l.is_waiting());
+        }
+        self.queue.push_back(login);
     }
 }
 
@@ -352,6 +424,7 @@ async fn accept_loop(
     limits: ConnectionLimits,
     shutdown: watch::Receiver<()>,
 ) {
+    let mut waiting = Waiting::default();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -362,32 +435,36 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        // Only this task adds to the counts, so a check here holds until the slot is
-        // taken (closing connections only lower them meanwhile).
+        // Only this task adds to the counts. A connection evicted here is no longer
+        // counted as waiting for its login at once, and no longer counted as open once its
+        // task has closed it (at most one per accepted connection meanwhile).
         let c = &shared.counters;
-        let over = if c.open.load(Relaxed) >= limits.max_connections as u64 {
-            Some("SERVER_ERROR too many connections\r\n")
-        } else if c.pending_logins.load(Relaxed) >= limits.max_pending_logins as u64 {
-            Some("SERVER_ERROR too many connections not logged in\r\n")
-        } else {
-            None
-        };
-        if let Some(line) = over {
+        let full = c.open.load(Relaxed) >= limits.max_connections as u64;
+        let waiting_now = waiting.queue.iter().filter(|l| l.is_waiting()).count();
+        if full || waiting_now >= limits.max_pending_logins {
+            // Room is made by closing the oldest connection still waiting for its login
+            // (a peer logs in with its first bytes, so it is never the oldest for long);
+            // when every connection is logged in, the new one is refused.
             c.over_limit.fetch_add(1, Relaxed);
+            if !waiting.evict_oldest() {
+                let line = "SERVER_ERROR too many connections\r\n";
+                tracing::warn!("peer endpoint: connection refused, every connection is in use");
+                // Best effort, without waiting: the connection is closed either way.
+                let _ = stream.try_write(line.as_bytes());
+                drop(stream);
+                continue;
+            }
             tracing::warn!(
-                reason = line.trim_end(),
-                "peer endpoint: connection refused"
+                "peer endpoint: the oldest connection not logged in was closed to make room"
             );
-            // Best effort, without waiting: the connection is closed either way.
-            let _ = stream.try_write(line.as_bytes());
-            drop(stream);
-            continue;
         }
         c.open.fetch_add(1, Relaxed);
         c.pending_logins.fetch_add(1, Relaxed);
+        let login = Arc::new(Login::default());
+        waiting.push(Arc::clone(&login), limits.max_connections.saturating_mul(2));
         let mut slot = Slot {
             shared: Arc::clone(&shared),
-            pending: true,
+            login,
         };
         let shared = Arc::clone(&shared);
         let mut shutdown = shutdown.clone();
@@ -408,6 +485,8 @@ enum Close {
     Refused(&'static str),
     /// Outside the protocol: answered with this line, counted.
     Protocol(&'static str),
+    /// Evicted to make room (counted when evicted): answered with this line.
+    OverLimit(&'static str),
 }
 
 async fn serve(mut stream: TcpStream, shared: &Shared, slot: &mut Slot) {
@@ -430,8 +509,8 @@ async fn serve(mut stream: TcpStream, shared: &Shared, slot: &mut Slot) {
                 Err(close) => break 'conn close,
             }
         }
-        if authenticated {
-            slot.logged_in();
+        if authenticated && !slot.logged_in() {
+            break Close::OverLimit("SERVER_ERROR too many connections not logged in");
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -442,9 +521,14 @@ async fn serve(mut stream: TcpStream, shared: &Shared, slot: &mut Slot) {
         let read = if authenticated {
             stream.read_buf(&mut buf).await
         } else {
-            match tokio::time::timeout_at(login_deadline, stream.read_buf(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => break Close::Refused("CLIENT_ERROR login timed out"),
+            tokio::select! {
+                read = tokio::time::timeout_at(login_deadline, stream.read_buf(&mut buf)) => match read {
+                    Ok(read) => read,
+                    Err(_) => break Close::Refused("CLIENT_ERROR login timed out"),
+                },
+                _ = slot.login.evict.notified() => {
+                    break Close::OverLimit("SERVER_ERROR too many connections not logged in")
+                }
             }
         };
         match read {
@@ -462,6 +546,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, slot: &mut Slot) {
             shared.counters.protocol_errors.fetch_add(1, Relaxed);
             Some(line)
         }
+        Close::OverLimit(line) => Some(line),
     };
     // The answers to the commands before the one that ended the connection (a pipelined
     // `quit`, a refused or malformed command) are sent first, as memcached does.
@@ -765,6 +850,21 @@ fn execute(
 }
 
 impl Shared {
+    /// Replaces the item under `key` by what `f` makes of it, atomically with respect to
+    /// every other change made here (a lock stripe per key hash serializes them: the
+    /// cache's own per-key compute costs more than the whole rest of a command).
+    fn update(&self, key: &[u8], f: impl FnOnce(Option<Item>) -> Op<Item>) {
+        let stripe = twox_hash::XxHash3_64::oneshot(key) as usize % self.stripes.len();
+        let _serialized = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match f(self.cache.get(key)) {
+            Op::Nop => {}
+            Op::Put(item) => self.cache.insert(key.to_vec(), item),
+            Op::Remove => self.cache.invalidate(key),
+        }
+    }
+
     /// The item under `key`; with `touch` (a memcached expiry), the same item given a new
     /// TTL (an expiry in the past removes it, as memcached does, but this read still
     /// returns it).
@@ -773,21 +873,18 @@ impl Shared {
             return self.cache.get(key);
         };
         let mut found = None;
-        self.cache
-            .entry(key.to_vec())
-            .and_compute_with(|current| match current {
-                None => Op::Nop,
-                Some(e) => {
-                    let mut item = e.into_value();
-                    item.ttl = ttl_of(t);
-                    found = Some(item.clone());
-                    if item.ttl == Some(Duration::ZERO) {
-                        Op::Remove
-                    } else {
-                        Op::Put(item)
-                    }
+        self.update(key, |current| match current {
+            None => Op::Nop,
+            Some(mut item) => {
+                item.ttl = ttl_of(t);
+                found = Some(item.clone());
+                if item.ttl == Some(Duration::ZERO) {
+                    Op::Remove
+                } else {
+                    Op::Put(item)
                 }
-            });
+            }
+        });
         found
     }
 
@@ -807,8 +904,7 @@ impl Shared {
         let cas = self.next_cas.fetch_add(1, Relaxed);
         let ttl = ttl_of(exptime);
         let mut status = Status::Done;
-        self.cache.entry(key.to_vec()).and_compute_with(|current| {
-            let current = current.map(|e| e.into_value());
+        self.update(key, |current| {
             match (&current, compare) {
                 (None, Some(_)) if mode == b'S' => {
                     status = Status::NotFound;
@@ -864,19 +960,17 @@ impl Shared {
     /// Removes `key` (only while its CAS token is `compare`, when given).
     pub(super) fn remove(&self, key: &[u8], compare: Option<u64>) -> Status {
         let mut status = Status::NotFound;
-        self.cache
-            .entry(key.to_vec())
-            .and_compute_with(|current| match current {
-                None => Op::Nop,
-                Some(e) if compare.is_some_and(|c| c != e.value().cas) => {
-                    status = Status::Exists;
-                    Op::Nop
-                }
-                Some(_) => {
-                    status = Status::Done;
-                    Op::Remove
-                }
-            });
+        self.update(key, |current| match current {
+            None => Op::Nop,
+            Some(e) if compare.is_some_and(|c| c != e.cas) => {
+                status = Status::Exists;
+                Op::Nop
+            }
+            Some(_) => {
+                status = Status::Done;
+                Op::Remove
+            }
+        });
         status
     }
 
