@@ -128,3 +128,110 @@ impl LocalCopies {
         Ok(self.shared.remove(&key, None) == Status::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::peer::{PeerEndpoint, PEER_PROTOCOL_USER};
+    use crate::{Client, Credentials, Expiry, NodeConfig};
+
+    const SECRET: &str = "unit-test-secret-0123456789";
+
+    /// The in-process path and the protocol see the same items: keys sent as is or
+    /// base64-encoded, CAS tokens, `add`, `append`, removal, the value size limit.
+    #[tokio::test]
+    async fn in_process_and_protocol_agree() {
+        let endpoint = PeerEndpoint::bind("127.0.0.1:0", SECRET, 1 << 20, 100).unwrap();
+        let local = endpoint.local();
+        let client = Client::builder()
+            .node_config(NodeConfig::new(endpoint.local_addr().to_string()).id("me"))
+            .credentials(Credentials::new(PEER_PROTOCOL_USER, SECRET))
+            .max_value_size(100)
+            .build()
+            .unwrap();
+        let set = StoreOptions {
+            flags: 7,
+            expiry: Expiry::In(std::time::Duration::from_secs(60)),
+            cas: None,
+        };
+        for key in [&b"plain-key"[..], b"binary key\x01"] {
+            // Written in process, read over the protocol, and back.
+            assert_eq!(
+                local.store(StoreMode::Set, key, b"v1", set).unwrap(),
+                StoreOutcome::Stored
+            );
+            let remote = client.gets(key).await.unwrap().unwrap();
+            assert_eq!((&remote.value[..], remote.flags), (&b"v1"[..], 7));
+            let mine = local.get(key, true).unwrap().unwrap();
+            assert_eq!(mine.cas, remote.cas);
+            assert_eq!(local.get(key, false).unwrap().unwrap().cas, None);
+            // A CAS write with the token read over the protocol succeeds in process once.
+            let cas = StoreOptions {
+                cas: remote.cas,
+                ..set
+            };
+            assert_eq!(
+                local.store(StoreMode::Set, key, b"v2", cas).unwrap(),
+                StoreOutcome::Stored
+            );
+            assert_eq!(
+                local.store(StoreMode::Set, key, b"v3", cas).unwrap(),
+                StoreOutcome::Exists
+            );
+            assert!(!client.add(key, b"x", Expiry::Never).await.unwrap());
+            assert_eq!(
+                local.store(StoreMode::Add, key, b"x", set).unwrap(),
+                StoreOutcome::NotStored
+            );
+            assert!(client.append(key, b"+").await.unwrap());
+            let got = local.get_many([key, b"absent"]).unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(&got[key].value[..], b"v2+");
+            assert!(local.delete(key).unwrap());
+            assert!(client.get(key).await.unwrap().is_none());
+            assert!(!local.delete(key).unwrap());
+            assert_eq!(
+                local.store(StoreMode::Append, key, b"+", set).unwrap(),
+                StoreOutcome::NotStored
+            );
+            let missing_cas = StoreOptions {
+                cas: Some(1),
+                ..set
+            };
+            assert_eq!(
+                local.store(StoreMode::Set, key, b"v", missing_cas).unwrap(),
+                StoreOutcome::NotFound
+            );
+        }
+        // The client's limits, refused alike.
+        let big = [0u8; 101];
+        assert!(matches!(
+            local.store(StoreMode::Set, b"k", &big, set),
+            Err(Error::ValueTooLarge {
+                size: 101,
+                max: 100
+            })
+        ));
+        assert!(matches!(
+            client.set(b"k", &big[..], Expiry::Never).await,
+            Err(Error::ValueTooLarge { .. })
+        ));
+        assert!(matches!(local.get(b"", false), Err(Error::InvalidKey(_))));
+        assert!(matches!(
+            local.get(&[b'k'; 251], false),
+            Err(Error::InvalidKey(_))
+        ));
+        // Expired at once: stored and gone, on both paths.
+        let gone = StoreOptions {
+            expiry: Expiry::In(std::time::Duration::ZERO),
+            ..set
+        };
+        assert_eq!(
+            local.store(StoreMode::Set, b"k", b"v", gone).unwrap(),
+            StoreOutcome::Stored
+        );
+        assert!(client.get(b"k").await.unwrap().is_none());
+        let stats = endpoint.stats();
+        assert!(stats.in_process_commands > 0 && stats.commands > stats.in_process_commands);
+    }
+}
