@@ -161,6 +161,8 @@ struct Counters {
     open: AtomicU64,
     pending_logins: AtomicU64,
     over_limit: AtomicU64,
+    /// Connections evicted whose task has not closed them yet.
+    evicting: AtomicU64,
 }
 
 /// A snapshot of an endpoint's state and counters.
@@ -381,8 +383,15 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let c = &self.shared.counters;
-        if self.login.state.swap(DONE, Relaxed) != DONE {
-            c.pending_logins.fetch_sub(1, Relaxed);
+        match self.login.state.swap(DONE, Relaxed) {
+            DONE => {}
+            EVICTED => {
+                c.pending_logins.fetch_sub(1, Relaxed);
+                c.evicting.fetch_sub(1, Relaxed);
+            }
+            _ => {
+                c.pending_logins.fetch_sub(1, Relaxed);
+            }
         }
         c.open.fetch_sub(1, Relaxed);
     }
@@ -396,8 +405,10 @@ struct Waiting {
 
 impl Waiting {
     /// Evicts the oldest connection still waiting for its login; false when there is none.
-    fn evict_oldest(&mut self) -> bool {
+    fn evict_oldest(&mut self, counters: &Counters) -> bool {
         while let Some(login) = self.queue.pop_front() {
+            // Counted before the state changes: the slot's drop may follow at once.
+            counters.evicting.fetch_add(1, Relaxed);
             if login
                 .state
                 .compare_exchange(WAITING, EVICTED, Relaxed, Relaxed)
@@ -406,6 +417,7 @@ impl Waiting {
                 login.evict.notify_one();
                 return true;
             }
+            counters.evicting.fetch_sub(1, Relaxed);
         }
         false
     }
@@ -435,18 +447,22 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        // Only this task adds to the counts. A connection evicted here is no longer
-        // counted as waiting for its login at once, and no longer counted as open once its
-        // task has closed it (at most one per accepted connection meanwhile).
+        // Only this task adds to the counts. A connection evicted here no longer counts
+        // (as waiting for its login, or as open) from that moment, though its task may
+        // take a moment to close it: each new connection evicts at most one.
         let c = &shared.counters;
-        let full = c.open.load(Relaxed) >= limits.max_connections as u64;
+        let open = c
+            .open
+            .load(Relaxed)
+            .saturating_sub(c.evicting.load(Relaxed));
+        let full = open >= limits.max_connections as u64;
         let waiting_now = waiting.queue.iter().filter(|l| l.is_waiting()).count();
         if full || waiting_now >= limits.max_pending_logins {
             // Room is made by closing the oldest connection still waiting for its login
             // (a peer logs in with its first bytes, so it is never the oldest for long);
             // when every connection is logged in, the new one is refused.
             c.over_limit.fetch_add(1, Relaxed);
-            if !waiting.evict_oldest() {
+            if !waiting.evict_oldest(c) {
                 let line = "SERVER_ERROR too many connections\r\n";
                 tracing::warn!("peer endpoint: connection refused, every connection is in use");
                 // Best effort, without waiting: the connection is closed either way.
