@@ -265,6 +265,21 @@ fn bad_peer_configurations_are_refused_naming_the_field() {
     assert_eq!(field(base().peer_secret("short")), "peer_secret");
     assert_eq!(field(base().nodes("n1:127.0.0.1:11211")), "peers");
     assert_eq!(field(base().peers("web1:127.0.0.1")), "peers");
+    // Two peers hold up to four connections: fewer is refused, naming the field (the
+    // pending-login bound follows a smaller connection bound by default).
+    assert!(base().peer_max_connections(4).build().is_ok());
+    assert_eq!(
+        field(base().peer_max_connections(3)),
+        "peer_max_connections"
+    );
+    assert_eq!(
+        field(base().peer_max_pending_logins(0)),
+        "peer_max_pending_logins"
+    );
+    assert_eq!(
+        field(base().peer_max_connections(8).peer_max_pending_logins(9)),
+        "peer_max_pending_logins"
+    );
 }
 
 /// The store's client pipelines many requests per connection and sends `get_many` as
@@ -308,4 +323,162 @@ async fn pipelined_requests_and_multi_gets_all_succeed() {
         &errors[..errors.len().min(5)]
     );
     assert_eq!(web1.peer_endpoint().unwrap().stats().protocol_errors, 0);
+}
+
+/// The owner's own copies are read and written in process: requests on web1 leave its
+/// client's connection to its own endpoint unused (no network), run commands on its
+/// endpoint in process, and still store its copy there; web2's copy goes over the
+/// network as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_own_copies_are_reached_in_process() {
+    let peers = Peers::new(2, Backups::One);
+    let mut all = peers.start_all().await;
+    let (web2, web1) = (all.pop().unwrap(), all.pop().unwrap());
+    let ops = |route: &str| {
+        web1.client()
+            .nodes()
+            .into_iter()
+            .find(|n| n.id == route)
+            .unwrap()
+            .metrics
+            .operations
+    };
+    let (own_before, other_before) = (ops("web1"), ops("web2"));
+    let in_process_before = web1.peer_endpoint().unwrap().stats().in_process_commands;
+    let mut browsers = sessions(&web1, 10).await;
+    assert_eq!(check(&web1, &mut browsers).await, Vec::<String>::new());
+    assert_eq!(
+        ops("web1"),
+        own_before,
+        "no operation to web1 over the network"
+    );
+    assert!(
+        ops("web2") > other_before,
+        "web2's copies go over the network"
+    );
+    let stats = web1.peer_endpoint().unwrap().stats();
+    // Each of the 20 requests reaches its own copy at least once.
+    assert!(
+        stats.in_process_commands >= in_process_before + 20,
+        "{stats:?}"
+    );
+    for b in &browsers {
+        assert!(web1.peer_endpoint().unwrap().holds(&key_of(b)));
+        assert!(web2.peer_endpoint().unwrap().holds(&key_of(b)));
+    }
+}
+
+/// Reads what `s` answers until it closes (bounded: 10 s).
+async fn answer_until_closed(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("closed by the endpoint, not by this test's bound")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Logs `s` in (the peer protocol's login) and checks the answer.
+async fn log_in(s: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(peers_kit::login_block(SECRET).as_bytes())
+        .await
+        .unwrap();
+    let mut stored = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut stored))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&stored, b"STORED\r\n");
+}
+
+/// The endpoint's connection bounds: past `peer_max_pending_logins` connections that
+/// have not logged in, or past `peer_max_connections`, the oldest connection not logged in
+/// is answered, closed and counted (so a flood of them can't keep a peer out); when every
+/// connection is logged in, a new one is refused. The peers go on serving sessions
+/// meanwhile and afterwards, over their connections and over new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_endpoints_limits_are_closed_and_counted() {
+    use tokio::net::TcpStream;
+    let peers = Peers::new(2, Backups::One);
+    let tune = |b: memkeep::session::SessionConfigBuilder| {
+        b.peer_max_connections(8).peer_max_pending_logins(3)
+    };
+    let web1 = peers.start_with("web1", tune);
+    let web2 = peers.start_with("web2", tune);
+    assert!(session_kit::wait_nodes_up(&[&web1, &web2], Duration::from_secs(10)).await);
+    let mut browsers = sessions(&web1, 5).await;
+    let endpoint = web1.peer_endpoint().unwrap();
+    let port = peers.port("web1");
+    let peers_open = endpoint.stats().open_connections;
+    assert_eq!(endpoint.stats().pending_logins, 0, "the peers logged in");
+
+    // Five connections that do not log in, one after the other: the first two are
+    // closed to make room for the last three.
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        conns.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    for old in &mut conns[..2] {
+        assert_eq!(
+            answer_until_closed(old).await,
+            "SERVER_ERROR too many connections not logged in\r\n"
+        );
+    }
+    let mut waiting = conns.split_off(2);
+    let settled = kit::eventually(Duration::from_secs(10), || {
+        endpoint.stats().open_connections == peers_open + 3
+    })
+    .await;
+    let stats = endpoint.stats();
+    assert!(settled, "{stats:?}");
+    assert_eq!(stats.connections_over_limit, 2, "{stats:?}");
+    assert_eq!(stats.pending_logins, 3, "{stats:?}");
+    // The peers are served meanwhile: both copies written, every session intact; and a
+    // new peer connection gets in (the oldest waiting one makes room).
+    assert_eq!(check(&web1, &mut browsers).await, Vec::<String>::new());
+    assert_eq!(check(&web2, &mut browsers).await, Vec::<String>::new());
+    let mut newcomer = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    log_in(&mut newcomer).await;
+    assert_eq!(
+        answer_until_closed(&mut waiting[0]).await,
+        "SERVER_ERROR too many connections not logged in\r\n"
+    );
+    assert_eq!(endpoint.stats().connections_over_limit, 3);
+    waiting[0] = newcomer;
+
+    // Logged in, they no longer wait; the rest up to the total bound log in too, and
+    // one connection more is refused whatever it would send.
+    for s in &mut waiting[1..] {
+        log_in(s).await;
+    }
+    while endpoint.stats().open_connections < 8 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        log_in(&mut s).await;
+        waiting.push(s);
+    }
+    assert_eq!(endpoint.stats().pending_logins, 0);
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(
+        answer_until_closed(&mut extra).await,
+        "SERVER_ERROR too many connections\r\n"
+    );
+    assert_eq!(endpoint.stats().connections_over_limit, 4);
+    assert_eq!(check(&web1, &mut browsers).await, Vec::<String>::new());
+
+    // Closed, their slots are free again: a new connection logs in.
+    drop(waiting);
+    assert!(
+        kit::eventually(Duration::from_secs(10), || {
+            endpoint.stats().open_connections == peers_open
+        })
+        .await,
+        "{:?}",
+        endpoint.stats()
+    );
+    let mut again = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    log_in(&mut again).await;
+    assert_eq!(endpoint.stats().connections_over_limit, 4);
+    assert_eq!(check(&web2, &mut browsers).await, Vec::<String>::new());
 }

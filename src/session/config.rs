@@ -462,6 +462,23 @@ impl SessionConfigBuilder {
         self
     }
 
+    /// The most connections this instance's replication endpoint keeps open at once
+    /// (default [`super::peer::DEFAULT_MAX_CONNECTIONS`]; at least twice the number of
+    /// peers). One more is refused at once and counted.
+    pub fn peer_max_connections(mut self, n: usize) -> Self {
+        self.peers.max_connections = n;
+        self
+    }
+
+    /// The most connections to the replication endpoint that have not logged in yet, at
+    /// once (default [`super::peer::DEFAULT_MAX_PENDING_LOGINS`]; 1 to
+    /// `peer_max_connections`). One more is refused at once and counted; each lasts at
+    /// most [`super::peer::LOGIN_DEADLINE`].
+    pub fn peer_max_pending_logins(mut self, n: usize) -> Self {
+        self.peers.max_pending_logins = Some(n);
+        self
+    }
+
     /// The address the replication endpoint listens on (default: this instance's
     /// address in `peers`), e.g. `0.0.0.0:7001` behind an address the peers know.
     pub fn peer_bind(mut self, addr: impl Into<String>) -> Self {

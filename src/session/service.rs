@@ -88,7 +88,8 @@ impl BackupSessionService {
                 config.max_session_size.saturating_add(1024),
             )?;
             let copies = peers.backups.copies(peers.peers.len());
-            let mut service = Self::build(config, client, copies)?;
+            let local = (route.clone(), endpoint.local());
+            let mut service = Self::build(config, client, copies, Some(local))?;
             service.peer = Some(endpoint);
             return Ok(service);
         }
@@ -116,10 +117,16 @@ impl BackupSessionService {
                 "the peer backend builds its own client; use BackupSessionService::new",
             ));
         }
-        Self::build(config, client, 2)
+        Self::build(config, client, 2, None)
     }
 
-    fn build(config: SessionConfig, client: Client, copies: usize) -> Result<Self, SessionError> {
+    /// `local`: the peer backend's own route and endpoint, reached in process.
+    fn build(
+        config: SessionConfig,
+        client: Client,
+        copies: usize,
+        local: Option<(String, super::peer::LocalCopies)>,
+    ) -> Result<Self, SessionError> {
         if !config.nodes.is_empty() {
             let ids = client.node_ids();
             if config.nodes.iter().any(|n| !ids.contains(&n.id)) {
@@ -136,7 +143,7 @@ impl BackupSessionService {
             ));
         }
         let stats = Arc::new(SessionStats::default());
-        let store = Store::new(
+        let mut store = Store::new(
             client,
             &config.failover_nodes,
             config.key_prefix.clone(),
@@ -144,6 +151,9 @@ impl BackupSessionService {
             Arc::clone(&stats),
         )?
         .with_copies(copies);
+        if let Some((route, copies)) = local {
+            store = store.with_local(&route, copies);
+        }
         let writer = (config.mode == Mode::Sticky
             && config.write_mode == super::config::WriteMode::Async)
             .then(|| AsyncWriter::new(config.async_queue_capacity));

@@ -28,15 +28,20 @@ impl Peers {
         Peers::named(&names, backups)
     }
 
-    /// Peers with these routes.
+    /// Peers with these routes, each on its own port (a port found free may come back
+    /// from the next search, since it was released: such a repeat is searched again).
     pub fn named(routes: &[&str], backups: Backups) -> Peers {
-        Peers {
-            peers: routes
-                .iter()
-                .map(|r| (r.to_string(), crate::kit::memcached::free_port()))
-                .collect(),
-            backups,
+        let mut peers: Vec<(String, u16)> = Vec::new();
+        for r in routes {
+            let port = loop {
+                let p = crate::kit::memcached::free_port();
+                if peers.iter().all(|(_, q)| *q != p) {
+                    break p;
+                }
+            };
+            peers.push((r.to_string(), port));
         }
+        Peers { peers, backups }
     }
 
     /// `web1:127.0.0.1:p1,...`.

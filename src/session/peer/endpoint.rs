@@ -53,6 +53,39 @@ pub const MAX_LINE: usize = 2048;
 /// first write, so only a client that is not a peer waits that long).
 pub const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Limits on an endpoint's connections. Past either, room is made by closing the
+/// oldest connection that has not logged in yet (answered `SERVER_ERROR too many
+/// connections not logged in`): a peer logs in with its first bytes, so a flood of
+/// connections that never log in can't keep a peer out; when every connection is logged
+/// in, a new one is answered `SERVER_ERROR too many connections` and closed. Both are
+/// counted in [`PeerEndpointStats::connections_over_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections that have not logged in yet, at once (each lasts at most
+    /// [`LOGIN_DEADLINE`]).
+    pub max_pending_logins: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_logins: DEFAULT_MAX_PENDING_LOGINS,
+        }
+    }
+}
+
+/// The default of [`ConnectionLimits::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// The default of [`ConnectionLimits::max_pending_logins`].
+pub const DEFAULT_MAX_PENDING_LOGINS: usize = 32;
+
+/// Lock stripes serializing changes of the cache's items.
+const LOCK_STRIPES: usize = 64;
+
 /// The longest key (memcached's limit).
 const MAX_KEY: usize = 250;
 
@@ -67,11 +100,35 @@ const RELATIVE_LIMIT: i64 = 30 * 24 * 3600;
 
 /// One stored item.
 #[derive(Clone, Debug)]
-struct Item {
-    value: Bytes,
-    flags: u32,
-    cas: u64,
+pub(super) struct Item {
+    pub(super) value: Bytes,
+    pub(super) flags: u32,
+    pub(super) cas: u64,
     ttl: Option<Duration>,
+}
+
+/// The outcome of a storage or removal command (the meta protocol's status codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Status {
+    /// `HD`: stored, or removed.
+    Done,
+    /// `NS`: the mode's condition failed (`add` of a present key, `append` to a missing one).
+    NotStored,
+    /// `EX`: the CAS token did not match.
+    Exists,
+    /// `NF`: no such key (a CAS write or a removal).
+    NotFound,
+}
+
+impl Status {
+    fn code(self) -> &'static str {
+        match self {
+            Status::Done => "HD",
+            Status::NotStored => "NS",
+            Status::Exists => "EX",
+            Status::NotFound => "NF",
+        }
+    }
 }
 
 struct ItemExpiry;
@@ -100,6 +157,12 @@ struct Counters {
     refused: AtomicU64,
     protocol_errors: AtomicU64,
     commands: AtomicU64,
+    in_process: AtomicU64,
+    open: AtomicU64,
+    pending_logins: AtomicU64,
+    over_limit: AtomicU64,
+    /// Connections evicted whose task has not closed them yet.
+    evicting: AtomicU64,
 }
 
 /// A snapshot of an endpoint's state and counters.
@@ -119,17 +182,29 @@ pub struct PeerEndpointStats {
     pub refused_connections: u64,
     /// Connections closed for a command or line outside the protocol.
     pub protocol_errors: u64,
-    /// Commands served.
+    /// Commands served (over the network and in process).
     pub commands: u64,
+    /// Of `commands`, those this instance's own session store ran in process on its own
+    /// copies (no socket, no protocol encoding).
+    pub in_process_commands: u64,
+    /// Connections open now.
+    pub open_connections: u64,
+    /// Of `open_connections`, those that have not logged in yet.
+    pub pending_logins: u64,
+    /// Connections closed because a [`ConnectionLimits`] bound was reached (the oldest
+    /// not logged in, or a new one when every connection was logged in).
+    pub connections_over_limit: u64,
 }
 
-struct Shared {
+pub(super) struct Shared {
     cache: Cache<Vec<u8>, Item>,
     counters: Arc<Counters>,
     secret: String,
     max_value: usize,
     next_cas: AtomicU64,
     capacity: u64,
+    /// Serializes the changes of keys with the same stripe (see `Shared::update`).
+    stripes: Box<[std::sync::Mutex<()>]>,
 }
 
 /// A running replication endpoint. Dropping it stops the listener and closes every
@@ -156,14 +231,31 @@ impl Drop for PeerEndpoint {
 }
 
 impl PeerEndpoint {
-    /// Binds `addr` and serves the peer protocol (must run inside a tokio runtime).
-    /// `secret`: the shared secret every peer logs in with; `capacity_bytes`: the
-    /// memory bound; `max_value`: the largest value accepted.
+    /// Binds `addr` and serves the peer protocol (must run inside a tokio runtime), with
+    /// the default [`ConnectionLimits`]. `secret`: the shared secret every peer logs in
+    /// with; `capacity_bytes`: the memory bound; `max_value`: the largest value accepted.
     pub fn bind(
         addr: &str,
         secret: &str,
         capacity_bytes: u64,
         max_value: usize,
+    ) -> std::io::Result<PeerEndpoint> {
+        Self::bind_with_limits(
+            addr,
+            secret,
+            capacity_bytes,
+            max_value,
+            ConnectionLimits::default(),
+        )
+    }
+
+    /// [`PeerEndpoint::bind`] with the given connection limits (each at least 1).
+    pub fn bind_with_limits(
+        addr: &str,
+        secret: &str,
+        capacity_bytes: u64,
+        max_value: usize,
+        limits: ConnectionLimits,
     ) -> std::io::Result<PeerEndpoint> {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
@@ -194,9 +286,12 @@ impl PeerEndpoint {
             max_value,
             next_cas: AtomicU64::new(1),
             capacity: capacity_bytes,
+            stripes: (0..LOCK_STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         });
         let (tx, rx) = watch::channel(());
-        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), rx));
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), limits, rx));
         Ok(PeerEndpoint {
             addr: local,
             shared,
@@ -223,7 +318,16 @@ impl PeerEndpoint {
             refused_connections: s.counters.refused.load(Relaxed),
             protocol_errors: s.counters.protocol_errors.load(Relaxed),
             commands: s.counters.commands.load(Relaxed),
+            in_process_commands: s.counters.in_process.load(Relaxed),
+            open_connections: s.counters.open.load(Relaxed),
+            pending_logins: s.counters.pending_logins.load(Relaxed),
+            connections_over_limit: s.counters.over_limit.load(Relaxed),
         }
+    }
+
+    /// This endpoint's copies, for this instance's own session store (in process).
+    pub(crate) fn local(&self) -> super::local::LocalCopies {
+        super::local::LocalCopies::new(Arc::clone(&self.shared))
     }
 
     /// True when this endpoint holds an item under `key` (no network; what the local
@@ -233,7 +337,106 @@ impl PeerEndpoint {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<()>) {
+/// A connection's login state, shared with the accept loop (which may evict it while it
+/// waits for its login).
+#[derive(Default)]
+struct Login {
+    /// `WAITING`, `DONE` (logged in, or closed) or `EVICTED`.
+    state: std::sync::atomic::AtomicU8,
+    evict: tokio::sync::Notify,
+}
+
+const WAITING: u8 = 0;
+const DONE: u8 = 1;
+const EVICTED: u8 = 2;
+
+impl Login {
+    fn is_waiting(&self) -> bool {
+        self.state.load(Relaxed) == WAITING
+    }
+}
+
+/// One open connection, counted while it lives (and as a pending login until it logs
+/// in or is evicted).
+struct Slot {
+    shared: Arc<Shared>,
+    login: Arc<Login>,
+}
+
+impl Slot {
+    /// Marks the login done; false when the connection was evicted first.
+    fn logged_in(&mut self) -> bool {
+        match self
+            .login
+            .state
+            .compare_exchange(WAITING, DONE, Relaxed, Relaxed)
+        {
+            Ok(_) => {
+                self.shared.counters.pending_logins.fetch_sub(1, Relaxed);
+                true
+            }
+            Err(state) => state == DONE,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let c = &self.shared.counters;
+        match self.login.state.swap(DONE, Relaxed) {
+            DONE => {}
+            EVICTED => {
+                c.pending_logins.fetch_sub(1, Relaxed);
+                c.evicting.fetch_sub(1, Relaxed);
+            }
+            _ => {
+                c.pending_logins.fetch_sub(1, Relaxed);
+            }
+        }
+        c.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The connections that may still be waiting for their login, oldest first.
+#[derive(Default)]
+struct Waiting {
+    queue: std::collections::VecDeque<Arc<Login>>,
+}
+
+impl Waiting {
+    /// Evicts the oldest connection still waiting for its login; false when there is none.
+    fn evict_oldest(&mut self, counters: &Counters) -> bool {
+        while let Some(login) = self.queue.pop_front() {
+            // Counted before the state changes: the slot's drop may follow at once.
+            counters.evicting.fetch_add(1, Relaxed);
+            if login
+                .state
+                .compare_exchange(WAITING, EVICTED, Relaxed, Relaxed)
+                .is_ok()
+            {
+                login.evict.notify_one();
+                return true;
+            }
+            counters.evicting.fetch_sub(1, Relaxed);
+        }
+        false
+    }
+
+    fn push(&mut self, login: Arc<Login>, bound: usize) {
+        if self.queue.len() >= bound {
+            self.queue.retain(|l| l.is_waiting());
+        }
+        self.queue.push_back(login);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limits: ConnectionLimits,
+    shutdown: watch::Receiver<()>,
+) {
+    let mut waiting = Waiting::default();
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -244,12 +447,47 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: watch
             }
         };
         let _ = stream.set_nodelay(true);
+        // Only this task adds to the counts. A connection evicted here no longer counts
+        // (as waiting for its login, or as open) from that moment, though its task may
+        // take a moment to close it: each new connection evicts at most one.
+        let c = &shared.counters;
+        let open = c
+            .open
+            .load(Relaxed)
+            .saturating_sub(c.evicting.load(Relaxed));
+        let full = open >= limits.max_connections as u64;
+        let waiting_now = waiting.queue.iter().filter(|l| l.is_waiting()).count();
+        if full || waiting_now >= limits.max_pending_logins {
+            // Room is made by closing the oldest connection still waiting for its login
+            // (a peer logs in with its first bytes, so it is never the oldest for long);
+            // when every connection is logged in, the new one is refused.
+            c.over_limit.fetch_add(1, Relaxed);
+            if !waiting.evict_oldest(c) {
+                let line = "SERVER_ERROR too many connections\r\n";
+                tracing::warn!("peer endpoint: connection refused, every connection is in use");
+                // Best effort, without waiting: the connection is closed either way.
+                let _ = stream.try_write(line.as_bytes());
+                drop(stream);
+                continue;
+            }
+            tracing::warn!(
+                "peer endpoint: the oldest connection not logged in was closed to make room"
+            );
+        }
+        c.open.fetch_add(1, Relaxed);
+        c.pending_logins.fetch_add(1, Relaxed);
+        let login = Arc::new(Login::default());
+        waiting.push(Arc::clone(&login), limits.max_connections.saturating_mul(2));
+        let mut slot = Slot {
+            shared: Arc::clone(&shared),
+            login,
+        };
         let shared = Arc::clone(&shared);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = serve(stream, &shared) => {}
+                _ = serve(stream, &shared, &mut slot) => {}
             }
         });
     }
@@ -263,9 +501,11 @@ enum Close {
     Refused(&'static str),
     /// Outside the protocol: answered with this line, counted.
     Protocol(&'static str),
+    /// Evicted to make room (counted when evicted): answered with this line.
+    OverLimit(&'static str),
 }
 
-async fn serve(mut stream: TcpStream, shared: &Shared) {
+async fn serve(mut stream: TcpStream, shared: &Shared, slot: &mut Slot) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut authenticated = false;
@@ -276,7 +516,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
             match next_command(&mut buf, shared.max_value, authenticated) {
                 Ok(None) => break,
                 Ok(Some(cmd)) => {
-                    shared.counters.commands.fetch_add(1, Relaxed);
+                    shared.count_command();
                     match execute(cmd, shared, &mut authenticated, &mut out) {
                         Ok(()) => {}
                         Err(close) => break 'conn close,
@@ -284,6 +524,9 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
                 }
                 Err(close) => break 'conn close,
             }
+        }
+        if authenticated && !slot.logged_in() {
+            break Close::OverLimit("SERVER_ERROR too many connections not logged in");
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -294,9 +537,14 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
         let read = if authenticated {
             stream.read_buf(&mut buf).await
         } else {
-            match tokio::time::timeout_at(login_deadline, stream.read_buf(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => break Close::Refused("CLIENT_ERROR login timed out"),
+            tokio::select! {
+                read = tokio::time::timeout_at(login_deadline, stream.read_buf(&mut buf)) => match read {
+                    Ok(read) => read,
+                    Err(_) => break Close::Refused("CLIENT_ERROR login timed out"),
+                },
+                _ = slot.login.evict.notified() => {
+                    break Close::OverLimit("SERVER_ERROR too many connections not logged in")
+                }
             }
         };
         match read {
@@ -314,6 +562,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
             shared.counters.protocol_errors.fetch_add(1, Relaxed);
             Some(line)
         }
+        Close::OverLimit(line) => Some(line),
     };
     // The answers to the commands before the one that ended the connection (a pipelined
     // `quit`, a refused or malformed command) are sent first, as memcached does.
@@ -588,7 +837,7 @@ fn execute(
         Command::Get(m) => get(shared, &m, out),
         Command::GetMany(keys, with_cas) => {
             for key in keys {
-                let Some(item) = shared.cache.get(key.as_ref()) else {
+                let Some(item) = shared.lookup(&key, None) else {
                     continue;
                 };
                 let cas = if with_cas {
@@ -607,100 +856,85 @@ fn execute(
         }
         Command::Set(m, data) => set(shared, &m, data, out),
         Command::Delete(m) => {
-            let mut status = "NF";
-            shared
-                .cache
-                .entry(m.key.clone())
-                .and_compute_with(|current| match current {
-                    None => Op::Nop,
-                    Some(e) if m.compare.is_some_and(|c| c != e.value().cas) => {
-                        status = "EX";
-                        Op::Nop
-                    }
-                    Some(_) => {
-                        status = "HD";
-                        Op::Remove
-                    }
-                });
-            if !(m.quiet && status == "HD") {
-                respond(out, status, &m, &[]);
+            let status = shared.remove(&m.key, m.compare);
+            if !(m.quiet && status == Status::Done) {
+                respond(out, status.code(), &m, &[]);
             }
         }
     }
     Ok(())
 }
 
-fn get(shared: &Shared, m: &Meta, out: &mut BytesMut) {
-    let item = match m.ttl {
-        None => shared.cache.get(&m.key),
-        Some(t) => {
-            // Touch: the same item with a new TTL.
-            let mut found = None;
-            shared
-                .cache
-                .entry(m.key.clone())
-                .and_compute_with(|current| match current {
-                    None => Op::Nop,
-                    Some(e) => {
-                        let mut item = e.into_value();
-                        item.ttl = ttl_of(t);
-                        found = Some(item.clone());
-                        if item.ttl == Some(Duration::ZERO) {
-                            Op::Remove
-                        } else {
-                            Op::Put(item)
-                        }
-                    }
-                });
-            found
+impl Shared {
+    /// Replaces the item under `key` by what `f` makes of it, atomically with respect to
+    /// every other change made here (a lock stripe per key hash serializes them: the
+    /// cache's own per-key compute costs more than the whole rest of a command).
+    fn update(&self, key: &[u8], f: impl FnOnce(Option<Item>) -> Op<Item>) {
+        let stripe = twox_hash::XxHash3_64::oneshot(key) as usize % self.stripes.len();
+        let _serialized = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match f(self.cache.get(key)) {
+            Op::Nop => {}
+            Op::Put(item) => self.cache.insert(key.to_vec(), item),
+            Op::Remove => self.cache.invalidate(key),
         }
-    };
-    let Some(item) = item else {
-        if !m.quiet {
-            respond(out, "EN", m, &[]);
-        }
-        return;
-    };
-    let mut extra = Vec::with_capacity(2);
-    if m.client_flags {
-        extra.push((b'f', u64::from(item.flags)));
     }
-    if m.cas {
-        extra.push((b'c', item.cas));
-    }
-    if m.value {
-        let status = format!("VA {}", item.value.len());
-        respond(out, &status, m, &extra);
-        out.extend_from_slice(&item.value);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        respond(out, "HD", m, &extra);
-    }
-}
 
-fn set(shared: &Shared, m: &Meta, data: Bytes, out: &mut BytesMut) {
-    let cas = shared.next_cas.fetch_add(1, Relaxed);
-    let ttl = ttl_of(m.ttl.unwrap_or(0));
-    let mut status = "HD";
-    shared
-        .cache
-        .entry(m.key.clone())
-        .and_compute_with(|current| {
-            let current = current.map(|e| e.into_value());
-            match (&current, m.compare) {
-                (None, Some(_)) if m.mode == b'S' => {
-                    status = "NF";
+    /// The item under `key`; with `touch` (a memcached expiry), the same item given a new
+    /// TTL (an expiry in the past removes it, as memcached does, but this read still
+    /// returns it).
+    pub(super) fn lookup(&self, key: &[u8], touch: Option<i64>) -> Option<Item> {
+        let Some(t) = touch else {
+            return self.cache.get(key);
+        };
+        let mut found = None;
+        self.update(key, |current| match current {
+            None => Op::Nop,
+            Some(mut item) => {
+                item.ttl = ttl_of(t);
+                found = Some(item.clone());
+                if item.ttl == Some(Duration::ZERO) {
+                    Op::Remove
+                } else {
+                    Op::Put(item)
+                }
+            }
+        });
+        found
+    }
+
+    /// Stores `data` under `key` with memcached's meta semantics: `mode` is the `M` flag
+    /// (`S` set, `E` add, `R` replace, `A` append, `P` prepend), `exptime` memcached's
+    /// expiry, `compare` the CAS token the item must still have. Every store gives the
+    /// item a new CAS token, returned with [`Status::Done`].
+    pub(super) fn write(
+        &self,
+        key: &[u8],
+        mode: u8,
+        data: Bytes,
+        flags: u32,
+        exptime: i64,
+        compare: Option<u64>,
+    ) -> (Status, u64) {
+        let cas = self.next_cas.fetch_add(1, Relaxed);
+        let ttl = ttl_of(exptime);
+        let mut status = Status::Done;
+        self.update(key, |current| {
+            match (&current, compare) {
+                (None, Some(_)) if mode == b'S' => {
+                    status = Status::NotFound;
                     return Op::Nop;
                 }
                 (Some(c), Some(want)) if c.cas != want => {
-                    status = "EX";
+                    status = Status::Exists;
                     return Op::Nop;
                 }
                 _ => {}
             }
-            let value = match (m.mode, current) {
+            let value = match (mode, current) {
                 (b'E', Some(_)) | (b'R' | b'A' | b'P', None) => {
-                    status = "NS";
+                    status = Status::NotStored;
                     return Op::Nop;
                 }
                 (b'A', Some(c)) => {
@@ -731,13 +965,82 @@ fn set(shared: &Shared, m: &Meta, data: Bytes, out: &mut BytesMut) {
             }
             Op::Put(Item {
                 value,
-                flags: m.set_flags,
+                flags,
                 cas,
                 ttl,
             })
         });
-    if !(m.quiet && status == "HD") {
-        respond(out, status, m, &[]);
+        (status, cas)
+    }
+
+    /// Removes `key` (only while its CAS token is `compare`, when given).
+    pub(super) fn remove(&self, key: &[u8], compare: Option<u64>) -> Status {
+        let mut status = Status::NotFound;
+        self.update(key, |current| match current {
+            None => Op::Nop,
+            Some(e) if compare.is_some_and(|c| c != e.cas) => {
+                status = Status::Exists;
+                Op::Nop
+            }
+            Some(_) => {
+                status = Status::Done;
+                Op::Remove
+            }
+        });
+        status
+    }
+
+    /// Counts one command served.
+    pub(super) fn count_command(&self) {
+        self.counters.commands.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one command run in process.
+    pub(super) fn count_in_process(&self) {
+        self.counters.in_process.fetch_add(1, Relaxed);
+    }
+
+    /// The largest value accepted.
+    pub(super) fn max_value(&self) -> usize {
+        self.max_value
+    }
+}
+
+fn get(shared: &Shared, m: &Meta, out: &mut BytesMut) {
+    let Some(item) = shared.lookup(&m.key, m.ttl) else {
+        if !m.quiet {
+            respond(out, "EN", m, &[]);
+        }
+        return;
+    };
+    let mut extra = Vec::with_capacity(2);
+    if m.client_flags {
+        extra.push((b'f', u64::from(item.flags)));
+    }
+    if m.cas {
+        extra.push((b'c', item.cas));
+    }
+    if m.value {
+        let status = format!("VA {}", item.value.len());
+        respond(out, &status, m, &extra);
+        out.extend_from_slice(&item.value);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        respond(out, "HD", m, &extra);
+    }
+}
+
+fn set(shared: &Shared, m: &Meta, data: Bytes, out: &mut BytesMut) {
+    let (status, _) = shared.write(
+        &m.key,
+        m.mode,
+        data,
+        m.set_flags,
+        m.ttl.unwrap_or(0),
+        m.compare,
+    );
+    if !(m.quiet && status == Status::Done) {
+        respond(out, status.code(), m, &[]);
     }
 }
 

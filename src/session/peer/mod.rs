@@ -35,9 +35,13 @@ use super::config::NodeSpec;
 use super::SessionError;
 
 pub mod endpoint;
+mod local;
+
+pub(crate) use local::LocalCopies;
 
 pub use endpoint::{
-    PeerEndpoint, PeerEndpointStats, LOGIN_DEADLINE, PEER_PROTOCOL_USER, PEER_PROTOCOL_VERSION,
+    ConnectionLimits, PeerEndpoint, PeerEndpointStats, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_LOGINS, LOGIN_DEADLINE, PEER_PROTOCOL_USER, PEER_PROTOCOL_VERSION,
 };
 
 /// How many peers keep a copy of each session besides the first.
@@ -89,6 +93,7 @@ pub struct PeerConfig {
     pub(crate) memory_bytes: u64,
     pub(crate) backups: Backups,
     pub(crate) bind: Option<String>,
+    pub(crate) limits: ConnectionLimits,
 }
 
 impl PeerConfig {
@@ -106,6 +111,11 @@ impl PeerConfig {
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes
     }
+
+    /// The endpoint's connection limits.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        self.limits
+    }
 }
 
 /// The shortest shared secret accepted.
@@ -119,6 +129,9 @@ pub(crate) struct PeerSettings {
     pub(crate) memory_bytes: u64,
     pub(crate) backups: Backups,
     pub(crate) bind: Option<String>,
+    pub(crate) max_connections: usize,
+    /// `None`: the default, or `max_connections` when that is smaller.
+    pub(crate) max_pending_logins: Option<usize>,
 }
 
 impl Default for PeerSettings {
@@ -129,6 +142,8 @@ impl Default for PeerSettings {
             memory_bytes: 64 * 1024 * 1024,
             backups: Backups::One,
             bind: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_logins: None,
         }
     }
 }
@@ -194,12 +209,34 @@ impl PeerSettings {
         if let Backups::Count(0) = self.backups {
             return Err(SessionError::config("backups", "must be at least 1"));
         }
+        // Each peer holds one connection, and a reconnecting one may briefly hold two.
+        let min_connections = 2 * peers.len();
+        let max_connections = self.max_connections;
+        let max_pending_logins = self
+            .max_pending_logins
+            .unwrap_or(DEFAULT_MAX_PENDING_LOGINS.min(max_connections));
+        if max_connections < min_connections {
+            return Err(SessionError::config(
+                "peer_max_connections",
+                format!("{max_connections} is too few for {} peers (each holds a connection, two while it reconnects); set at least {min_connections}", peers.len()),
+            ));
+        }
+        if max_pending_logins == 0 || max_pending_logins > max_connections {
+            return Err(SessionError::config(
+                "peer_max_pending_logins",
+                format!("must be at least 1 and at most peer_max_connections ({max_connections}); {max_pending_logins} given"),
+            ));
+        }
         Ok(Some(PeerConfig {
             peers,
             secret,
             memory_bytes: self.memory_bytes,
             backups: self.backups,
             bind: self.bind,
+            limits: ConnectionLimits {
+                max_connections,
+                max_pending_logins,
+            },
         }))
     }
 }
@@ -217,13 +254,19 @@ pub(crate) fn start(
         .find(|p| p.id == route)
         .ok_or_else(|| SessionError::config("peers", "this instance's route is not a peer"))?;
     let bind = peers.bind.as_deref().unwrap_or(own.address.as_str());
-    let endpoint =
-        PeerEndpoint::bind(bind, &peers.secret, peers.memory_bytes, max_value).map_err(|e| {
-            SessionError::config(
-                "peers",
-                format!("the replication endpoint could not listen on {bind}: {e}"),
-            )
-        })?;
+    let endpoint = PeerEndpoint::bind_with_limits(
+        bind,
+        &peers.secret,
+        peers.memory_bytes,
+        max_value,
+        peers.limits,
+    )
+    .map_err(|e| {
+        SessionError::config(
+            "peers",
+            format!("the replication endpoint could not listen on {bind}: {e}"),
+        )
+    })?;
     let mut builder = Client::builder()
         .operation_timeout(operation_timeout)
         .max_value_size(max_value)

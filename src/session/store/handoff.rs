@@ -26,7 +26,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::{Expiry, NodeState, StoreMode, StoreOptions, StoreOutcome};
+use crate::{Expiry, StoreMode, StoreOptions, StoreOutcome};
 
 use super::{ttl, Store, TOMBSTONE_VERSION};
 use crate::session::format;
@@ -202,7 +202,7 @@ impl Store {
         let nodes = self.client.node_ids();
         let mut delivered = 0;
         for target in &nodes {
-            if self.client.node_state(target) != Some(NodeState::Up) {
+            if !self.is_up(target) {
                 continue;
             }
             for holder in nodes.iter().filter(|h| *h != target && self.usable(h)) {
@@ -301,7 +301,7 @@ impl Store {
 }
 
 /// `append`, or `add` when the segment does not exist; false when it kept changing.
-async fn append_to(client: &crate::Client, list: &str, line: &str) -> Result<bool, crate::Error> {
+async fn append_to(client: &super::Node, list: &str, line: &str) -> Result<bool, crate::Error> {
     for _ in 0..3 {
         if client.append(list, line).await? {
             return Ok(true);

@@ -33,6 +33,7 @@ use crate::{Client, Expiry, NodeState};
 
 mod handoff;
 mod locks;
+mod node;
 mod principal;
 mod read;
 pub(crate) mod rereplicate;
@@ -41,6 +42,7 @@ mod tombstone;
 mod write;
 
 pub(crate) use handoff::HANDOFF_PERIOD;
+pub(crate) use node::Node;
 
 use super::format::{self, Record, StoredSession, Validity};
 use super::id::{SessionId, SessionKey};
@@ -183,7 +185,9 @@ enum CopyWrite {
 /// The replicated store of one service.
 pub(crate) struct Store {
     client: Client,
-    per_node: HashMap<String, Client>,
+    /// Every node by id (the client's nodes; with the peer backend, this instance's own
+    /// endpoint is reached in process: [`Store::with_local`]).
+    per_node: HashMap<String, Node>,
     placement: Placement,
     prefix: String,
     stats: Arc<SessionStats>,
@@ -235,7 +239,7 @@ impl Store {
                     format!("client node id {id:?} is not 1-32 characters of [A-Za-z0-9_]; give every node an id"),
                 ));
             }
-            per_node.insert(id.clone(), client.on_node(id)?);
+            per_node.insert(id.clone(), Node::Remote(client.on_node(id)?));
         }
         for f in failover {
             if !nodes.contains(f) {
@@ -261,6 +265,15 @@ impl Store {
         self
     }
 
+    /// The same store reaching node `id` (this instance's own peer endpoint) in process
+    /// instead of through the client: the owner's own copies cost no network.
+    pub(crate) fn with_local(mut self, id: &str, local: crate::session::peer::LocalCopies) -> Self {
+        if let Some(node) = self.per_node.get_mut(id) {
+            *node = Node::Local(local);
+        }
+        self
+    }
+
     pub(crate) fn client(&self) -> &Client {
         &self.client
     }
@@ -283,11 +296,23 @@ impl Store {
     }
 
     /// Anything but `Down` is usable: a node still connecting gets the benefit of the
-    /// doubt (an operation that then fails excludes it explicitly).
+    /// doubt (an operation that then fails excludes it explicitly). This instance's own
+    /// endpoint, reached in process, always is.
     fn usable(&self, id: &str) -> bool {
-        self.client
-            .node_state(id)
-            .is_some_and(|s| s != NodeState::Down)
+        self.is_local(id)
+            || self
+                .client
+                .node_state(id)
+                .is_some_and(|s| s != NodeState::Down)
+    }
+
+    /// True when node `id` is up (the in-process node always is).
+    pub(super) fn is_up(&self, id: &str) -> bool {
+        self.is_local(id) || self.client.node_state(id) == Some(NodeState::Up)
+    }
+
+    fn is_local(&self, id: &str) -> bool {
+        self.per_node.get(id).is_some_and(Node::is_local)
     }
 
     /// The placement a save would use now.
@@ -304,7 +329,7 @@ impl Store {
         format!("{}validity:{key}", self.prefix)
     }
 
-    fn node(&self, id: &str) -> Result<&Client, crate::Error> {
+    fn node(&self, id: &str) -> Result<&Node, crate::Error> {
         self.per_node
             .get(id)
             .ok_or_else(|| crate::Error::UnknownNode(id.to_owned()))
