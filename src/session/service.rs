@@ -295,9 +295,16 @@ async fn sweeper(engine: Weak<Engine>) {
 /// Hinted handoff in the background: every `HANDOFF_PERIOD`, and at once when a node
 /// comes back up (so the window in which a node back from an absence serves what it
 /// missed is the time to notice it is up, not up to a period).
-async fn hint_deliverer(engine: Weak<Engine>, mut states: Vec<watch::Receiver<NodeState>>) {
+async fn hint_deliverer(engine: Weak<Engine>, states: Vec<watch::Receiver<NodeState>>) {
+    let mut nodes: Vec<NodeWatch> = states
+        .into_iter()
+        .map(|state| {
+            let been_up = *state.borrow() == NodeState::Up;
+            NodeWatch { state, been_up }
+        })
+        .collect();
     loop {
-        let _ = tokio::time::timeout(HANDOFF_PERIOD, came_up(&mut states)).await;
+        let _ = tokio::time::timeout(HANDOFF_PERIOD, came_back(&mut nodes)).await;
         match engine.upgrade() {
             Some(me) => {
                 let now = super::clock::unix_millis(me.config.clock.now());
@@ -308,21 +315,34 @@ async fn hint_deliverer(engine: Weak<Engine>, mut states: Vec<watch::Receiver<No
     }
 }
 
-/// Resolves when some node turns `Up`; never when no state can change any more.
-async fn came_up(states: &mut [watch::Receiver<NodeState>]) {
+/// One node's health as the hint deliverer follows it.
+struct NodeWatch {
+    state: watch::Receiver<NodeState>,
+    /// The node was up before: its next `Up` is a return (the first connection is not:
+    /// nothing was missed, and the periodic round covers it).
+    been_up: bool,
+}
+
+/// Resolves when some node that was up before turns `Up` again; never when no state can
+/// change any more.
+async fn came_back(nodes: &mut [NodeWatch]) {
     loop {
-        if states.is_empty() {
+        if nodes.is_empty() {
             return std::future::pending().await;
         }
-        let changes = states.iter_mut().map(|s| Box::pin(s.changed()));
+        let changes = nodes.iter_mut().map(|n| Box::pin(n.state.changed()));
         let (changed, i, rest) = futures::future::select_all(changes).await;
         drop(rest);
         if changed.is_err() {
             // The client is gone (the engine with it): periodic delivery only.
             return std::future::pending().await;
         }
-        if *states[i].borrow_and_update() == NodeState::Up {
-            return;
+        let node = &mut nodes[i];
+        if *node.state.borrow_and_update() == NodeState::Up {
+            if node.been_up {
+                return;
+            }
+            node.been_up = true;
         }
     }
 }
