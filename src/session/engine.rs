@@ -15,7 +15,7 @@ use super::model::{Session, SessionData, WriteSnapshot};
 use super::placement::Copies;
 use super::readonly_paths::ReadOnlyPaths;
 use super::stats::SessionStats;
-use super::store::{is_too_large, Fetched, KnownCopies, Latest, Replicated, Store};
+use super::store::{is_too_large, Fetched, Invalidation, KnownCopies, Latest, Replicated, Store};
 use super::writer::AsyncWriter;
 use super::SessionError;
 
@@ -24,7 +24,7 @@ const MERGE_ATTEMPTS: usize = 4;
 
 /// Rotated keys one invalidation follows (each rotation of the session between its
 /// load and its invalidation adds one).
-const MAX_SUCCESSORS: usize = 16;
+pub(crate) const MAX_SUCCESSORS: usize = 16;
 
 /// Whether a write that finds a newer stored version may merge onto it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,13 +206,15 @@ impl Engine {
             && !needs_lock;
         // Nodes without a copy of a rotated session (restarted empty): its former keys'
         // retirements are put back there (docs/session.md, "Id rotation").
+        let missing = fetched.known.missing();
         let retirements = match &fetched.latest {
-            Some(Latest::Session { stored, .. }) => super::lifecycle::retirements_of(stored),
+            Some(Latest::Session { stored, .. }) if !missing.is_empty() => {
+                super::lifecycle::retirements_of(stored)
+            }
             _ => Vec::new(),
         };
-        let missing = fetched.known.missing();
         let session = self.adopt(id, &mut s, slot.has_pending_writes(), fetched);
-        if session.is_some() && !retirements.is_empty() && !missing.is_empty() {
+        if session.is_some() && !retirements.is_empty() {
             self.store.restore_retirements(&retirements, &missing).await;
         }
         s.loaded = true;
@@ -606,12 +608,8 @@ impl Engine {
         };
         self.stats.invalidations.fetch_add(1, Relaxed);
         self.emit(SessionEventKind::Invalidated, &id, None);
-        let nodes = self.tombstone_targets(&id, known);
         let now = super::clock::unix_millis(self.config.clock.now());
-        let first = self
-            .store
-            .invalidate(&id.key(), &nodes, now, max_inactive, known, None)
-            .await;
+        let first = self.tombstone_id(&id, known, max_inactive, now, None).await;
         let followed = self
             .invalidate_successors(first.successors, now, max_inactive)
             .await;
@@ -652,32 +650,34 @@ impl Engine {
         outcome
     }
 
-    /// The nodes an invalidation of `id`'s key writes first (it then writes every usable
-    /// node): those the request's read found, and those the id names that are configured.
-    pub(crate) fn tombstone_targets(&self, id: &SessionId, known: &KnownCopies) -> Vec<String> {
+    /// Tombstones `id`'s key (see `Store::invalidate`): the nodes the request's read
+    /// found (`known`) and the configured ones the id names are written first, then
+    /// every usable node. `successor`: the key a rotation moved the session to.
+    pub(crate) async fn tombstone_id(
+        &self,
+        id: &SessionId,
+        known: &KnownCopies,
+        max_inactive: std::time::Duration,
+        now: u64,
+        successor: Option<&SessionKey>,
+    ) -> Invalidation {
         let mut nodes: Vec<String> = known.nodes().map(str::to_owned).collect();
         for n in std::iter::once(id.node()).chain(id.backup()) {
             if self.store.knows(n) && !nodes.iter().any(|k| k == n) {
                 nodes.push(n.to_owned());
             }
         }
-        nodes
+        self.store
+            .invalidate(&id.key(), &nodes, now, max_inactive, known, successor)
+            .await
     }
 
     /// Invalidates the key of an id under which no session was found (see
     /// `SessionRequest::invalidate`): tombstones on the id's nodes and every usable node.
     pub(crate) async fn invalidate_id(&self, id: &SessionId) -> Result<(), SessionError> {
-        let nodes = self.tombstone_targets(id, &KnownCopies::default());
         let now = super::clock::unix_millis(self.config.clock.now());
-        self.store
-            .invalidate(
-                &id.key(),
-                &nodes,
-                now,
-                self.config.max_inactive_interval,
-                &KnownCopies::default(),
-                None,
-            )
+        let interval = self.config.max_inactive_interval;
+        self.tombstone_id(id, &KnownCopies::default(), interval, now, None)
             .await
             .result
     }

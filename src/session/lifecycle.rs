@@ -38,8 +38,8 @@ fn predecessors_attr() -> String {
     format!("{RESERVED_PREFIX}predecessors")
 }
 
-/// The predecessors a session keeps (as many as an invalidation follows).
-const MAX_PREDECESSORS: usize = 16;
+/// The predecessors a session keeps: as many as an invalidation follows.
+const MAX_PREDECESSORS: usize = super::engine::MAX_SUCCESSORS;
 
 /// The lifecycle part of the configuration.
 #[derive(Clone, Default)]
@@ -182,18 +182,9 @@ impl Engine {
         session: &Session,
         known: &KnownCopies,
     ) -> Result<(), SessionError> {
-        let id = session.id();
-        let nodes = self.tombstone_targets(&id, known);
         let now = super::clock::unix_millis(self.config.clock.now());
-        self.store
-            .invalidate(
-                &id.key(),
-                &nodes,
-                now,
-                session.max_inactive_interval(),
-                known,
-                None,
-            )
+        let interval = session.max_inactive_interval();
+        self.tombstone_id(&session.id(), known, interval, now, None)
             .await
             .result
     }
@@ -232,13 +223,13 @@ impl Engine {
         let tombstone_interval = old
             .max_inactive_interval()
             .max(self.config.max_inactive_interval);
+        let mut chain = predecessors(old);
+        chain.push(old_key.to_string());
+        if chain.len() > MAX_PREDECESSORS {
+            chain.drain(..chain.len() - MAX_PREDECESSORS);
+        }
         for _ in 0..ROTATION_ATTEMPTS {
             let session = Session::from_data(old.lock().rotated(new_id.clone(), new_version)?);
-            let mut chain = predecessors(old);
-            chain.push(old_key.to_string());
-            if chain.len() > MAX_PREDECESSORS {
-                chain.drain(..chain.len() - MAX_PREDECESSORS);
-            }
             session.lock().insert_any(&predecessors_attr(), &chain)?;
             let snapshot = session.lock().snapshot()?;
             let saved = self
@@ -267,18 +258,9 @@ impl Engine {
                 Ok(Replicated::Written { .. }) => {
                     // The placement's copies hold the tombstone: spread it to every node
                     // (and hints for the nodes that are away), as an invalidation does.
-                    let nodes = self.tombstone_targets(&old_id, known);
                     let new_key = new_id.key();
                     let spread = self
-                        .store
-                        .invalidate(
-                            &old_key,
-                            &nodes,
-                            now,
-                            tombstone_interval,
-                            known,
-                            Some(&new_key),
-                        )
+                        .tombstone_id(&old_id, known, tombstone_interval, now, Some(&new_key))
                         .await;
                     if let Err(e) = spread.result {
                         tracing::warn!(error = %e, "rotated id: tombstones not spread to every node; the placement's copies hold them");

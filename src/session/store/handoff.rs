@@ -75,6 +75,18 @@ fn principal_hint_line(key: &SessionKey, generation: u64) -> String {
     format!("P {key} {generation}\n")
 }
 
+/// A tombstone line's key (`key`, already split off) and the invalidation time and TTL
+/// that follow it.
+fn tombstone_fields<'a>(
+    key: &str,
+    parts: &mut impl Iterator<Item = &'a str>,
+) -> Option<(SessionKey, u64, u64)> {
+    let key = SessionKey::parse(key)?;
+    let invalidated_ms = parts.next()?.parse().ok()?;
+    let ttl_secs = parts.next()?.parse().ok()?;
+    Some((key, invalidated_ms, ttl_secs))
+}
+
 /// The well-formed lines of a hint list (anything else is skipped).
 fn parse_hints(bytes: &[u8]) -> Vec<Hint> {
     let text = String::from_utf8_lossy(bytes);
@@ -89,9 +101,8 @@ fn parse_hints(bytes: &[u8]) -> Vec<Hint> {
                     Hint::Principal { key, generation }
                 }
                 "R" => {
-                    let key = SessionKey::parse(parts.next()?)?;
-                    let invalidated_ms = parts.next()?.parse().ok()?;
-                    let ttl_secs = parts.next()?.parse().ok()?;
+                    let (key, invalidated_ms, ttl_secs) =
+                        tombstone_fields(parts.next()?, &mut parts)?;
                     let successor = Some(SessionKey::parse(parts.next()?)?);
                     Hint::Tombstone {
                         key,
@@ -101,9 +112,7 @@ fn parse_hints(bytes: &[u8]) -> Vec<Hint> {
                     }
                 }
                 _ => {
-                    let key = SessionKey::parse(first)?;
-                    let invalidated_ms = parts.next()?.parse().ok()?;
-                    let ttl_secs = parts.next()?.parse().ok()?;
+                    let (key, invalidated_ms, ttl_secs) = tombstone_fields(first, &mut parts)?;
                     Hint::Tombstone {
                         key,
                         invalidated_ms,

@@ -39,6 +39,8 @@ mod read;
 pub(crate) mod rereplicate;
 mod retire;
 mod tombstone;
+
+pub(crate) use tombstone::Invalidation;
 mod write;
 
 pub(crate) use handoff::HANDOFF_PERIOD;
@@ -313,6 +315,16 @@ impl Store {
 
     fn is_local(&self, id: &str) -> bool {
         self.per_node.get(id).is_some_and(Node::is_local)
+    }
+
+    /// The configured nodes outside `reached`: those that missed a write meant for every
+    /// node (a tombstone, a principal generation), to get it by hint.
+    fn missed_by(&self, reached: &[String]) -> Vec<String> {
+        self.client
+            .node_ids()
+            .into_iter()
+            .filter(|n| !reached.contains(n))
+            .collect()
     }
 
     /// The placement a save would use now.

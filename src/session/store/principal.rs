@@ -244,12 +244,7 @@ impl Store {
         }
         // A node that missed the generation (down, stopped, failing) gets it from the
         // hints the others keep (handoff.rs), as it gets the tombstones it missed.
-        let missed: Vec<String> = self
-            .client
-            .node_ids()
-            .into_iter()
-            .filter(|n| !stored.contains(n))
-            .collect();
+        let missed = self.missed_by(&stored);
         if generation > 0 && !stored.is_empty() && !missed.is_empty() {
             self.record_principal_hints(&key, generation, &missed, &stored)
                 .await;

@@ -61,7 +61,9 @@ impl Store {
     ) -> Result<bool, SessionError> {
         let fetched = self.fetch(key, &[], now_ms).await?;
         let Some(Latest::Session {
-            version, validity, ..
+            version,
+            validity,
+            stored,
         }) = fetched.latest
         else {
             return Ok(false);
@@ -91,13 +93,7 @@ impl Store {
             .filter(|n| !known.holds(n, version))
             .map(str::to_owned)
             .collect();
-        let retirements = match format::decode(&record, key) {
-            Ok(format::Versioned {
-                record: Record::Session(stored),
-                ..
-            }) => crate::session::lifecycle::retirements_of(&stored),
-            _ => Vec::new(),
-        };
+        let retirements = crate::session::lifecycle::retirements_of(&stored);
         match self
             .repair(key, &mut record, version, max_inactive, &mut known)
             .await?

@@ -36,9 +36,7 @@ impl Store {
         )
         .await
     }
-}
 
-impl Store {
     /// Puts back, on each node of `nodes`, the retirement tombstone of each `(old, new)`
     /// pair (the key `old` was retired by a rotation to `new`), with `add`: a node that
     /// holds anything under `old` keeps it. Best effort (what fails stays on the nodes
@@ -54,20 +52,18 @@ impl Store {
             expiry: ttl(self.repair_ttl),
             cas: None,
         };
-        let mut writes = Vec::new();
-        for (old, new) in retirements {
-            let record = format::encode_retirement(old, 0, new);
-            for node in nodes {
-                let data_key = self.data_key(old);
-                let record = record.clone();
-                writes.push(async move {
-                    let client = self.node(node)?;
-                    client
-                        .store(crate::StoreMode::Add, data_key, &record, options)
-                        .await
-                });
-            }
-        }
+        let records: Vec<(String, Vec<u8>)> = retirements
+            .iter()
+            .map(|(old, new)| (self.data_key(old), format::encode_retirement(old, 0, new)))
+            .collect();
+        let writes = records.iter().flat_map(|(data_key, record)| {
+            nodes.iter().map(move |node| async move {
+                let client = self.node(node)?;
+                client
+                    .store(crate::StoreMode::Add, data_key, record, options)
+                    .await
+            })
+        });
         let restored = futures::future::join_all(writes)
             .await
             .into_iter()

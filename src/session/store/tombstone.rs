@@ -125,12 +125,7 @@ impl Store {
         }
         // A node that missed the tombstone (down, stopped, failing) may come back with
         // a copy: the nodes that hold the tombstone keep a hint for it (handoff.rs).
-        let missed: Vec<String> = self
-            .client
-            .node_ids()
-            .into_iter()
-            .filter(|n| !done.contains(n))
-            .collect();
+        let missed = self.missed_by(&done);
         if !missed.is_empty() {
             let ttl_secs = max_inactive.saturating_add(TOMBSTONE_MARGIN).as_secs();
             self.record_hints(key, &missed, &done, invalidated_ms, ttl_secs, successor)
