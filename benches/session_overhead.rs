@@ -17,8 +17,8 @@
 //!
 //! The modes run interleaved, `ROUNDS` times (default 3) for `SECONDS` each (default 2);
 //! the median is reported, so a burst of background load hits every mode alike.
-//! Environment: `CLIENTS` (default 64 concurrent users), `ONLY` (run only the memkeep
-//! modes whose name contains it; the floor always runs).
+//! Environment: `CLIENTS` (default 64 concurrent users), `ONLY` (comma-separated: run
+//! only the modes whose name contains one of the parts; the floor always runs).
 
 #[path = "common/args.rs"]
 mod args;
@@ -54,6 +54,27 @@ async fn tower_sessions_counter(session: tower_sessions::Session) -> String {
     let n = session.get::<u64>("n").await.ok().flatten().unwrap_or(0) + 1;
     let _ = session.insert("n", n).await;
     n.to_string()
+}
+
+/// The floor's handler followed by `round_trips` awaited memcached operations, one after
+/// the other, on a session-sized record (a read, then a write when there are two): the
+/// least any synchronous replication to another process adds to the floor. The memcached
+/// backend's sticky+sync reads both copies' versions before the handler and writes both
+/// after it (two round trips; the peer backend the same, to the other instance).
+async fn floor_plus_round_trips(
+    session: tower_sessions::Session,
+    client: memkeep::Client,
+    round_trips: usize,
+) -> String {
+    let n = tower_sessions_counter(session).await;
+    let key = format!("bench:rt:{}", n.len());
+    if round_trips >= 2 {
+        let _ = client.get(&key).await;
+    }
+    if round_trips >= 1 {
+        let _ = client.set(&key, [b'x'; 96], memkeep::Expiry::Never).await;
+    }
+    n
 }
 
 /// How requests reach the app.
@@ -207,9 +228,12 @@ fn main() {
         Ok("inproc") => vec![Transport::InProcess],
         _ => vec![Transport::Http, Transport::InProcess],
     };
-    let only = std::env::var("ONLY").unwrap_or_default();
+    let only_env = std::env::var("ONLY").unwrap_or_default();
+    // Comma-separated name parts; a mode runs if its name contains any of them.
+    let only = move |name: &str| only_env.split(',').any(|part| name.contains(part));
     let nodes = [start_memcached(2), start_memcached(2)];
     let spec = format!("n0:127.0.0.1:{},n1:127.0.0.1:{}", nodes[0].1, nodes[1].1);
+    let first_node = nodes[0].1;
     #[cfg(feature = "tower-sessions")]
     let ports = [nodes[0].1, nodes[1].1];
     let rt = args::runtime();
@@ -224,12 +248,34 @@ fn main() {
                     .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false)),
             ),
         ));
+        // Lower bounds: the floor plus one, then two, awaited round trips to a memcached
+        // node per request (what synchronous replication can't avoid), same run.
+        for round_trips in [1, 2] {
+            let name = format!("floor + {round_trips} memcached round trip(s) per request (bound)");
+            if only(&name) {
+                let client = memcached::client_for(&[first_node]);
+                let store = tower_sessions::MemoryStore::default();
+                subjects.push((
+                    name,
+                    Subject::Floor(
+                        Router::new()
+                            .route(
+                                "/",
+                                get(move |session: tower_sessions::Session| {
+                                    floor_plus_round_trips(session, client.clone(), round_trips)
+                                }),
+                            )
+                            .layer(tower_sessions::SessionManagerLayer::new(store).with_secure(false)),
+                    ),
+                ));
+            }
+        }
         // With feature `tower-sessions`: the same tower-sessions layer and handler as the
         // floor, on memkeep's replicated store (two copies on the two nodes).
         #[cfg(feature = "tower-sessions")]
         {
             let name = "tower-sessions on memkeep ReplicatedStore";
-            if name.contains(only.as_str()) {
+            if only(name) {
                 let client = memcached::client_for(&ports);
                 let store = memkeep::adapters::tower_sessions::ReplicatedStore::new(client)
                     .expect("store");
@@ -250,7 +296,7 @@ fn main() {
             ("memkeep non-sticky, locking all", Mode::NonSticky, WriteMode::Sync, "all"),
         ];
         for (name, mode, write_mode, locking) in modes {
-            if !name.contains(only.as_str()) {
+            if !only(name) {
                 continue;
             }
             let svc = BackupSessionService::new(
@@ -271,7 +317,7 @@ fn main() {
         // replication endpoint keeps the other copy; sticky + sync.
         let mut peer_services = Vec::new();
         let name = "memkeep peers sticky+sync (2 instances, no memcached)";
-        if name.contains(only.as_str()) {
+        if only(name) {
             let ports = [free_port(), free_port()];
             let peers = format!("bench:127.0.0.1:{},peer2:127.0.0.1:{}", ports[0], ports[1]);
             for route in ["bench", "peer2"] {

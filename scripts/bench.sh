@@ -29,7 +29,7 @@ WARMUP="${BENCH_WARMUP:-1}"
 ROUNDS="${BENCH_ROUNDS:-1}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/loadtest/target}"
-ALL_CLIENTS="raw memkeep:current-thread memkeep:multi-thread memkeep-text memcache async-memcached spymemcached pylibmc pymemcache memaslap"
+ALL_CLIENTS="raw raw-tasks memkeep:current-thread memkeep:multi-thread memkeep-text memcache async-memcached spymemcached pylibmc pymemcache memaslap"
 CLIENTS="${BENCH_CLIENTS:-$ALL_CLIENTS}"
 WORKLOADS="${BENCH_WORKLOADS:-seq conc64 multiget100}"
 SPY_JAR=/usr/share/java/spymemcached.jar
@@ -129,6 +129,8 @@ run_cell() { # row workload round -> appends one JSON line (a failure line when 
     case "$row" in
         memkeep:*)       cmd=("$LOADTEST" --client memkeep --runtime "${row#memkeep:}" --workload "$wl" "${COMMON[@]}");;
         raw)             cmd=("$LOADTEST" --client raw --workload "$wl" "${COMMON[@]}");;
+        raw-tasks)       cmd=("$LOADTEST" --client raw-tasks --workload "$wl" "${COMMON[@]}");;
+        raw-combine)     cmd=("$LOADTEST" --client raw-combine --workload "$wl" "${COMMON[@]}");;
         memkeep-text)    cmd=("$LOADTEST" --client memkeep-text --workload "$wl" "${COMMON[@]}");;
         memcache)        cmd=("$LOADTEST" --client memcache --workload "$wl" "${COMMON[@]}");;
         async-memcached) cmd=("$LOADTEST" --client async-memcached --workload "$wl" "${COMMON[@]}");;
@@ -206,6 +208,8 @@ UNIT = {"seq": "ops/s", "conc64": "ops/s", "multiget100": "keys/s"}
 TARGET = {"seq": 1.0, "conc64": 1.5, "multiget100": 1.5}
 LABEL = {
     "raw": "raw socket (no client library: 1 tokio socket, meta, multi-thread x2)",
+    "raw-combine": "raw socket, callers reading for each other (no socket task; multi-thread x2)",
+    "raw-tasks": "raw socket, callers in their own tasks (mpsc + oneshot, nothing else; multi-thread x2)",
     "memkeep:current-thread": "memkeep (meta, 1 conn, tokio current-thread)",
     "memkeep:multi-thread": "memkeep (meta, 1 conn, tokio multi-thread x2)",
     "memkeep-text": "memkeep (text protocol, 1 conn, default runtime)",
@@ -264,23 +268,39 @@ for row in order:
         continue
     out.append(f"| {LABEL.get(row, row)} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cs) + " |")
 out.append("")
+def against(base):
+    """(workload, memkeep row, memkeep / base throughput, CPU per op text, base cell) for every
+    workload where both a memkeep row and the `base` row were measured."""
+    for w in wls:
+        b = cell.get((base, w))
+        for row in ("memkeep:multi-thread", "memkeep:current-thread"):
+            mk = cell.get((row, w))
+            if val(b) is None or val(mk) is None:
+                continue
+            c1, c2 = cpu(mk, w), cpu(b, w)
+            cs = f"{c1:.2f} / {c2:.2f}" if c1 is not None and c2 is not None else "-"
+            yield w, row, val(mk) / val(b), cs, b
 if any(cell.get(("raw", w)) for w in wls):
     out.append("| workload | memkeep row | memkeep / raw (throughput) | CPU per op memkeep / raw (µs) |")
     out.append("|---|---|---:|---:|")
-    for w in wls:
+    for w, row, ratio, cs, _ in against("raw"):
+        out.append(f"| {w} | {row} | {ratio:.2f} | {cs} |")
+    out.append("")
+if any(cell.get(("raw-tasks", w)) for w in wls):
+    # raw-tasks: separate caller tasks handing their requests to a socket task, nothing else.
+    # memkeep against it shows what memkeep adds to that hand-off; raw-tasks against raw what
+    # the hand-off itself costs.
+    out.append("| workload | memkeep row | memkeep / raw-tasks (throughput) | raw-tasks / raw | CPU per op memkeep / raw-tasks (µs) |")
+    out.append("|---|---|---:|---:|---:|")
+    for w, row, ratio, cs, floor in against("raw-tasks"):
         raw = cell.get(("raw", w))
-        for row in ("memkeep:multi-thread", "memkeep:current-thread"):
-            mk = cell.get((row, w))
-            if val(raw) is None or val(mk) is None:
-                continue
-            c1, c2 = cpu(mk, w), cpu(raw, w)
-            cs = f"{c1:.2f} / {c2:.2f}" if c1 is not None and c2 is not None else "-"
-            out.append(f"| {w} | {row} | {val(mk) / val(raw):.2f} | {cs} |")
+        fr = f"{val(floor) / val(raw):.2f}" if val(raw) is not None else "-"
+        out.append(f"| {w} | {row} | {ratio:.2f} | {fr} | {cs} |")
     out.append("")
 out.append("| workload | memkeep (default runtime) | best anchor | ratio | target | met |")
 out.append("|---|---:|---|---:|---:|:-:|")
 for w in wls:
-    anchors = [(val(cell.get((row, w))), row) for row in order if row not in MEMKEEP and row != "raw"]
+    anchors = [(val(cell.get((row, w))), row) for row in order if row not in MEMKEEP and row not in ("raw", "raw-tasks", "raw-combine")]
     anchors = [(v, r) for v, r in anchors if v is not None]
     mk = val(cell.get((DEFAULT_RT[w], w)))
     if mk is None:  # only one runtime variant was run

@@ -144,7 +144,7 @@ step_loadtest() (
         sleep 0.1
     done
     for workload in seq conc64 multiget100; do
-        for client in raw memkeep memkeep-text memcache async-memcached; do
+        for client in raw raw-tasks raw-combine memkeep memkeep-text memcache async-memcached; do
             rc=0
             out=$(timeout -k 5 60 "$bin" --client "$client" --workload "$workload" \
                 --addr "127.0.0.1:$port" --seconds "$seconds" --warmup 0.2 --keys 2000) || rc=$?

@@ -37,6 +37,15 @@ enum ClientKind {
     /// the bare-socket limit: one tokio TCP socket, meta requests written in batches, replies
     /// parsed and counted by the one task that owns the socket (no client library)
     Raw,
+    /// the raw socket behind the least a client whose callers are separate tasks needs: each
+    /// caller task hands its request to the socket's task through an mpsc channel and waits on
+    /// a oneshot (no timeouts, no limits, no error handling beyond stopping)
+    RawTasks,
+    /// the raw socket shared by caller tasks with no task of its own: a caller appends its
+    /// request and writes the buffer itself, and whichever caller finds nobody reading reads
+    /// for everyone, completing the others and handing the reading over when its own reply
+    /// is in (flat combining; an experiment, no timeouts or cancellation)
+    RawCombine,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -281,7 +290,7 @@ fn default_runtime(client: ClientKind, workload: Workload) -> RuntimeKind {
     match (client, workload) {
         // The raw socket runs on tokio's default multi-thread runtime (2 workers here), the
         // reference the memkeep / raw ratios are taken against.
-        (ClientKind::Raw, _) => RuntimeKind::MultiThread,
+        (ClientKind::Raw | ClientKind::RawTasks | ClientKind::RawCombine, _) => RuntimeKind::MultiThread,
         // One caller: a second worker thread only adds cross-thread wake-ups.
         (_, Workload::Seq) | (_, Workload::Multiget100) => RuntimeKind::CurrentThread,
         // memkeep conc64: callers and the connection driver on one thread batch best.
@@ -311,6 +320,8 @@ fn main() {
         ClientKind::AsyncMemcached => run_async_memcached(&args, &data, &shared),
         ClientKind::Memkeep | ClientKind::MemkeepText => run_memkeep(&args, &data, &shared),
         ClientKind::Raw => run_raw(&args, &data, &shared),
+        ClientKind::RawTasks => run_raw_tasks(&args, &data, &shared),
+        ClientKind::RawCombine => run_raw_combine(&args, &data, &shared),
     };
     let outcome = match result {
         Ok(o) => o,
@@ -373,6 +384,8 @@ fn name(c: ClientKind) -> &'static str {
         ClientKind::Memcache => "memcache",
         ClientKind::AsyncMemcached => "async-memcached",
         ClientKind::Raw => "raw",
+        ClientKind::RawTasks => "raw-tasks",
+        ClientKind::RawCombine => "raw-combine",
     }
 }
 
@@ -694,6 +707,25 @@ impl RawConn {
         })
     }
 
+    /// Connects, and sets every key of the data set unless `--no-preload` (256 at a time).
+    async fn connect_preloaded(args: &Args, data: &Data) -> Result<Self, String> {
+        let mut conn = RawConn::connect(&args.addr).await?;
+        if !args.no_preload {
+            let mut l = Local::default();
+            for chunk in (0..data.keys.len()).collect::<Vec<_>>().chunks(256) {
+                for &i in chunk {
+                    conn.push(Op::Set(i), data);
+                }
+                conn.flush().await?;
+                while !conn.expect.is_empty() {
+                    conn.read_some().await?;
+                    while conn.next_reply(data, &mut l)? {}
+                }
+            }
+        }
+        Ok(conn)
+    }
+
     /// Appends `mg <key> v` or `ms <key> <len>` + value.
     fn push(&mut self, op: Op, data: &Data) {
         match op {
@@ -773,20 +805,7 @@ fn run_raw(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcom
     let rtk = args.runtime.unwrap_or(default_runtime(args.client, args.workload));
     let rt = build_runtime(rtk, args.worker_threads);
     let res: Result<(), String> = rt.block_on(async {
-        let mut conn = RawConn::connect(&args.addr).await?;
-        if !args.no_preload {
-            let mut l = Local::default();
-            for chunk in (0..data.keys.len()).collect::<Vec<_>>().chunks(256) {
-                for &i in chunk {
-                    conn.push(Op::Set(i), data);
-                }
-                conn.flush().await?;
-                while !conn.expect.is_empty() {
-                    conn.read_some().await?;
-                    while conn.next_reply(data, &mut l)? {}
-                }
-            }
-        }
+        let mut conn = RawConn::connect_preloaded(args, data).await?;
         let ctl = controller(shared.clone(), args.warmup, args.seconds);
         let (data, shared) = (data.clone(), shared.clone());
         let (workload, seed, batch, concurrency) = (args.workload, args.seed, args.batch, args.concurrency);
@@ -801,6 +820,325 @@ fn run_raw(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcom
             l.flush(&shared);
         });
         finish(vec![task], ctl).await
+    });
+    res?;
+    Ok(async_outcome(1, rtk))
+}
+
+// ---------------------------------------------------------------------------------------------
+// raw-tasks: the raw socket, its callers in tasks of their own
+// ---------------------------------------------------------------------------------------------
+
+/// What a caller task asks the socket's task: one operation, or one batch of gets.
+enum RawTaskOps {
+    One(Op),
+    Gets(Vec<usize>),
+}
+
+impl RawTaskOps {
+    /// A caller's next request in `workload`.
+    fn next(workload: Workload, pick: &mut Picker, batch: usize) -> Self {
+        match workload {
+            Workload::Seq => RawTaskOps::One(pick.alternate()),
+            Workload::Conc64 => RawTaskOps::One(pick.mixed()),
+            Workload::Multiget100 => RawTaskOps::Gets(pick.batch(batch)),
+        }
+    }
+
+    /// Keys this request reads or writes.
+    fn keys(&self) -> u64 {
+        match self {
+            RawTaskOps::One(_) => 1,
+            RawTaskOps::Gets(idx) => idx.len() as u64,
+        }
+    }
+
+    /// Appends the request to `conn`'s write buffer; returns the replies it will get.
+    fn push(self, conn: &mut RawConn, data: &Data) -> usize {
+        match self {
+            RawTaskOps::One(op) => {
+                conn.push(op, data);
+                1
+            }
+            RawTaskOps::Gets(idx) => {
+                for &i in &idx {
+                    conn.push(Op::Get(i), data);
+                }
+                idx.len()
+            }
+        }
+    }
+}
+
+/// One caller's request and the channel its completion goes back on.
+struct RawTaskRequest {
+    ops: RawTaskOps,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The cost of handing requests from separate caller tasks to one socket and back, with
+/// nothing else: the socket's task takes every queued request, writes them in one go, reads,
+/// checks each reply against the data set itself (as `raw` does) and completes each caller
+/// once all its replies are in. Callers are spawned like memkeep's (64 for conc64, 1 else).
+fn run_raw_tasks(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcome, String> {
+    use tokio::sync::{mpsc, oneshot};
+    let rtk = args.runtime.unwrap_or(default_runtime(args.client, args.workload));
+    let rt = build_runtime(rtk, args.worker_threads);
+    let res: Result<(), String> = rt.block_on(async {
+        let mut conn = RawConn::connect_preloaded(args, data).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<RawTaskRequest>();
+        let driver_data = data.clone();
+        let driver_shared = shared.clone();
+        let driver = tokio::spawn(async move {
+            let data = driver_data;
+            let mut l = Local::default();
+            // Per caller in request order: replies still to come, and its completion.
+            let mut waiting: std::collections::VecDeque<(usize, oneshot::Sender<()>)> = Default::default();
+            let mut queued = Vec::with_capacity(512);
+            let result: Result<(), String> = async {
+                loop {
+                    if waiting.is_empty() && rx.recv_many(&mut queued, 512).await == 0 {
+                        return Ok(());
+                    }
+                    while rx.try_recv().map(|r| queued.push(r)).is_ok() {}
+                    for request in queued.drain(..) {
+                        let count = request.ops.push(&mut conn, &data);
+                        waiting.push_back((count, request.done));
+                    }
+                    if !conn.wbuf.is_empty() {
+                        conn.flush().await?;
+                    }
+                    conn.read_some().await?;
+                    while conn.next_reply(&data, &mut l)? {
+                        let Some(front) = waiting.front_mut() else { return Err("raw-tasks: reply with no caller".into()) };
+                        front.0 -= 1;
+                        if front.0 == 0 {
+                            if let Some((_, done)) = waiting.pop_front() {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                }
+            }
+            .await;
+            if let Err(e) = result {
+                l.error(e);
+            }
+            // Mismatches were counted here; operations are counted by the callers.
+            l.flush(&driver_shared);
+        });
+        let ctl = controller(shared.clone(), args.warmup, args.seconds);
+        let workers = if args.workload == Workload::Conc64 { args.concurrency } else { 1 };
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let (tx, data, shared) = (tx.clone(), data.clone(), shared.clone());
+            let (workload, seed, batch) = (args.workload, args.seed, args.batch);
+            tasks.push(tokio::spawn(async move {
+                let mut pick = Picker::new(seed, w as u64, data.keys.len());
+                let mut l = Local::default();
+                loop {
+                    let phase = shared.phase.load(Ordering::Relaxed);
+                    if phase == STOP {
+                        break;
+                    }
+                    let ops = RawTaskOps::next(workload, &mut pick, batch);
+                    let keys = ops.keys();
+                    let (done, wait) = oneshot::channel();
+                    if tx.send(RawTaskRequest { ops, done }).is_err() || wait.await.is_err() {
+                        l.error("raw-tasks: the socket's task stopped");
+                        break;
+                    }
+                    l.done(phase, keys);
+                }
+                l.flush(&shared);
+            }));
+        }
+        drop(tx);
+        let outcome = finish(tasks, ctl).await;
+        driver.await.map_err(|e| format!("raw-tasks driver: {e}"))?;
+        outcome
+    });
+    res?;
+    Ok(async_outcome(1, rtk))
+}
+
+// ---------------------------------------------------------------------------------------------
+// raw-combine: the raw socket, callers reading for each other (no socket task)
+// ---------------------------------------------------------------------------------------------
+
+/// One caller's completion flag.
+#[derive(Default)]
+struct CombineSlot {
+    done: std::sync::atomic::AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+/// The connection the callers share.
+struct CombineState {
+    conn: RawConn,
+    /// Per caller in request order: replies still to come, and its slot.
+    waiters: std::collections::VecDeque<(usize, Arc<CombineSlot>)>,
+    /// The slot of the caller reading for everyone, if any.
+    reader: Option<usize>,
+    /// Whether the reader is inside its read loop (not parked on readiness).
+    reading_now: bool,
+    l: Local,
+}
+
+fn slot_id(slot: &Arc<CombineSlot>) -> usize {
+    Arc::as_ptr(slot) as usize
+}
+
+impl CombineState {
+    fn try_flush(&mut self) -> Result<(), String> {
+        while !self.conn.wbuf.is_empty() {
+            match self.conn.stream.try_write(&self.conn.wbuf) {
+                Ok(n) => {
+                    self.conn.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(format!("raw-combine write: {e}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn combine_poll(
+    state: &std::sync::Mutex<CombineState>,
+    slot: &Arc<CombineSlot>,
+    data: &Data,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<(), String>> {
+    use std::task::Poll;
+    if slot.done.load(Ordering::Acquire) {
+        return Poll::Ready(Ok(()));
+    }
+    let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+    let st = &mut *guard;
+    if slot.done.load(Ordering::Acquire) {
+        return Poll::Ready(Ok(()));
+    }
+    let me = slot_id(slot);
+    if st.reader.is_some_and(|r| r != me) {
+        slot.waker.register(cx.waker());
+        return Poll::Pending;
+    }
+    st.reader = Some(me);
+    st.reading_now = true;
+    loop {
+        if let Err(e) = st.try_flush() {
+            return Poll::Ready(Err(e));
+        }
+        if st.conn.rpos > 0 {
+            st.conn.rbuf.drain(..st.conn.rpos);
+            st.conn.rpos = 0;
+        }
+        st.conn.rbuf.reserve(32 * 1024);
+        match st.conn.stream.try_read_buf(&mut st.conn.rbuf) {
+            Ok(0) => return Poll::Ready(Err("raw-combine read: server closed the connection".into())),
+            Ok(_) => loop {
+                match st.conn.next_reply(data, &mut st.l) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                let Some(front) = st.waiters.front_mut() else {
+                    return Poll::Ready(Err("raw-combine: reply with no caller".into()));
+                };
+                front.0 -= 1;
+                if front.0 == 0 {
+                    if let Some((_, done)) = st.waiters.pop_front() {
+                        done.done.store(true, Ordering::Release);
+                        if slot_id(&done) != me {
+                            done.waker.wake();
+                        }
+                    }
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if slot.done.load(Ordering::Acquire) {
+                    // Hand the reading over to the oldest caller still waiting.
+                    st.reader = None;
+                    st.reading_now = false;
+                    if let Some((_, next)) = st.waiters.front() {
+                        next.waker.wake();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                match st.conn.stream.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("raw-combine ready: {e}"))),
+                    Poll::Pending => {
+                        st.reading_now = false;
+                        return Poll::Pending;
+                    }
+                }
+            }
+            Err(e) => return Poll::Ready(Err(format!("raw-combine read: {e}"))),
+        }
+    }
+}
+
+fn run_raw_combine(args: &Args, data: &Arc<Data>, shared: &Arc<Shared>) -> Result<Outcome, String> {
+    let rtk = args.runtime.unwrap_or(default_runtime(args.client, args.workload));
+    let rt = build_runtime(rtk, args.worker_threads);
+    let res: Result<(), String> = rt.block_on(async {
+        let conn = RawConn::connect_preloaded(args, data).await?;
+        let state = Arc::new(std::sync::Mutex::new(CombineState {
+            conn,
+            waiters: Default::default(),
+            reader: None,
+            reading_now: false,
+            l: Local::default(),
+        }));
+        let ctl = controller(shared.clone(), args.warmup, args.seconds);
+        let workers = if args.workload == Workload::Conc64 { args.concurrency } else { 1 };
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let (state, data, shared) = (state.clone(), data.clone(), shared.clone());
+            let (workload, seed, batch) = (args.workload, args.seed, args.batch);
+            tasks.push(tokio::spawn(async move {
+                let mut pick = Picker::new(seed, w as u64, data.keys.len());
+                let mut l = Local::default();
+                loop {
+                    let phase = shared.phase.load(Ordering::Relaxed);
+                    if phase == STOP {
+                        break;
+                    }
+                    let slot = Arc::new(CombineSlot::default());
+                    let keys = {
+                        let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                        let st = &mut *guard;
+                        let count = RawTaskOps::next(workload, &mut pick, batch).push(&mut st.conn, &data);
+                        st.waiters.push_back((count, slot.clone()));
+                        count as u64
+                    };
+                    // Nobody is in the read loop to flush it: let the other callers woken
+                    // with this one append theirs, then write them all.
+                    tokio::task::yield_now().await;
+                    {
+                        let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
+                        if !guard.reading_now {
+                            if let Err(e) = guard.try_flush() {
+                                l.error(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(e) = futures::future::poll_fn(|cx| combine_poll(&state, &slot, &data, cx)).await {
+                        l.error(e);
+                        break;
+                    }
+                    l.done(phase, keys);
+                }
+                l.flush(&shared);
+            }));
+        }
+        let outcome = finish(tasks, ctl).await;
+        let st = Arc::try_unwrap(state).map_err(|_| "raw-combine: state still shared")?;
+        st.into_inner().unwrap_or_else(|p| p.into_inner()).l.flush(shared);
+        outcome
     });
     res?;
     Ok(async_outcome(1, rtk))
