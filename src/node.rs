@@ -76,6 +76,9 @@ pub(crate) struct NodeShared {
     attempts: watch::Sender<u64>,
     /// Why the last connection attempt failed or the last connection ended.
     last_error: Mutex<Option<String>>,
+    /// The connection epoch: moves every time one of the node's connections is
+    /// established or ends (see [`NodeShared::epoch`]).
+    epoch: AtomicU64,
 }
 
 impl NodeShared {
@@ -93,7 +96,18 @@ impl NodeShared {
             state: watch::Sender::new(NodeState::Connecting),
             attempts: watch::Sender::new(0),
             last_error: Mutex::new(None),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The node's connection epoch. It moves before a new connection serves its first
+    /// request and when a connection ends, so a request written while the epoch still
+    /// equals the one sampled before an earlier read goes to a connection that existed
+    /// at that read: the same server process. A memcached restarted empty counts CAS
+    /// tokens from 1 again, so a token is only meaningful within the epoch it was read
+    /// in (see `Request::epoch`).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Records why a connection attempt failed or a connection ended.
@@ -119,6 +133,9 @@ impl NodeShared {
 
     /// Records the state of connection `slot` and recomputes the node's.
     pub(crate) fn set_connection_state(&self, slot: usize, state: NodeState) {
+        if state != NodeState::Connecting {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
         if let Some(cell) = self.conn_states.get(slot) {
             cell.store(state.to_u8(), Ordering::Release);
         }

@@ -277,7 +277,9 @@ impl Client {
             .filter(|(_, (keys, _))| !keys.is_empty());
         let batches = batches.map(|(index, (keys, plain))| async move {
             let cmd = Command::GetMany { keys: &keys };
-            let reply = self.call_checked(index, &cmd, plain, deadline).await?;
+            let reply = self
+                .call_checked(index, &cmd, plain, deadline, None)
+                .await?;
             self.interpret(index, reply, |reply| outcome::items(reply, &keys))
         });
         let mut found = HashMap::with_capacity(keys.len());
@@ -382,12 +384,44 @@ impl Client {
     ) -> Result<StoreOutcome> {
         let (key, value) = (key.as_ref(), value.as_ref());
         let cmd = self.store_command(mode, key, value, options);
-        Ok(match self.keyed(key, cmd, outcome::store).await? {
-            StoreStatus::Stored => StoreOutcome::Stored,
-            StoreStatus::NotStored => StoreOutcome::NotStored,
-            StoreStatus::Exists => StoreOutcome::Exists,
-            StoreStatus::NotFound => StoreOutcome::NotFound,
-        })
+        Ok(store_outcome(self.keyed(key, cmd, outcome::store).await?))
+    }
+
+    /// The connection epoch of the node this client is pinned to
+    /// ([`Client::on_node`]; `None` when not pinned): sample it before a read whose CAS
+    /// token a later [`Client::store_in_epoch`] will use.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        let index = self.pinned?;
+        self.inner.nodes.get(index).map(|n| n.shared.epoch())
+    }
+
+    /// [`Client::store`] on a pinned client, written only while the node's connection
+    /// epoch is still `epoch` (sampled with [`Client::epoch`] before the read that gave
+    /// `options.cas`); else [`StoreOutcome::Exists`], nothing written. A memcached
+    /// restarted empty numbers CAS tokens from 1 again, so a token read before the
+    /// restart could match an unrelated item written after it.
+    pub(crate) async fn store_in_epoch(
+        &self,
+        mode: StoreMode,
+        key: &[u8],
+        value: &[u8],
+        options: StoreOptions,
+        epoch: u64,
+    ) -> Result<StoreOutcome> {
+        let Some(index) = self.pinned else {
+            return self.store(mode, key, value, options).await;
+        };
+        let cmd = self.store_command(mode, key, value, options);
+        let plain = self.check(&cmd)?;
+        let deadline = self.deadline();
+        let reply = self
+            .call_checked(index, &cmd, plain, deadline, Some(epoch))
+            .await?;
+        Ok(store_outcome(self.interpret(
+            index,
+            reply,
+            outcome::store,
+        )?))
     }
 
     // ----- other keyed commands --------------------------------------------------
@@ -608,6 +642,7 @@ impl Client {
                 reply: None,
                 deadline: None,
                 permit: None,
+                epoch: None,
             })
     }
 
@@ -775,7 +810,7 @@ impl Client {
                 Some(index) => index,
                 None => self.route(key, deadline).await?,
             };
-            let reply = match self.call_checked(index, &cmd, plain, deadline).await {
+            let reply = match self.call_checked(index, &cmd, plain, deadline, None).await {
                 // The node went down between routing and sending (its connection attempt
                 // failed while the request waited for it); the request was never written,
                 // so sending it again is safe.
@@ -783,7 +818,8 @@ impl Client {
                     match self.inner.policy {
                         FailurePolicy::Redistribute => {
                             let next = self.next_live(key, Some(index))?;
-                            let reply = self.call_checked(next, &cmd, plain, deadline).await?;
+                            let reply =
+                                self.call_checked(next, &cmd, plain, deadline, None).await?;
                             return self.interpret(next, reply, interpret);
                         }
                         // Wait for the node again, within the same deadline.
@@ -864,6 +900,7 @@ impl Client {
             reply: None,
             deadline: None,
             permit: Some(permit),
+            epoch: None,
         })
     }
 
@@ -881,17 +918,19 @@ impl Client {
         let plain = cmd
             .keys()
             .all(|k| protocol::key::form_of(k) == KeyForm::Plain);
-        self.call_checked(index, cmd, plain, deadline).await
+        self.call_checked(index, cmd, plain, deadline, None).await
     }
 
     /// [`Client::call`] for a command whose keys were validated: `plain` says whether
-    /// they all travel as is.
+    /// they all travel as is. `epoch`: written only in this connection epoch of the node
+    /// (see [`Client::store_in_epoch`]).
     async fn call_checked(
         &self,
         index: usize,
         cmd: &Command<'_>,
         plain: bool,
         deadline: Instant,
+        epoch: Option<u64>,
     ) -> Result<Reply> {
         let node = self.inner.nodes.get(index).ok_or(Error::NoNodeAvailable)?;
         let connection = node.connection();
@@ -922,7 +961,7 @@ impl Client {
         let result = match reserved {
             Ok(permit) => {
                 let (bytes, kind) = self.encode(cmd, plain, connection, false);
-                connection.call(bytes, kind, permit, deadline).await
+                connection.call(bytes, kind, permit, deadline, epoch).await
             }
             Err(e) => Err(e),
         };
@@ -1071,6 +1110,16 @@ fn item(value: Value) -> Item {
 
 fn unexpected_outcome(outcome: StoreOutcome) -> Error {
     Error::Server(format!("set answered {outcome:?}"))
+}
+
+/// A storage status as the public outcome.
+fn store_outcome(status: StoreStatus) -> StoreOutcome {
+    match status {
+        StoreStatus::Stored => StoreOutcome::Stored,
+        StoreStatus::NotStored => StoreOutcome::NotStored,
+        StoreStatus::Exists => StoreOutcome::Exists,
+        StoreStatus::NotFound => StoreOutcome::NotFound,
+    }
 }
 
 #[cfg(test)]

@@ -109,6 +109,12 @@ pub(crate) struct Request {
     /// given back once the driver has copied (or dropped) the batch the request was
     /// taken in to the socket's write buffer.
     pub(crate) permit: Option<QueuePermit>,
+    /// Written only while the node's connection epoch still equals this
+    /// ([`NodeShared::epoch`]); otherwise answered `EXISTS` without being written. Set
+    /// on CAS stores whose token was read in this epoch: after a reconnect the server may
+    /// be a restarted process whose CAS counter started again, where the same token can
+    /// name another item.
+    pub(crate) epoch: Option<u64>,
 }
 
 /// A request's place in a connection's queue: one of its `max_in_flight` slots and its
@@ -280,6 +286,7 @@ impl ConnectionHandle {
         kind: RequestKind,
         permit: QueuePermit,
         deadline: Instant,
+        epoch: Option<u64>,
     ) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
         self.send(Request {
@@ -288,6 +295,7 @@ impl ConnectionHandle {
             reply: Some(tx),
             deadline: Some(deadline),
             permit: Some(permit),
+            epoch,
         })?;
         rx.await.unwrap_or_else(|_| Err(Error::Shutdown))
     }
@@ -943,6 +951,14 @@ impl Driver {
         }
         // Nobody waits for it and nothing was written yet: skip it.
         if request.reply.as_ref().is_some_and(|tx| tx.is_closed()) {
+            return;
+        }
+        // A CAS token from an earlier connection epoch can't be trusted to name the item
+        // it was read with: refused as memcached refuses a stale token.
+        if request.epoch.is_some_and(|e| e != self.node.epoch()) {
+            if let Some(tx) = request.reply {
+                let _ = tx.send(Ok(Reply::Line(Frame::Status(TextStatus::Exists))));
+            }
             return;
         }
         let deadline = request.deadline.filter(|_| request.reply.is_some());

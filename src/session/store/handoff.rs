@@ -249,7 +249,7 @@ impl Store {
         let (Ok(holder_client), Ok(_)) = (self.node(holder), self.node(target)) else {
             return 0;
         };
-        let Ok(Some(item)) = holder_client.gets(list).await else {
+        let Ok(Some((item, cas))) = holder_client.gets(list).await else {
             return 0;
         };
         let mut delivered = 0;
@@ -295,9 +295,9 @@ impl Store {
         let remove = StoreOptions {
             flags: 0,
             expiry: Expiry::In(Duration::ZERO),
-            cas: item.cas,
+            cas: None,
         };
-        let _ = holder_client.store(StoreMode::Set, list, b"", remove).await;
+        let _ = holder_client.store_cas(list, b"", remove, cas).await;
         if delivered > 0 {
             tracing::info!(
                 node = target,

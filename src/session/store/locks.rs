@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Expiry, StoreMode, StoreOptions, StoreOutcome};
+use crate::{Expiry, StoreOptions, StoreOutcome};
 
 use super::{ttl, Store};
 use crate::session::id::SessionKey;
@@ -61,15 +61,13 @@ impl Store {
                 tokio::time::sleep(period).await;
                 let renewed = async {
                     match client.gets(&lock_key).await? {
-                        Some(item) if item.value.as_ref() == token.as_bytes() => {
+                        Some((item, cas)) if item.value.as_ref() == token.as_bytes() => {
                             let options = StoreOptions {
                                 flags: 0,
                                 expiry: lock_ttl(expiry),
-                                cas: item.cas,
+                                cas: None,
                             };
-                            let outcome = client
-                                .store(StoreMode::Set, &lock_key, &token, options)
-                                .await?;
+                            let outcome = client.store_cas(&lock_key, &token, options, cas).await?;
                             Ok::<bool, crate::Error>(outcome == StoreOutcome::Stored)
                         }
                         _ => Ok(false),
@@ -115,15 +113,13 @@ impl Store {
         let lock_key = self.lock_key(key);
         let released = async {
             match client.gets(&lock_key).await? {
-                Some(item) if item.value.as_ref() == token.as_bytes() => {
+                Some((item, cas)) if item.value.as_ref() == token.as_bytes() => {
                     let options = StoreOptions {
                         flags: 0,
                         expiry: Expiry::In(Duration::ZERO),
-                        cas: item.cas,
+                        cas: None,
                     };
-                    let outcome = client
-                        .store(StoreMode::Set, &lock_key, token, options)
-                        .await?;
+                    let outcome = client.store_cas(&lock_key, token, options, cas).await?;
                     Ok::<bool, crate::Error>(outcome == StoreOutcome::Stored)
                 }
                 _ => Ok(false),

@@ -44,7 +44,7 @@ pub(crate) use tombstone::Invalidation;
 mod write;
 
 pub(crate) use handoff::HANDOFF_PERIOD;
-pub(crate) use node::Node;
+pub(crate) use node::{Cas, Node};
 
 use super::format::{self, Record, StoredSession, Validity};
 use super::id::{SessionId, SessionKey};
@@ -72,7 +72,7 @@ pub(crate) enum CopyState {
     /// No record.
     Missing,
     /// A record of this write version, with the CAS token it was read with.
-    Present { version: u64, cas: u64 },
+    Present { version: u64, cas: Cas },
 }
 
 /// What a request knows of the copies of its session: node -> state. A node that is
@@ -118,6 +118,11 @@ impl KnownCopies {
             None if self.fresh => Some(CopyState::Missing),
             None => None,
         }
+    }
+
+    /// True for a brand-new key ([`KnownCopies::fresh`]) not written yet.
+    fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     fn forget(&mut self, node: &str) {
@@ -177,11 +182,10 @@ pub(crate) enum Replicated {
 }
 
 enum CopyWrite {
-    Stored,
+    /// Stored; `created`: on a node that held no record of the key (`add`).
+    Stored { created: bool },
     /// The node holds a copy of `version`, newer than the write's base.
-    Newer {
-        version: u64,
-    },
+    Newer { version: u64 },
 }
 
 /// The replicated store of one service.

@@ -9,6 +9,21 @@ use std::collections::HashMap;
 use crate::session::peer::LocalCopies;
 use crate::{Client, Expiry, Item, StoreMode, StoreOptions, StoreOutcome};
 
+/// A CAS token and the connection epoch of the node when the read that returned it was
+/// sent. A memcached (or peer) restarted empty numbers its tokens from 1 again, so a
+/// token from before a restart could name an unrelated item written after it: a CAS
+/// store with a token is only sent while the node's epoch has not moved
+/// ([`Node::store_cas`]), else it is refused as a stale token is. Every conditional
+/// overwrite of the store goes through this type, so no rule can use a token across a
+/// restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cas {
+    /// The token the server gave.
+    pub(crate) token: u64,
+    /// The node's connection epoch sampled before the read (0 for the local node).
+    epoch: u64,
+}
+
 /// A node of the store.
 #[derive(Clone, Debug)]
 pub(crate) enum Node {
@@ -32,12 +47,21 @@ impl Node {
         }
     }
 
-    /// Reads `key` with its CAS token.
-    pub(crate) async fn gets(&self, key: impl AsRef<[u8]>) -> crate::Result<Option<Item>> {
-        match self {
-            Node::Remote(c) => c.gets(key).await,
-            Node::Local(l) => l.get(key.as_ref(), true),
-        }
+    /// Reads `key` with its CAS token (and the epoch that token belongs to).
+    pub(crate) async fn gets(&self, key: impl AsRef<[u8]>) -> crate::Result<Option<(Item, Cas)>> {
+        let (item, epoch) = match self {
+            Node::Remote(c) => {
+                // Sampled before the read: the reply comes from a connection that
+                // existed then, or the epoch has moved since.
+                let epoch = c.epoch().unwrap_or(0);
+                (c.gets(key).await?, epoch)
+            }
+            Node::Local(l) => (l.get(key.as_ref(), true)?, 0),
+        };
+        Ok(item.map(|item| {
+            let token = item.cas.unwrap_or(0);
+            (item, Cas { token, epoch })
+        }))
     }
 
     /// Reads several keys; misses are absent.
@@ -52,7 +76,8 @@ impl Node {
         }
     }
 
-    /// The general storage command.
+    /// The general storage command, without a CAS token (`options.cas` must be `None`:
+    /// a token goes through [`Node::store_cas`]).
     pub(crate) async fn store(
         &self,
         mode: StoreMode,
@@ -60,9 +85,34 @@ impl Node {
         value: impl AsRef<[u8]>,
         options: StoreOptions,
     ) -> crate::Result<StoreOutcome> {
+        debug_assert!(options.cas.is_none(), "a CAS store goes through store_cas");
         match self {
             Node::Remote(c) => c.store(mode, key, value, options).await,
             Node::Local(l) => l.store(mode, key.as_ref(), value.as_ref(), options),
+        }
+    }
+
+    /// Sets `key` only if its CAS token is still `cas` and the node's connection epoch
+    /// is still the one `cas` was read in ([`Exists`](StoreOutcome::Exists) otherwise).
+    /// `options.cas` is ignored.
+    pub(crate) async fn store_cas(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: StoreOptions,
+        cas: Cas,
+    ) -> crate::Result<StoreOutcome> {
+        let options = StoreOptions {
+            cas: Some(cas.token),
+            ..options
+        };
+        let (key, value) = (key.as_ref(), value.as_ref());
+        match self {
+            Node::Remote(c) => {
+                c.store_in_epoch(StoreMode::Set, key, value, options, cas.epoch)
+                    .await
+            }
+            Node::Local(l) => l.store(StoreMode::Set, key, value, options),
         }
     }
 

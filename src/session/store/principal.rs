@@ -28,6 +28,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::{Expiry, StoreMode, StoreOptions, StoreOutcome};
 
+use super::Cas;
+
 use super::{SessionError, SessionKey, Store, COPY_ATTEMPTS};
 
 const MAGIC: [u8; 2] = *b"MP";
@@ -68,7 +70,7 @@ pub(crate) fn principal_key(principal: &str) -> SessionKey {
 pub(super) struct Held {
     generation: u64,
     /// CAS token (`None`: no record).
-    cas: Option<u64>,
+    cas: Option<Cas>,
 }
 
 impl Store {
@@ -82,9 +84,9 @@ impl Store {
                 generation: 0,
                 cas: None,
             },
-            Some(i) => Held {
+            Some((i, cas)) => Held {
                 generation: decode(&i.value),
-                cas: Some(i.cas.unwrap_or(0)),
+                cas: Some(cas),
             },
         })
     }
@@ -107,16 +109,16 @@ impl Store {
             if h.generation >= generation && h.cas.is_some() {
                 return Ok(true);
             }
-            let (mode, cas) = match h.cas {
-                None => (StoreMode::Add, None),
-                Some(cas) => (StoreMode::Set, Some(cas)),
-            };
             let options = StoreOptions {
                 flags: 0,
                 expiry: Expiry::Never,
-                cas,
+                cas: None,
             };
-            if client.store(mode, item, &record, options).await? == StoreOutcome::Stored {
+            let stored = match h.cas {
+                None => client.store(StoreMode::Add, item, &record, options).await?,
+                Some(cas) => client.store_cas(item, &record, options, cas).await?,
+            };
+            if stored == StoreOutcome::Stored {
                 return Ok(true);
             }
         }

@@ -12,9 +12,9 @@ impl Store {
         &self,
         node: &str,
         key: &SessionKey,
-    ) -> Result<Option<(Bytes, u64)>, crate::Error> {
+    ) -> Result<Option<(Bytes, Cas)>, crate::Error> {
         let item = self.node(node)?.gets(self.data_key(key)).await?;
-        Ok(item.map(|i| (i.value, i.cas.unwrap_or(0))))
+        Ok(item.map(|(i, cas)| (i.value, cas)))
     }
 
     /// The newest validity record among `nodes` (only read when the record's own
@@ -48,7 +48,7 @@ impl Store {
         let mut read: Vec<&str> = Vec::new();
         let mut answered: Vec<&str> = Vec::new();
         let mut failed: Vec<(&str, crate::Error)> = Vec::new();
-        let mut found: Vec<(&str, Bytes, u64)> = Vec::new();
+        let mut found: Vec<(&str, Bytes, Cas)> = Vec::new();
         let mut known = KnownCopies::default();
         let mut batch: Vec<&str> = targets.first.clone();
         while !batch.is_empty() {

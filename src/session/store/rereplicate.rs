@@ -61,9 +61,7 @@ impl Store {
     ) -> Result<bool, SessionError> {
         let fetched = self.fetch(key, &[], now_ms).await?;
         let Some(Latest::Session {
-            version,
-            validity,
-            stored,
+            version, validity, ..
         }) = fetched.latest
         else {
             return Ok(false);
@@ -88,24 +86,13 @@ impl Store {
         };
         let mut record = bytes.to_vec();
         let max_inactive = Duration::from_millis(validity.max_inactive_ms);
-        let lacking: Vec<String> = copies
-            .nodes()
-            .filter(|n| !known.holds(n, version))
-            .map(str::to_owned)
-            .collect();
-        let retirements = crate::session::lifecycle::retirements_of(&stored);
+        // A rotated session's former keys get their retirements back where a copy is
+        // re-created (`place_record`).
         match self
             .repair(key, &mut record, version, max_inactive, &mut known)
             .await?
         {
-            Replicated::Written { .. } => {
-                // A rotated session's former keys: their retirements go back where
-                // the copies do (see `restore_retirements`).
-                if !retirements.is_empty() {
-                    self.restore_retirements(&retirements, &lacking).await;
-                }
-                Ok(true)
-            }
+            Replicated::Written { .. } => Ok(true),
             Replicated::Conflict | Replicated::Gone => Ok(false),
         }
     }

@@ -37,6 +37,29 @@ impl Store {
         .await
     }
 
+    /// Puts back, on each node of `nodes` (where a copy of the rotated session `record`
+    /// of `key` was just re-created), the retirements of the keys it was rotated from,
+    /// so the trail from an old id to this one is everywhere the session is. Decodes the
+    /// record; nothing to do for a session never rotated.
+    pub(super) async fn restore_retirements_of(
+        &self,
+        key: &SessionKey,
+        record: &[u8],
+        nodes: &[String],
+    ) {
+        let Ok(format::Versioned {
+            record: Record::Session(stored),
+            ..
+        }) = format::decode(record, key)
+        else {
+            return;
+        };
+        let retirements = crate::session::lifecycle::retirements_of(&stored);
+        if !retirements.is_empty() {
+            self.restore_retirements(&retirements, nodes).await;
+        }
+    }
+
     /// Puts back, on each node of `nodes`, the retirement tombstone of each `(old, new)`
     /// pair (the key `old` was retired by a rotation to `new`), with `add`: a node that
     /// holds anything under `old` keeps it. Best effort (what fails stays on the nodes

@@ -164,29 +164,32 @@ impl Store {
                 Some(s) => s,
                 None => match client.gets(&data_key).await? {
                     None => CopyState::Missing,
-                    Some(item) => match format::decode(&item.value, key) {
+                    Some((item, cas)) => match format::decode(&item.value, key) {
                         Ok(format::Versioned {
                             record: Record::Tombstone { successor },
                             ..
                         }) => return Ok(Put::Kept(successor)),
                         // A session copy (or a record this reader refuses): replaced.
-                        _ => CopyState::Present {
-                            version: 0,
-                            cas: item.cas.unwrap_or(0),
-                        },
+                        _ => CopyState::Present { version: 0, cas },
                     },
                 },
-            };
-            let (mode, cas) = match current {
-                CopyState::Missing => (StoreMode::Add, None),
-                CopyState::Present { cas, .. } => (StoreMode::Set, Some(cas)),
             };
             let options = StoreOptions {
                 flags: flags_of(TOMBSTONE_VERSION),
                 expiry,
-                cas,
+                cas: None,
             };
-            if client.store(mode, &data_key, tombstone, options).await? == StoreOutcome::Stored {
+            let stored = match current {
+                CopyState::Missing => {
+                    client
+                        .store(StoreMode::Add, &data_key, tombstone, options)
+                        .await?
+                }
+                CopyState::Present { cas, .. } => {
+                    client.store_cas(&data_key, tombstone, options, cas).await?
+                }
+            };
+            if stored == StoreOutcome::Stored {
                 return Ok(Put::Stored);
             }
         }
@@ -242,12 +245,8 @@ impl Store {
             if let Some(CopyState::Present { version, cas }) = known.get(n) {
                 if version < TOMBSTONE_VERSION {
                     if let Ok(client) = self.node(n) {
-                        let options = StoreOptions {
-                            cas: Some(cas),
-                            ..options
-                        };
                         let _ = client
-                            .store(StoreMode::Set, self.data_key(key), &tombstone, options)
+                            .store_cas(self.data_key(key), &tombstone, options, cas)
                             .await;
                     }
                 }
@@ -267,7 +266,7 @@ impl Store {
         version: u64,
         known: &KnownCopies,
     ) {
-        let stale: Vec<(&str, u64)> = known
+        let stale: Vec<(&str, Cas)> = known
             .states
             .iter()
             .filter(|(n, _)| !copies.nodes().any(|c| c == n.as_str()))
@@ -281,10 +280,10 @@ impl Store {
             let options = StoreOptions {
                 flags: 0,
                 expiry: Expiry::In(Duration::ZERO),
-                cas: Some(cas),
+                cas: None,
             };
             client
-                .store(StoreMode::Set, self.data_key(key), b"", options)
+                .store_cas(self.data_key(key), b"", options, cas)
                 .await
         });
         for result in futures::future::join_all(removals).await {

@@ -30,30 +30,37 @@ impl Store {
                 Some(s) => s,
                 None => match client.gets(&data_key).await? {
                     None => CopyState::Missing,
-                    Some(item) => CopyState::Present {
+                    Some((item, cas)) => CopyState::Present {
                         version: format::decode(&item.value, key).map_or(0, |d| d.version),
-                        cas: item.cas.unwrap_or(0),
+                        cas,
                     },
                 },
-            };
-            let (mode, cas) = match state {
-                CopyState::Missing => (StoreMode::Add, None),
-                CopyState::Present { version, .. } if version > base => {
-                    known.set(node, state);
-                    return Ok(CopyWrite::Newer { version });
-                }
-                CopyState::Present { cas, .. } => (StoreMode::Set, Some(cas)),
             };
             let options = StoreOptions {
                 flags: flags_of(new_version),
                 expiry,
-                cas,
+                cas: None,
             };
-            match client.store(mode, &data_key, record, options).await? {
+            let created = state == CopyState::Missing;
+            let stored = match state {
+                CopyState::Missing => {
+                    client
+                        .store(StoreMode::Add, &data_key, record, options)
+                        .await?
+                }
+                CopyState::Present { version, .. } if version > base => {
+                    known.set(node, state);
+                    return Ok(CopyWrite::Newer { version });
+                }
+                CopyState::Present { cas, .. } => {
+                    client.store_cas(&data_key, record, options, cas).await?
+                }
+            };
+            match stored {
                 StoreOutcome::Stored => {
                     // The new CAS token is unknown: the next write reads it first.
                     known.forget(node);
-                    return Ok(CopyWrite::Stored);
+                    return Ok(CopyWrite::Stored { created });
                 }
                 StoreOutcome::NotStored | StoreOutcome::Exists | StoreOutcome::NotFound => {
                     known.forget(node);
@@ -119,15 +126,9 @@ impl Store {
         for (node, item) in futures::future::join_all(reads).await.into_iter().flatten() {
             match item {
                 None => known.set(node, CopyState::Missing),
-                Some(item) => {
+                Some((item, cas)) => {
                     let version = format::decode(&item.value, key).map_or(0, |d| d.version);
-                    known.set(
-                        node,
-                        CopyState::Present {
-                            version,
-                            cas: item.cas.unwrap_or(0),
-                        },
-                    );
+                    known.set(node, CopyState::Present { version, cas });
                     if version == TOMBSTONE_VERSION {
                         refused = Some(Replicated::Gone);
                     } else if version > base && refused.is_none() {
@@ -178,6 +179,10 @@ impl Store {
     ) -> Result<Replicated, SessionError> {
         let mut exclude: Vec<String> = Vec::new();
         let mut written: Vec<String> = Vec::new();
+        // Nodes that held nothing of a key that existed before this write: restarted
+        // empty, or new to the placement.
+        let mut recreated: Vec<String> = Vec::new();
+        let new_key = known.is_fresh();
         let mut last_error = None;
         'placement: for _ in 0..PLACEMENT_ATTEMPTS {
             let copies = self
@@ -191,7 +196,12 @@ impl Store {
                     .write_copy(node, key, record, base, new_version, expiry, known)
                     .await
                 {
-                    Ok(CopyWrite::Stored) => written.push(node.to_owned()),
+                    Ok(CopyWrite::Stored { created }) => {
+                        if created && !new_key {
+                            recreated.push(node.to_owned());
+                        }
+                        written.push(node.to_owned())
+                    }
                     Ok(CopyWrite::Newer { version }) if repair && version == new_version => {
                         written.push(node.to_owned())
                     }
@@ -250,6 +260,9 @@ impl Store {
                 }
             }
             self.remove_stale(key, &copies, new_version, known).await;
+            if !recreated.is_empty() {
+                self.restore_retirements_of(key, record, &recreated).await;
+            }
             return Ok(Replicated::Written {
                 copies,
                 version: new_version,
@@ -279,7 +292,7 @@ impl Store {
             Ok(c) => c.gets(self.data_key(key)).await,
             Err(e) => Err(e),
         };
-        let Ok(Some(newer)) = newer else { return };
+        let Ok(Some((newer, _))) = newer else { return };
         let Ok(decoded) = format::decode(&newer.value, key) else {
             return;
         };
@@ -287,7 +300,7 @@ impl Store {
             let Ok(client) = self.node(node) else {
                 continue;
             };
-            let Ok(Some(mine)) = client.gets(self.data_key(key)).await else {
+            let Ok(Some((mine, cas))) = client.gets(self.data_key(key)).await else {
                 continue;
             };
             if format::decode(&mine.value, key).map_or(true, |d| d.version != ours) {
@@ -296,10 +309,10 @@ impl Store {
             let options = StoreOptions {
                 flags: flags_of(decoded.version),
                 expiry,
-                cas: mine.cas,
+                cas: None,
             };
             let _ = client
-                .store(StoreMode::Set, self.data_key(key), &newer.value, options)
+                .store_cas(self.data_key(key), &newer.value, options, cas)
                 .await;
         }
         tracing::warn!(
@@ -325,16 +338,16 @@ impl Store {
     ) -> usize {
         format::set_version(record, version);
         let record = &*record;
-        let options = |cas| StoreOptions {
+        let options = StoreOptions {
             flags: flags_of(version),
             expiry: ttl(max_inactive),
-            cas: Some(cas),
+            cas: None,
         };
         let refreshes = copies.nodes().filter_map(|node| match known.get(node) {
             Some(CopyState::Present { version: v, cas }) if v == version => Some(async move {
                 let client = self.node(node)?;
                 client
-                    .store(StoreMode::Set, self.data_key(key), record, options(cas))
+                    .store_cas(self.data_key(key), record, options, cas)
                     .await
             }),
             _ => None,
