@@ -387,12 +387,13 @@ impl Client {
         Ok(store_outcome(self.keyed(key, cmd, outcome::store).await?))
     }
 
-    /// The connection epoch of the node this client is pinned to
-    /// ([`Client::on_node`]; `None` when not pinned): sample it before a read whose CAS
-    /// token a later [`Client::store_in_epoch`] will use.
+    /// The connection epoch of the node this client is pinned to ([`Client::on_node`])
+    /// while one of its connections is up; `None` when not pinned or while no connection
+    /// is up (a read then waits for a new connection: sample after it). Sample it before
+    /// a read whose CAS token a later [`Client::store_in_epoch`] will use.
     pub(crate) fn epoch(&self) -> Option<u64> {
-        let index = self.pinned?;
-        self.inner.nodes.get(index).map(|n| n.shared.epoch())
+        let node = self.inner.nodes.get(self.pinned?)?;
+        (node.shared.state() == NodeState::Up).then(|| node.shared.epoch())
     }
 
     /// [`Client::store`] on a pinned client, written only while the node's connection

@@ -52,9 +52,11 @@ impl Node {
         let (item, epoch) = match self {
             Node::Remote(c) => {
                 // Sampled before the read: the reply comes from a connection that
-                // existed then, or the epoch has moved since.
-                let epoch = c.epoch().unwrap_or(0);
-                (c.gets(key).await?, epoch)
+                // existed then, or the epoch has moved since. With no connection up, the
+                // read waits for a new one: sampled after it.
+                let before = c.epoch();
+                let item = c.gets(key).await?;
+                (item, before.or_else(|| c.epoch()).unwrap_or(0))
             }
             Node::Local(l) => (l.get(key.as_ref(), true)?, 0),
         };
