@@ -133,11 +133,13 @@ impl NodeShared {
 
     /// Records the state of connection `slot` and recomputes the node's.
     pub(crate) fn set_connection_state(&self, slot: usize, state: NodeState) {
-        if state != NodeState::Connecting {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
-        }
         if let Some(cell) = self.conn_states.get(slot) {
-            cell.store(state.to_u8(), Ordering::Release);
+            let previous = NodeState::from_u8(cell.swap(state.to_u8(), Ordering::AcqRel));
+            // A connection established or ended moves the epoch; a failed attempt does
+            // not (no token was read over it), so it never refuses a token needlessly.
+            if state == NodeState::Up || previous == NodeState::Up {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
         }
         let states = || {
             self.conn_states

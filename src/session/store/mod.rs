@@ -75,6 +75,16 @@ pub(crate) enum CopyState {
     Present { version: u64, cas: Cas },
 }
 
+impl CopyState {
+    /// The token to write over this state with ([`Node::store_over`]).
+    fn token(self) -> Option<Cas> {
+        match self {
+            CopyState::Missing => None,
+            CopyState::Present { cas, .. } => Some(cas),
+        }
+    }
+}
+
 /// What a request knows of the copies of its session: node -> state. A node that is
 /// not in the map is read before it is written (unless `fresh`).
 #[derive(Clone, Debug, Default)]

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use crate::session::peer::LocalCopies;
 use crate::{Client, Expiry, Item, StoreMode, StoreOptions, StoreOutcome};
 
-/// A CAS token and the connection epoch of the node when the read that returned it was
-/// sent. A memcached (or peer) restarted empty numbers its tokens from 1 again, so a
+/// A CAS token and the connection epoch of the node the read that returned it was
+/// served in. A memcached (or peer) restarted empty numbers its tokens from 1 again, so a
 /// token from before a restart could name an unrelated item written after it: a CAS
 /// store with a token is only sent while the node's epoch has not moved
 /// ([`Node::store_cas`]), else it is refused as a stale token is. Every conditional
@@ -20,7 +20,8 @@ use crate::{Client, Expiry, Item, StoreMode, StoreOptions, StoreOutcome};
 pub(crate) struct Cas {
     /// The token the server gave.
     pub(crate) token: u64,
-    /// The node's connection epoch sampled before the read (0 for the local node).
+    /// The node's connection epoch sampled before the read, or after it when no
+    /// connection was up then (0 for the local node).
     epoch: u64,
 }
 
@@ -115,6 +116,22 @@ impl Node {
                     .await
             }
             Node::Local(l) => l.store(StoreMode::Set, key, value, options),
+        }
+    }
+
+    /// The conditional write every rule of the store uses to replace what it read:
+    /// `add` where the read found nothing (`over` is `None`), else a CAS set over the
+    /// record read ([`Node::store_cas`]).
+    pub(crate) async fn store_over(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: StoreOptions,
+        over: Option<Cas>,
+    ) -> crate::Result<StoreOutcome> {
+        match over {
+            None => self.store(StoreMode::Add, key, value, options).await,
+            Some(cas) => self.store_cas(key, value, options, cas).await,
         }
     }
 

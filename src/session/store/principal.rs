@@ -26,11 +26,9 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::{Expiry, StoreMode, StoreOptions, StoreOutcome};
+use crate::{Expiry, StoreOptions, StoreOutcome};
 
-use super::Cas;
-
-use super::{SessionError, SessionKey, Store, COPY_ATTEMPTS};
+use super::{Cas, SessionError, SessionKey, Store, COPY_ATTEMPTS};
 
 const MAGIC: [u8; 2] = *b"MP";
 const PRINCIPAL_FORMAT_VERSION: u8 = 1;
@@ -114,11 +112,7 @@ impl Store {
                 expiry: Expiry::Never,
                 cas: None,
             };
-            let stored = match h.cas {
-                None => client.store(StoreMode::Add, item, &record, options).await?,
-                Some(cas) => client.store_cas(item, &record, options, cas).await?,
-            };
-            if stored == StoreOutcome::Stored {
+            if client.store_over(item, &record, options, h.cas).await? == StoreOutcome::Stored {
                 return Ok(true);
             }
         }

@@ -179,16 +179,9 @@ impl Store {
                 expiry,
                 cas: None,
             };
-            let stored = match current {
-                CopyState::Missing => {
-                    client
-                        .store(StoreMode::Add, &data_key, tombstone, options)
-                        .await?
-                }
-                CopyState::Present { cas, .. } => {
-                    client.store_cas(&data_key, tombstone, options, cas).await?
-                }
-            };
+            let stored = client
+                .store_over(&data_key, tombstone, options, current.token())
+                .await?;
             if stored == StoreOutcome::Stored {
                 return Ok(Put::Stored);
             }

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::{Expiry, StoreMode, StoreOptions, StoreOutcome};
+use crate::{Expiry, StoreOptions, StoreOutcome};
 
 use super::*;
 
@@ -41,22 +41,17 @@ impl Store {
                 expiry,
                 cas: None,
             };
-            let created = state == CopyState::Missing;
-            let stored = match state {
-                CopyState::Missing => {
-                    client
-                        .store(StoreMode::Add, &data_key, record, options)
-                        .await?
-                }
-                CopyState::Present { version, .. } if version > base => {
+            if let CopyState::Present { version, .. } = state {
+                if version > base {
                     known.set(node, state);
                     return Ok(CopyWrite::Newer { version });
                 }
-                CopyState::Present { cas, .. } => {
-                    client.store_cas(&data_key, record, options, cas).await?
-                }
-            };
-            match stored {
+            }
+            let created = state == CopyState::Missing;
+            match client
+                .store_over(&data_key, record, options, state.token())
+                .await?
+            {
                 StoreOutcome::Stored => {
                     // The new CAS token is unknown: the next write reads it first.
                     known.forget(node);
